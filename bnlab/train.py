@@ -1,0 +1,258 @@
+"""The training loop: one process trains a seed ensemble and writes its run folder.
+
+`run(cfg, out_dir)` is the whole job; the CLI, tests and notebooks all call it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .config import OptimConfig, RunConfig, to_dict
+from .data import Data, load_data
+from .model import MLP, build_model, generator
+from .records import History, git_info, member_dir, write_config, write_json
+
+
+def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    """torch.optim's SGD or Adam with multi-tensor (foreach) kernels.
+
+    Both update elementwise, so each ensemble member is updated exactly as if alone.
+    """
+    params = list(params)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
+        )
+    return torch.optim.Adam(
+        params,
+        lr=cfg.lr,
+        betas=tuple(cfg.betas),
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        foreach=True,
+    )
+
+
+class Batches:
+    """Per-member shuffled mini-batches: each member reshuffles every epoch from its own
+    generator; the last partial batch of an epoch is dropped (never a batch of size 1)."""
+
+    def __init__(self, n: int, batch_size: int, seeds: list[int], device):
+        self.n, self.batch_size, self.device = n, batch_size, device
+        self.per_epoch = n // batch_size
+        self.gens = [generator(s, "data") for s in seeds]
+        self.pos = self.per_epoch
+        self.epoch = -1
+
+    def next(self) -> torch.Tensor:
+        """Indices (K, B) of the next batch of every member."""
+        if self.pos == self.per_epoch:
+            used = self.per_epoch * self.batch_size
+            perms = [torch.randperm(self.n, generator=g)[:used] for g in self.gens]
+            self.order = torch.stack(perms).view(len(perms), self.per_epoch, -1).to(self.device)
+            self.pos, self.epoch = 0, self.epoch + 1
+        idx = self.order[:, self.pos]
+        self.pos += 1
+        return idx
+
+
+def member_losses(logits: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Cross-entropy (fused log-softmax) per member, summed or averaged over the batch: (K,)."""
+    k, b, c = logits.shape
+    per_example = F.cross_entropy(logits.reshape(k * b, c), y.reshape(k * b), reduction="none")
+    per_example = per_example.view(k, b)
+    return per_example.sum(1) if reduction == "sum" else per_example.mean(1)
+
+
+@torch.no_grad()
+def evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple:
+    """Mean cross-entropy and accuracy per member, (K,) each, in eval mode.
+
+    x (N, 784) is shared by all members and fed in chunks of `batch` examples (the batch
+    whose statistics BN uses when evaluating with batch statistics).
+    """
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros(model.members, device=x.device, dtype=torch.float64)
+    correct = torch.zeros(model.members, device=x.device, dtype=torch.float64)
+    for i in range(0, len(x), batch):
+        logits = model(x[i : i + batch])  # (K, b, 10)
+        yb = y[i : i + batch].expand(model.members, -1)
+        loss += member_losses(logits, yb, "sum").double()
+        correct += (logits.argmax(-1) == yb).sum(1).double()
+    model.train(was_training)
+    return loss / len(x), correct / len(x)
+
+
+def eval_steps(cfg) -> set[int]:
+    """The steps at which a run evaluates: 0, every eval_every, the dense early ones, the last."""
+    t = cfg.train
+    steps = set(range(0, t.steps + 1, t.eval_every))
+    steps |= set(range(0, min(t.eval_dense_until, t.steps + 1), t.eval_dense_every))
+    return steps | {t.steps}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use train.device=cpu")
+    return torch.device(name)
+
+
+def _zero_member(model: MLP, opt: torch.optim.Optimizer, k: int) -> None:
+    """Freeze a diverged member: zero its parameters, buffers and optimiser state so it stays
+    finite and inert (its loss is masked out, so it receives zero gradients from now on)."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.dim() > 0 and t.shape[0] == model.members:
+                t[k] = 0.0
+        for state in opt.state.values():
+            for v in state.values():
+                if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == model.members:
+                    v[k] = 0.0
+
+
+def run(
+    cfg: RunConfig, out_dir: str | Path, data: Data | None = None, model: MLP | None = None
+) -> list[dict]:
+    """Train one ensemble (one member per seed) and write its run folder; return the summaries.
+
+    `cfg` must be a validated RunConfig (bnlab.config.load_config). `data` may be passed to
+    reuse tensors already loaded (tests, notebooks); it must match cfg.data. `model` may be
+    passed instead of building one from cfg (it is trained in place, so the caller can look
+    inside it afterwards); it must have one member per seed.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_config(out_dir, to_dict(cfg))
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    data = (data or load_data(cfg.data)).to(device)
+
+    seeds, steps, reduction = list(cfg.seeds), cfg.train.steps, cfg.train.loss
+    model = build_model(cfg.model, seeds, device) if model is None else model.to(device)
+    opt = make_optimizer(cfg.optim, model.parameters())
+    batches = Batches(len(data.y_train), cfg.data.batch_size, seeds, device)
+    x_fit = data.x_train[: cfg.data.eval_train_size]
+    y_fit = data.y_train[: cfg.data.eval_train_size]
+    histories = [History(out_dir, s) for s in seeds]
+    alive = torch.ones(len(seeds), dtype=torch.bool, device=device)
+    status = ["finished"] * len(seeds)
+    steps_done = [steps] * len(seeds)
+    last = [dict() for _ in seeds]  # last good evaluation per member
+    best = [0.0] * len(seeds)
+    batch_loss = torch.zeros(len(seeds), device=device)
+    n_batch_loss = 0
+    when = eval_steps(cfg)
+
+    def log_eval(step: int) -> None:
+        nonlocal n_batch_loss
+        results = {}
+        for split, x, y in (("test", data.x_test, data.y_test), ("train", x_fit, y_fit)):
+            loss, acc = evaluate(model, x, y, cfg.train.eval_batch)
+            results[split] = (loss.tolist(), acc.tolist())
+        mean_batch_loss = (batch_loss / max(n_batch_loss, 1)).tolist()
+        for k, h in enumerate(histories):
+            if status[k] != "finished":
+                continue
+            for split, (loss, acc) in results.items():
+                h.add(step, split, "loss", loss[k])
+                h.add(step, split, "acc", acc[k])
+            if n_batch_loss:
+                h.add(step, "train", "batch_loss", mean_batch_loss[k])
+            h.flush()
+            last[k] = {
+                "test_acc": results["test"][1][k],
+                "test_loss": results["test"][0][k],
+                "train_acc": results["train"][1][k],
+                "train_loss": results["train"][0][k],
+            }
+            best[k] = max(best[k], results["test"][1][k])
+        batch_loss.zero_()
+        n_batch_loss = 0
+
+    show = sys.stderr.isatty() if cfg.train.progress is None else cfg.train.progress
+    bar = tqdm(total=steps, desc=cfg.name, disable=not show, mininterval=0.5)
+    try:
+        model.train()
+        log_eval(0)
+        for step in range(1, steps + 1):
+            idx = batches.next()  # (K, B)
+            logits = model(data.x_train[idx])  # (K, B, 10)
+            losses = member_losses(logits, data.y_train[idx], reduction)  # (K,)
+            finite = torch.isfinite(losses)
+            newly_diverged = []
+            if not bool((finite | ~alive).all()):
+                newly_diverged = torch.nonzero(alive & ~finite).flatten().tolist()
+                for k in newly_diverged:
+                    status[k], steps_done[k] = "diverged", step - 1
+                alive &= finite
+                if not bool(alive.any()):
+                    break
+            total = torch.where(alive, losses, 0.0).sum()
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            for k in newly_diverged:  # after the step: the graph still needed the old values
+                _zero_member(model, opt, k)
+            batch_loss += torch.where(alive, losses.detach(), 0.0)
+            n_batch_loss += 1
+            if step in when:
+                log_eval(step)
+            bar.update(1)
+    finally:
+        bar.close()
+        for h in histories:
+            h.close()
+
+    wall = time.perf_counter() - t0
+    common = {
+        "members": len(seeds),
+        "wall_s": wall,
+        "torch_version": torch.__version__,
+        "device": str(device),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "epochs": batches.epoch + 1,
+        **git_info(),
+    }
+    summaries = []
+    for k, seed in enumerate(seeds):
+        summary = {
+            "seed": seed,
+            "status": status[k],
+            "steps_done": steps_done[k],
+            "steps_per_s": steps_done[k] / wall,
+            "best_test_acc": best[k],
+            "error": None,
+            **last[k],
+            **common,
+        }
+        write_json(member_dir(out_dir, seed) / "summary.json", summary)
+        summaries.append(summary)
+    return summaries
+
+
+def write_failure(out_dir: str | Path, seeds, error: BaseException) -> None:
+    """Record a crashed job: failure.json for the run and a 'failed' summary for every member
+    that has none yet (seeds may be unusable when the config itself was the problem)."""
+    record = {
+        "status": "failed",
+        "steps_done": 0,
+        "error": f"{type(error).__name__}: {error}",
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }
+    write_json(Path(out_dir) / "failure.json", record)
+    for seed in seeds if isinstance(seeds, list) else []:
+        path = member_dir(out_dir, seed) / "summary.json"
+        if not path.exists():
+            write_json(path, {"seed": seed, **record})

@@ -1,0 +1,83 @@
+"""Every shipped config composes and validates; every bad value is refused with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import REPO, make_cfg
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bnlab.__main__ import CONFIG_DIR
+from bnlab.config import ConfigError, load_config
+
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", ["mnist", "mnist5k"])
+@pytest.mark.parametrize("optim", ["sgd", "adam"])
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_every_config_composes_and_validates(data, optim, experiment):
+    overrides = [f"data={data}", f"optim={optim}"]
+    if experiment:
+        overrides.append(f"experiment={experiment}")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    rc = load_config(cfg)
+    assert rc.data.name == data and rc.optim.name == optim
+    if rc.model.norm != "none":
+        assert rc.model.placement in ("before", "after")
+
+
+def test_defaults_are_the_2017_study_architecture():
+    rc = make_cfg()
+    assert rc.model.widths == [100, 100] and rc.train.loss == "sum" and rc.model.init == "study"
+    assert rc.model.placement is None
+    assert make_cfg("model.norm=batch").model.placement == "before"
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["model.activation=swish"],
+            "model.activation='swish' is not allowed; choose one of: relu",
+        ),
+        (["model.norm=group"], "model.norm='group' is not allowed"),
+        (["model.placement=after"], "model.norm='none' has no norm layer"),
+        (["model.norm=batch", "model.placement=middle"], "model.placement='middle' is not allowed"),
+        (["model.norm=batch", "data.batch_size=1"], "batch norm needs at least 2"),
+        (["optim.lr=0"], "optim.lr=0.0 must be > 0"),
+        (["optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
+        (["train.steps=0"], "train.steps=0 must be > 0"),
+        (["train.steps=-5"], "train.steps=-5 must be > 0"),
+        (["model.widths=[]"], "model.widths=[] is empty"),
+        (["model.widths=[100,0]"], "model.widths entry=0 must be > 0"),
+        (["model.dropout=1.0"], "model.dropout=1.0 must be a probability"),
+        (["seeds=[]"], "seeds=[] is empty"),
+        (["seeds=[1,1]"], "repeats a seed"),
+        (["optim.name=rmsprop"], "optim='rmsprop' is not allowed; choose one of: sgd, adam"),
+        (["model.foo=1"], "unknown config key 'model.foo'; known keys of model: widths"),
+        (["train.steps=abc"], "bad value for 'train.steps'"),
+    ],
+)
+def test_bad_values_are_refused_with_field_and_choices(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        make_cfg(*overrides)
+    assert message in str(err.value)
+
+
+def test_unreadable_data_root_is_refused(tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a folder"):
+        make_cfg(root=not_a_dir)
+    with pytest.raises(ConfigError, match="does not exist and data.download=false"):
+        make_cfg(root=tmp_path / "absent")
+
+
+def test_saved_config_reloads_to_the_same_config():
+    rc = make_cfg("model.norm=batch", "optim.name=adam", "seeds=[3,4]")
+    from bnlab.config import to_dict
+
+    again = load_config(OmegaConf.create(to_dict(rc)))
+    assert again == rc
