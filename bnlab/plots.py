@@ -31,7 +31,7 @@ def accuracy_curves(
 
     Lines: mean over seeds; bands: min-max over seeds.
     """
-    rows = with_config(history, runs, ["model.norm", facet])
+    rows = with_config(history, runs, ["model.norm", facet, "model.bn_eval"])
     rows = rows[(rows["metric"] == "acc") & (rows["split"] == split)]
     panels = sorted(rows[facet].unique())
     fig, axes = plt.subplots(
@@ -56,8 +56,12 @@ def accuracy_curves(
             hue_order=[n for n in NORM_COLORS if n in set(sub["model.norm"])],
         )
         n_seeds = sub.groupby("run")["seed"].nunique().min()
+        title = f"{facet.split('.')[-1]}={panel}"
+        bn_eval = sorted(sub.loc[sub["model.norm"] != "none", "model.bn_eval"].unique())
+        if bn_eval:  # the 2017 study evaluated BN with batch statistics: always say which
+            title += f"\nBN evaluated with {' / '.join(bn_eval)} statistics"
         ax.set(
-            title=f"{facet.split('.')[-1]}={panel}",
+            title=title,
             xlabel="training step",
             ylabel=f"{split} accuracy",
             ylim=(

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from datetime import datetime, timezone
@@ -21,9 +22,8 @@ from .records import History, git_info, member_dir, write_config, write_json
 
 
 def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
-    """torch.optim's SGD or Adam with multi-tensor (foreach) kernels.
-
-    Both update elementwise, so each ensemble member is updated exactly as if alone.
+    """torch.optim's SGD (multi-tensor) or Adam (fused kernel: ~4x faster than multi-tensor
+    on CPU). Both update elementwise, so each ensemble member is updated exactly as if alone.
     """
     params = list(params)
     if cfg.name == "sgd":
@@ -36,31 +36,37 @@ def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
         betas=tuple(cfg.betas),
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
-        foreach=True,
+        fused=True,
     )
 
 
 class Batches:
-    """Per-member shuffled mini-batches: each member reshuffles every epoch from its own
-    generator; the last partial batch of an epoch is dropped (never a batch of size 1)."""
+    """Per-member shuffled mini-batches of (x, y) held as tensors (no DataLoader).
 
-    def __init__(self, n: int, batch_size: int, seeds: list[int], device):
-        self.n, self.batch_size, self.device = n, batch_size, device
-        self.per_epoch = n // batch_size
+    Each member reshuffles every epoch from its own generator; the last partial batch of an
+    epoch is dropped (never a batch of size 1).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: list[int]):
+        self.x, self.y, self.batch_size, self.members = x, y, batch_size, len(seeds)
+        self.per_epoch = len(y) // batch_size
         self.gens = [generator(s, "data") for s in seeds]
         self.pos = self.per_epoch
         self.epoch = -1
 
-    def next(self) -> torch.Tensor:
-        """Indices (K, B) of the next batch of every member."""
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of every member: x (K, B, 784), y (K, B)."""
         if self.pos == self.per_epoch:
             used = self.per_epoch * self.batch_size
-            perms = [torch.randperm(self.n, generator=g)[:used] for g in self.gens]
-            self.order = torch.stack(perms).view(len(perms), self.per_epoch, -1).to(self.device)
+            perms = [torch.randperm(len(self.y), generator=g)[:used] for g in self.gens]
+            # (per_epoch, K*B): row i holds batch i of every member, member-major
+            order = torch.stack(perms).view(self.members, self.per_epoch, -1).transpose(0, 1)
+            self.order = order.reshape(self.per_epoch, -1).to(self.y.device)
             self.pos, self.epoch = 0, self.epoch + 1
-        idx = self.order[:, self.pos]
+        idx = self.order[self.pos]
         self.pos += 1
-        return idx
+        x = self.x.index_select(0, idx).view(self.members, self.batch_size, -1)
+        return x, self.y.index_select(0, idx).view(self.members, self.batch_size)
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -69,6 +75,47 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor, reduction: str) -> torc
     per_example = F.cross_entropy(logits.reshape(k * b, c), y.reshape(k * b), reduction="none")
     per_example = per_example.view(k, b)
     return per_example.sum(1) if reduction == "sum" else per_example.mean(1)
+
+
+def loss_and_grad(logits: torch.Tensor, y: torch.Tensor, reduction: str) -> tuple:
+    """Per-member cross-entropy (K,) and its gradient dL/dlogits = softmax - onehot (K, B, C),
+    divided by B for the mean reduction."""
+    logp = torch.log_softmax(logits, -1)
+    target = y.unsqueeze(-1)  # (K, B, 1)
+    losses = -logp.gather(-1, target).sum((1, 2))
+    minus_one = torch.tensor(-1.0, dtype=logp.dtype, device=logp.device).expand(target.shape)
+    grad = logp.exp_().scatter_add_(-1, target, minus_one)
+    if reduction == "mean":
+        b = logits.shape[1]
+        return losses / b, grad.div_(b)
+    return losses, grad
+
+
+@torch.no_grad()
+def train_step(
+    model: MLP,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    alive: torch.Tensor | None,
+    reduction: str,
+) -> torch.Tensor:
+    """One optimiser step of every member on its own batch x (K, B, 784), y (K, B).
+
+    Explicit backward (MLP.backward), no autograd graph. `alive` (K,) bool masks members out
+    (None: all alive). A masked member, or one whose loss is not finite, gets a zero loss
+    gradient, so nothing outside its own slice of the parameters can change (run() then
+    freezes it). Returns the per-member losses (K,).
+    """
+    losses, dlogits = loss_and_grad(model(x), y, reduction)
+    keep = alive
+    if not math.isfinite(losses.sum().item()):  # rare: also drop members with non-finite loss
+        keep = torch.isfinite(losses) if alive is None else alive & torch.isfinite(losses)
+    if keep is not None:
+        dlogits = torch.where(keep.view(-1, 1, 1), dlogits, 0.0)
+    model.backward(dlogits)
+    opt.step()
+    return losses
 
 
 @torch.no_grad()
@@ -142,11 +189,12 @@ def run(
     seeds, steps, reduction = list(cfg.seeds), cfg.train.steps, cfg.train.loss
     model = build_model(cfg.model, seeds, device) if model is None else model.to(device)
     opt = make_optimizer(cfg.optim, model.parameters())
-    batches = Batches(len(data.y_train), cfg.data.batch_size, seeds, device)
+    batches = Batches(data.x_train, data.y_train, cfg.data.batch_size, seeds)
     x_fit = data.x_train[: cfg.data.eval_train_size]
     y_fit = data.y_train[: cfg.data.eval_train_size]
     histories = [History(out_dir, s) for s in seeds]
     alive = torch.ones(len(seeds), dtype=torch.bool, device=device)
+    all_alive = True
     status = ["finished"] * len(seeds)
     steps_done = [steps] * len(seeds)
     last = [dict() for _ in seeds]  # last good evaluation per member
@@ -187,25 +235,18 @@ def run(
         model.train()
         log_eval(0)
         for step in range(1, steps + 1):
-            idx = batches.next()  # (K, B)
-            logits = model(data.x_train[idx])  # (K, B, 10)
-            losses = member_losses(logits, data.y_train[idx], reduction)  # (K,)
+            x, y = batches.next()  # (K, B, 784), (K, B)
+            losses = train_step(model, opt, x, y, None if all_alive else alive, reduction)
             finite = torch.isfinite(losses)
-            newly_diverged = []
             if not bool((finite | ~alive).all()):
-                newly_diverged = torch.nonzero(alive & ~finite).flatten().tolist()
-                for k in newly_diverged:
+                all_alive = False
+                for k in torch.nonzero(alive & ~finite).flatten().tolist():
                     status[k], steps_done[k] = "diverged", step - 1
+                    _zero_member(model, opt, k)
                 alive &= finite
                 if not bool(alive.any()):
                     break
-            total = torch.where(alive, losses, 0.0).sum()
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            for k in newly_diverged:  # after the step: the graph still needed the old values
-                _zero_member(model, opt, k)
-            batch_loss += torch.where(alive, losses.detach(), 0.0)
+            batch_loss += torch.where(alive, losses, 0.0)
             n_batch_loss += 1
             if step in when:
                 log_eval(step)

@@ -15,6 +15,7 @@ def _tables():
             "seed": [0, 1, 0, 1],
             "model.norm": ["none", "none", "batch", "batch"],
             "model.activation": ["sigmoid"] * 4,
+            "model.bn_eval": ["running"] * 4,
         }
     )
     rows = []
@@ -41,6 +42,7 @@ def test_accuracy_curves_draw_mean_lines_with_seed_bands():
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["no BN", "BN"]
     assert ax.get_xlabel() == "training step" and ax.get_ylabel() == "test accuracy"
+    assert "BN evaluated with running statistics" in ax.get_title()
     mean_lines = [line for line in ax.get_lines() if len(line.get_xdata()) == 3]
     means = sorted(tuple(line.get_ydata()) for line in mean_lines)
     assert means[0] == pytest.approx((0.105, 0.355, 0.605))

@@ -1,0 +1,181 @@
+"""Throughput of bnlab's training step against a naive PyTorch loop, in one process.
+
+    python scripts/benchmark.py [--data-root DIR] [--threads 1] [--json out.json]
+
+For batch sizes 4, 64 and 256 (784-100-100-10, BN before sigmoid, plain SGD, summed loss) it
+prints milliseconds per step of
+  - the naive reference: DataLoader over a TensorDataset, nn.Sequential with nn.BatchNorm1d,
+    torch.optim.SGD;
+  - bnlab's loop (bnlab.train.Batches + train_step, exactly what run() executes per step) for
+    ensembles of 1, 4 and 16 members, per member-step;
+  - the FLOP-bound limit: 6 * B * P flops per member-step (forward, and backward for weights
+    and inputs; P = weights) at the matrix-multiply rate measured in this same run.
+Ratios are what to read: absolute times move with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from bnlab.config import DataConfig, ModelConfig, OptimConfig
+from bnlab.data import load_data
+from bnlab.model import build_model
+from bnlab.train import Batches, make_optimizer, train_step
+
+WEIGHTS = 784 * 100 + 100 * 100 + 100 * 10
+MODEL = ModelConfig(activation="sigmoid", norm="batch", placement="before")
+OPTIM = OptimConfig(name="sgd", lr=1e-3)
+
+
+def timed_together(steps: dict, seconds: float, rounds: int = 5) -> dict:
+    """Seconds per call of each step function, measured round-robin (so slow phases of a
+    shared machine hit all of them alike); each gets the best of `rounds` timings."""
+    calls = {}
+    for name, step in steps.items():
+        for _ in range(20):  # warm-up
+            step()
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds / 2:
+            step()
+            n += 1
+        calls[name] = max(2 * n, 10)
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                step()
+            best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
+    return best
+
+
+def matmul_rate() -> float:
+    """Single-process float32 GEMM rate (flop/s) on a large square product, best of 5."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best = float("inf")
+    for _ in range(6):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 1024**3 / best
+
+
+def naive_step_fn(data, batch_size: int):
+    """The loop a tutorial writes: DataLoader, nn.Sequential with nn.BatchNorm1d, torch.optim."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(784, 100, bias=False),
+        nn.BatchNorm1d(100, eps=1e-3),
+        nn.Sigmoid(),
+        nn.Linear(100, 100, bias=False),
+        nn.BatchNorm1d(100, eps=1e-3),
+        nn.Sigmoid(),
+        nn.Linear(100, 10),
+    )
+    opt = torch.optim.SGD(net.parameters(), lr=OPTIM.lr)
+    loader = DataLoader(
+        TensorDataset(data.x_train, data.y_train),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+    )
+    batches = iter(loader)
+
+    def step():
+        nonlocal batches
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        loss = F.cross_entropy(net(x), y, reduction="sum")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def bnlab_step_fn(data, batch_size: int, members: int):
+    seeds = list(range(members))
+    model = build_model(MODEL, seeds)
+    opt = make_optimizer(OPTIM, model.parameters())
+    batches = Batches(data.x_train, data.y_train, batch_size, seeds)
+    model.train()
+
+    def step():  # the body of run()'s training loop
+        x, y = batches.next()
+        train_step(model, opt, x, y, None, "sum")
+
+    return step
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data-root", default=os.environ.get("BNLAB_DATA_ROOT", "./data"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=0.3, help="time per measurement round")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 64, 256])
+    p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    data = load_data(DataConfig(root=args.data_root, download=False))
+    rate = matmul_rate()
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), "
+        f"matmul rate {rate / 1e9:.1f} GFLOP/s (1024^3 float32)"
+    )
+    head = f"{'batch':>5} {'naive':>8} {'FLOP bound':>10}  " + "  ".join(
+        f"{f'K={k}':>8} {'x naive':>7} {'x bound':>7}" for k in args.members
+    )
+    print("ms per member-step\n" + head)
+    results = []
+    for b in args.batch_sizes:
+        steps = {"naive": naive_step_fn(data, b)}
+        steps.update({k: bnlab_step_fn(data, b, k) for k in args.members})
+        t = timed_together(steps, args.seconds)
+        naive, bound = t["naive"], 6 * b * WEIGHTS / rate
+        row = {"batch": b, "naive_ms": naive * 1e3, "flop_bound_ms": bound * 1e3, "bnlab": {}}
+        cells = []
+        for k in args.members:
+            per_member = t[k] / k
+            row["bnlab"][k] = per_member * 1e3
+            cells.append(
+                f"{per_member * 1e3:8.3f} {naive / per_member:6.2f}x {per_member / bound:6.2f}x"
+            )
+        print(f"{b:5d} {naive * 1e3:8.3f} {bound * 1e3:10.3f}  " + "  ".join(cells))
+        results.append(row)
+    print(
+        "x naive: speed-up over the naive loop (higher is better); "
+        "x bound: time over the FLOP-bound limit (1.0 is the limit)"
+    )
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "matmul_gflops": rate / 1e9,
+                    "threads": args.threads,
+                    "torch": torch.__version__,
+                    "rows": results,
+                },
+                indent=1,
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
