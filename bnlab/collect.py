@@ -33,6 +33,10 @@ SUMMARY_COLUMNS = [
 ]
 
 
+# test metrics under extra BN evaluation modes (train.final_eval), e.g. test_acc_population
+EVAL_MODE_KEYS = ("test_acc_", "test_loss_")
+
+
 def flatten(config: dict, prefix: str = "") -> dict:
     """Nested config -> {'model.norm': 'batch', 'model.widths': '[100,100]', ...}.
 
@@ -87,6 +91,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
                     "seed": seed,
                     **fields,
                     **{c: summary.get(c) for c in SUMMARY_COLUMNS},
+                    **{k: v for k, v in summary.items() if k.startswith(EVAL_MODE_KEYS)},
                 }
             )
             hist = read_history(run_dir, seed)

@@ -14,11 +14,21 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 ACTIVATIONS = ("relu", "lrelu", "sigmoid", "softplus", "tanh")
-NORMS = ("none", "batch")
+NORMS = (
+    "none",
+    "batch",
+    "batch_scratch",
+    "renorm",
+    "renorm_mlds2017",
+    "noisy_batch",
+    "noise",
+    "layer",
+)
 PLACEMENTS = ("before", "after")
 DROPOUT_AT = ("after_act", "before_bn", "final")
 INITS = ("study", "normal", "torch")
-BN_EVAL = ("running", "batch")
+BN_EVAL = ("running", "population", "batch")
+POPULATION_LOWER = ("batch", "inference")
 OPTIMS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
 DATASETS = ("mnist", "mnist5k")
@@ -39,6 +49,31 @@ class DataConfig:
 
 
 @dataclass
+class RenormConfig:
+    """Batch Renorm (Ioffe 2017): r_max rises 1 -> r_max over [r_start, r_end], d_max 0 -> d_max
+    over [d_start, d_end], linearly; momentum is the moving-average rate alpha."""
+
+    r_max: float = 3.0
+    d_max: float = 5.0
+    r_start: int = 5000
+    r_end: int = 40000
+    d_start: int = 5000
+    d_end: int = 25000
+    momentum: float = 0.01
+
+
+@dataclass
+class NoiseConfig:
+    """Santurkar et al.'s noise: mu_j ~ U(-mean_range, mean_range), sigma_j ~ U(scale_low,
+    scale_high); m_ij ~ U(mu_j - jitter, mu_j + jitter), s_ij ~ N(sigma_j, jitter)."""
+
+    mean_range: float = 0.5
+    scale_low: float = 1.0
+    scale_high: float = 1.25
+    jitter: float = 0.1
+
+
+@dataclass
 class ModelConfig:
     widths: list[int] = field(default_factory=lambda: [100, 100])
     activation: str = "relu"
@@ -54,7 +89,11 @@ class ModelConfig:
     init_seed: int | None = None  # same initial weights for every member (data order varies)
     bn_eps: float = 1e-3  # the study's (TensorFlow) value; PyTorch's default is 1e-5
     bn_momentum: float | None = 0.1  # running-stat EMA rate (PyTorch); null = cumulative mean
-    bn_eval: str = "running"  # BN at evaluation: running statistics | the batch's own
+    bn_eval: str = "running"  # BN at evaluation: running | population | batch (its own)
+    population_batches: int = 200  # training batches for population statistics (Alg. 2)
+    population_lower: str = "batch"  # lower layers in batch | inference mode meanwhile
+    renorm: RenormConfig = field(default_factory=RenormConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
 
 @dataclass
@@ -78,6 +117,7 @@ class TrainConfig:
     threads: int = 1  # torch.set_num_threads; 0 leaves torch's default
     device: str = "cpu"  # cpu | cuda | auto
     progress: bool | None = None  # progress bar; null = only when stderr is a terminal
+    final_eval: list[str] = field(default_factory=list)  # extra BN eval modes at the end
 
 
 @dataclass
@@ -138,6 +178,20 @@ def validate(rc: RunConfig) -> None:
     _choice("model.norm", m.norm, NORMS)
     _choice("model.init", m.init, INITS)
     _choice("model.bn_eval", m.bn_eval, BN_EVAL)
+    _choice("model.population_lower", m.population_lower, POPULATION_LOWER)
+    for mode in t.final_eval:
+        _choice("train.final_eval entry", mode, BN_EVAL)
+    _positive("model.population_batches", m.population_batches)
+    r = m.renorm
+    if r.r_max < 1 or r.d_max < 0 or not 0 < r.momentum <= 1:
+        raise ConfigError(f"model.renorm needs r_max >= 1, d_max >= 0, 0 < momentum <= 1; got {r}")
+    if r.r_end < r.r_start or r.d_end < r.d_start:
+        raise ConfigError(f"model.renorm ramps must end after they start; got {r}")
+    n = m.noise
+    if n.mean_range < 0 or n.jitter < 0 or n.scale_high < n.scale_low:
+        raise ConfigError(
+            f"model.noise needs mean_range, jitter >= 0, scale_high >= scale_low; got {n}"
+        )
     _choice("optim", o.name, OPTIMS)
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
     _choice("train.device", t.device.split(":")[0], ("cpu", "cuda", "auto"))

@@ -1,222 +1,26 @@
-"""The MLP as a seed ensemble, with an explicit backward pass for every layer.
+"""The MLP as a seed ensemble: K members with their own weights, statistics and randomness.
 
-Every tensor carries the member axis first: activations are (K, B, width), a linear weight is
-(K, fan_in, fan_out), BN parameters and buffers are (K, width). One forward pass runs all
-members with batched matrix multiplies; nothing couples them, so member k of an ensemble
-computes what the same seed computes alone.
+One forward pass runs all members with batched matrix multiplies; nothing couples them, so
+member k of an ensemble computes what the same seed computes alone. For an MLP an explicit
+backward (bnlab.layers) is a handful of fused kernels per layer, about half the cost of an
+autograd step at small batches (scripts/benchmark.py).
 
-Training does not use autograd: each layer saves what its backward needs in `forward` (in
-training mode) and `backward(dy)` returns dL/dx and sets `.grad` on its parameters. For an
-MLP this is a handful of fused kernels per layer, about half the cost of an autograd step at
-small batches (scripts/benchmark.py). The forward is built from differentiable torch ops, so
-autograd on the same forward is the oracle the tests check every backward against.
-
-Layer names are stable across settings (fc1, bn1, act1, drop1, ..., fc{L+1} for the output),
-so probe rows join across runs with and without BN.
+Layer names are stable across settings (fc1, bn1, act1, drop1, ..., fc{L+1} for the output;
+bn{i} is whatever norm layer `model.norm` selects), so probe rows join across runs.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .layers import Activation, Dropout, Linear, generator
+from .norms import BATCH_STAT_NORMS, make_norm
 
 IN_FEATURES, CLASSES = 784, 10
-aten = torch.ops.aten
-
-ACTIVATIONS = {
-    "relu": torch.relu,
-    "lrelu": lambda x: F.leaky_relu(x, 0.2),
-    "sigmoid": torch.sigmoid,
-    "softplus": F.softplus,
-    "tanh": torch.tanh,
-}
-
-
-def generator(seed: int, stream: str, device: str | torch.device = "cpu") -> torch.Generator:
-    """An independent torch.Generator for one purpose ('init', 'data', 'noise') of one seed."""
-    state = np.random.SeedSequence([seed, *stream.encode()]).generate_state(2, dtype=np.uint64)
-    return torch.Generator(device=device).manual_seed(int(state[0] >> np.uint64(1)))
-
-
-class Layer(nn.Module):
-    """A layer with an explicit backward pass.
-
-    forward(x) saves what backward needs in `self.saved` (a plain dict: nn.Module's
-    __setattr__ is too slow for the hot path) when the layer is in training mode;
-    backward(dy) returns dL/dx and sets .grad of the layer's parameters.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.saved: dict[str, torch.Tensor] = {}
-
-    def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class Linear(Layer):
-    """K independent affine maps. Input (K, B, fan_in), or (B, fan_in) shared by all members."""
-
-    def __init__(self, members: int, fan_in: int, fan_out: int, bias: bool):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(members, fan_in, fan_out))
-        self.bias = nn.Parameter(torch.zeros(members, 1, fan_out)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:  # shared input (evaluation): one GEMM against all members' weights
-            k, fan_in, fan_out = self.weight.shape
-            w = self.weight.transpose(0, 1).reshape(fan_in, k * fan_out)
-            out = (x @ w).view(len(x), k, fan_out).transpose(0, 1)
-            return out if self.bias is None else out + self.bias
-        if self.training:
-            self.saved["x"] = x
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
-
-    def backward(self, dy: torch.Tensor, need_dx: bool = True) -> torch.Tensor | None:
-        self.weight.grad = torch.bmm(self.saved["x"].transpose(1, 2), dy)  # (K, in, out)
-        if self.bias is not None:
-            self.bias.grad = dy.sum(1, keepdim=True)
-        return torch.bmm(dy, self.weight.transpose(1, 2)) if need_dx else None
-
-
-class BatchNorm(Layer):
-    """PyTorch's batch-norm kernels (native_batch_norm and its backward), per-member statistics.
-
-    Training normalises with the biased batch variance and stores the unbiased one in
-    running_var (PyTorch's convention); momentum=None gives a cumulative average. At
-    evaluation it uses the running statistics, or with eval_stats='batch' the evaluation
-    batch's own statistics (what the 2017 study did), without touching the buffers.
-    """
-
-    def __init__(
-        self,
-        members: int,
-        width: int,
-        eps: float,
-        momentum: float | None,
-        eval_stats: str = "running",
-    ):
-        super().__init__()
-        self.eps, self.momentum, self.eval_stats = eps, momentum, eval_stats
-        self.weight = nn.Parameter(torch.ones(members, width))  # gamma
-        self.bias = nn.Parameter(torch.zeros(members, width))  # beta
-        self.register_buffer("running_mean", torch.zeros(members, width))
-        self.register_buffer("running_var", torch.ones(members, width))
-        self.batches_seen = 0  # for momentum=None (cumulative average)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, b, c = x.shape
-        flat = x.transpose(0, 1).reshape(b, k * c)  # member k's unit j is channel k*c + j
-        w, beta = self.weight.view(-1), self.bias.view(-1)
-        if self.training:
-            self.batches_seen += 1
-            momentum = self.momentum or 1.0 / self.batches_seen
-            y, mean, invstd = torch.native_batch_norm(
-                flat,
-                w,
-                beta,
-                self.running_mean.view(-1),
-                self.running_var.view(-1),
-                True,
-                momentum,
-                self.eps,
-            )
-            self.saved["flat"], self.saved["mean"], self.saved["invstd"] = flat, mean, invstd
-        elif self.eval_stats == "batch":
-            y = F.batch_norm(flat, None, None, w, beta, True, 0.0, self.eps)
-        else:
-            y = F.batch_norm(
-                flat,
-                self.running_mean.view(-1),
-                self.running_var.view(-1),
-                w,
-                beta,
-                False,
-                0.0,
-                self.eps,
-            )
-        return y.view(b, k, c).transpose(0, 1).contiguous()  # bmm is slow on other layouts
-
-    def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        flat, mean, invstd = self.saved["flat"], self.saved["mean"], self.saved["invstd"]
-        k, b, c = dy.shape
-        dx, dw, db = aten.native_batch_norm_backward(
-            dy.transpose(0, 1).reshape(b, k * c),
-            flat,
-            self.weight.view(-1),
-            None,
-            None,
-            mean,
-            invstd,
-            True,
-            self.eps,
-            [True, True, True],
-        )
-        self.weight.grad, self.bias.grad = dw.view(k, c), db.view(k, c)
-        return dx.view(b, k, c).transpose(0, 1).contiguous()
-
-
-class Dropout(Layer):
-    """Inverted dropout with one random stream per member (set `generators` before training)."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-        self.generators: list[torch.Generator] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = torch.empty_like(x)
-        for k, g in enumerate(self.generators):
-            keep[k].bernoulli_(1.0 - self.p, generator=g)
-        self.saved["scale"] = keep.div_(1.0 - self.p)  # (K, B, width): 0 or 1/(1-p)
-        return x * self.saved["scale"]
-
-    def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        return dy * self.saved["scale"]
-
-
-class Activation(Layer):
-    """relu, lrelu (slope 0.2), sigmoid, softplus or tanh, with PyTorch's backward kernels."""
-
-    def __init__(self, name: str):
-        super().__init__()
-        self.name, self.fn = name, ACTIVATIONS[name]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fn(x)
-        if self.training:
-            self.saved["x"], self.saved["y"] = x, y
-        return y
-
-    def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        if self.name == "relu":
-            return aten.threshold_backward(dy, self.saved["y"], 0.0)
-        if self.name == "lrelu":
-            return aten.leaky_relu_backward(dy, self.saved["x"], 0.2, False)
-        if self.name == "sigmoid":
-            return aten.sigmoid_backward(dy, self.saved["y"])
-        if self.name == "tanh":
-            return aten.tanh_backward(dy, self.saved["y"])
-        return aten.softplus_backward(dy, self.saved["x"], 1.0, 20.0)
-
-    def extra_repr(self) -> str:
-        return self.name
-
-
-def make_norm(cfg: ModelConfig, members: int, width: int) -> nn.Module:
-    if cfg.norm == "batch":
-        return BatchNorm(members, width, cfg.bn_eps, cfg.bn_momentum, cfg.bn_eval)
-    raise ValueError(f"unknown norm {cfg.norm!r}")
 
 
 class MLP(nn.Module):
@@ -234,8 +38,10 @@ class MLP(nn.Module):
         dims = [IN_FEATURES, *cfg.widths]
         n_hidden = len(cfg.widths)
         has_norm = cfg.norm != "none"
+        # a bias feeding a batch-statistics norm is cancelled by its mean subtraction
+        drop_bias = cfg.norm in BATCH_STAT_NORMS and cfg.placement == "before"
         for i in range(1, n_hidden + 1):
-            bias = not (has_norm and cfg.placement == "before") or cfg.bias_before_norm
+            bias = not drop_bias or cfg.bias_before_norm
             setattr(self, f"fc{i}", Linear(members, dims[i - 1], dims[i], bias))
             setattr(self, f"act{i}", Activation(cfg.activation))
             block = [f"act{i}"]
@@ -314,6 +120,6 @@ def build_model(cfg: ModelConfig, seeds: list[int], device="cpu") -> MLP:
         init_member(model, k, cfg, cfg.init_seed if cfg.init_seed is not None else seed)
     model.to(device)
     for name, m in model.named_modules():
-        if isinstance(m, Dropout):
+        if hasattr(m, "generators"):  # dropout and noise layers: one stream per member
             m.generators = [generator(s, f"noise-{name}", device) for s in seeds]
     return model

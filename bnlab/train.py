@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from .config import OptimConfig, RunConfig, to_dict
 from .data import Data, load_data
-from .model import MLP, build_model, generator
+from .layers import generator
+from .model import MLP, build_model
+from .norms import BATCH_STAT_NORMS, population_statistics, set_eval_stats
 from .records import History, git_info, member_dir, write_config, write_json
 
 
@@ -203,37 +205,67 @@ def run(
     n_batch_loss = 0
     when = eval_steps(cfg)
 
+    def population() -> None:
+        m = cfg.model
+        population_statistics(
+            model, data.x_train, cfg.data.batch_size, m.population_batches, m.population_lower
+        )
+
+    def write_rows(step: int, rows: list) -> None:
+        """rows: (split, metric, layer, values (K,)); written for members still training."""
+        for k, h in enumerate(histories):
+            if status[k] == "finished":
+                for split, metric, layer, values in rows:
+                    h.add(step, split, metric, values[k], layer)
+                h.flush()
+
     def log_eval(step: int) -> None:
         nonlocal n_batch_loss
-        results = {}
+        if cfg.model.bn_eval == "population":
+            population()
+        rows = []
         for split, x, y in (("test", data.x_test, data.y_test), ("train", x_fit, y_fit)):
             loss, acc = evaluate(model, x, y, cfg.train.eval_batch)
-            results[split] = (loss.tolist(), acc.tolist())
-        mean_batch_loss = (batch_loss / max(n_batch_loss, 1)).tolist()
-        for k, h in enumerate(histories):
-            if status[k] != "finished":
-                continue
-            for split, (loss, acc) in results.items():
-                h.add(step, split, "loss", loss[k])
-                h.add(step, split, "acc", acc[k])
-            if n_batch_loss:
-                h.add(step, "train", "batch_loss", mean_batch_loss[k])
-            h.flush()
-            last[k] = {
-                "test_acc": results["test"][1][k],
-                "test_loss": results["test"][0][k],
-                "train_acc": results["train"][1][k],
-                "train_loss": results["train"][0][k],
-            }
-            best[k] = max(best[k], results["test"][1][k])
+            rows += [(split, "loss", "", loss.tolist()), (split, "acc", "", acc.tolist())]
+        if n_batch_loss:
+            rows.append(("train", "batch_loss", "", (batch_loss / n_batch_loss).tolist()))
+        for name in model.order:  # e.g. Batch Renorm's clip fractions since the last eval
+            stats = getattr(getattr(model, name), "train_stats", dict)()
+            rows += [("train", metric, name, v.tolist()) for metric, v in stats.items()]
+        write_rows(step, rows)
+        values = {f"{split}_{metric}": v for split, metric, _, v in rows[:4]}
+        for k in range(len(seeds)):
+            if status[k] == "finished":
+                last[k] = {key: v[k] for key, v in values.items()}
+                best[k] = max(best[k], last[k]["test_acc"])
         batch_loss.zero_()
         n_batch_loss = 0
+
+    def final_evals(step: int) -> None:
+        """Test loss/accuracy under each BN evaluation mode of train.final_eval."""
+        rows = []
+        modes = cfg.train.final_eval if cfg.model.norm in BATCH_STAT_NORMS else []
+        for mode in modes:  # only where a layer uses batch statistics: no fake copies
+            set_eval_stats(model, mode)
+            if mode == "population":
+                population()
+            loss, acc = evaluate(model, data.x_test, data.y_test, cfg.train.eval_batch)
+            rows += [
+                ("test", f"loss_{mode}", "", loss.tolist()),
+                ("test", f"acc_{mode}", "", acc.tolist()),
+            ]
+        set_eval_stats(model, cfg.model.bn_eval)
+        write_rows(step, rows)
+        for k in range(len(seeds)):
+            if status[k] == "finished":
+                last[k].update({f"test_{metric}": v[k] for _, metric, _, v in rows})
 
     show = sys.stderr.isatty() if cfg.train.progress is None else cfg.train.progress
     bar = tqdm(total=steps, desc=cfg.name, disable=not show, mininterval=0.5)
     try:
         model.train()
-        log_eval(0)
+        step = 0
+        log_eval(step)
         for step in range(1, steps + 1):
             x, y = batches.next()  # (K, B, 784), (K, B)
             losses = train_step(model, opt, x, y, None if all_alive else alive, reduction)
@@ -251,6 +283,7 @@ def run(
             if step in when:
                 log_eval(step)
             bar.update(1)
+        final_evals(step)
     finally:
         bar.close()
         for h in histories:

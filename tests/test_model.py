@@ -8,7 +8,9 @@ import pytest
 import torch
 from conftest import make_cfg
 
-from bnlab.model import BatchNorm, Dropout, build_model
+from bnlab.layers import Dropout
+from bnlab.model import build_model
+from bnlab.norms import BatchNorm
 
 # Per member, 784-100-100-10: linears 78,400 + 10,000 + 1,000 weights; biases 100 + 100 + 10;
 # BN gamma+beta 200 per hidden layer.
@@ -165,6 +167,18 @@ def _autograd_grads(model, x, y, reduction):
             "model.dropout_at=final",
             "model.widths=[30,20,10]",
         ],
+        ["model.norm=batch_scratch", "model.bn_momentum=null"],
+        [
+            "model.norm=renorm",
+            "model.renorm.r_start=0",
+            "model.renorm.r_end=0",
+            "model.renorm.d_start=0",
+            "model.renorm.d_end=0",
+        ],
+        ["model.norm=renorm_mlds2017", "model.placement=after"],
+        ["model.norm=noisy_batch", "model.activation=relu"],
+        ["model.norm=noise", "model.dropout=0.1"],
+        ["model.norm=layer", "model.activation=tanh"],
     ],
 )
 def test_explicit_backward_equals_autograd(over):
