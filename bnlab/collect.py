@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .records import read_config, read_history, read_summary
+from .records import JOBS_FILE, read_config, read_history, read_summary
 
 SUMMARY_COLUMNS = [
     "status",
@@ -52,6 +52,21 @@ def flatten(config: dict, prefix: str = "") -> dict:
         else:
             out[name] = value
     return out
+
+
+def missing_members(root: Path, present: set[str]) -> list[dict]:
+    """Rows (status 'missing') for the members of jobs the sweeper planned (jobs.json) whose
+    run folder does not exist yet: not started, or killed before writing anything."""
+    jobs_file = root / JOBS_FILE
+    if not jobs_file.exists():
+        return []
+    jobs = json.loads(jobs_file.read_text())["jobs"]
+    return [
+        {"run": job["dir"], "seed": seed, "status": "missing"}
+        for job in jobs
+        if job["dir"] not in present
+        for seed in job["seeds"]
+    ]
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
@@ -97,6 +112,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             hist = read_history(run_dir, seed)
             if len(hist):
                 histories.append(hist.assign(run=name, seed=seed))
+    rows += missing_members(root, {r["run"] for r in rows})
     runs = pd.DataFrame(rows, columns=None if rows else ["run", "seed", *SUMMARY_COLUMNS])
     for col in (
         "test_acc",

@@ -7,7 +7,9 @@ error names the field, the bad value and what is allowed, and is raised before a
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
@@ -32,6 +34,19 @@ POPULATION_LOWER = ("batch", "inference")
 OPTIMS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
 DATASETS = ("mnist", "mnist5k")
+
+
+def sweep_dirname(overrides: str) -> str:
+    """A short, filesystem-safe folder name for a sweep point from its override string
+    ('model.norm=batch,optim.lr=0.01'); long names keep a prefix and a hash of the whole."""
+    name = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", overrides) or "default"
+    if len(name) > 96:
+        name = f"{name[:72]}~{hashlib.sha1(overrides.encode()).hexdigest()[:12]}"
+    return name
+
+
+# Hydra resolves hydra.sweep.subdir with it (configs/config.yaml), in every worker process.
+OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
 
 
 class ConfigError(ValueError):
@@ -118,6 +133,7 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | auto
     progress: bool | None = None  # progress bar; null = only when stderr is a terminal
     final_eval: list[str] = field(default_factory=list)  # extra BN eval modes at the end
+    resume: bool = True  # skip members whose summary says finished or diverged
 
 
 @dataclass

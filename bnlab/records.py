@@ -8,6 +8,7 @@ Layout of a run folder:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -20,6 +21,7 @@ import yaml
 
 HISTORY_COLUMNS = ["step", "split", "metric", "layer", "value"]
 DONE_STATUSES = ("finished", "diverged")
+JOBS_FILE = "jobs.json"  # a sweep's full job list, written by the sweeper before any job starts
 
 
 def member_dir(run_dir: str | Path, seed: int) -> Path:
@@ -48,6 +50,15 @@ def write_config(run_dir: str | Path, config: dict) -> None:
 
 def read_config(run_dir: str | Path) -> dict:
     return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+
+
+def count_done(sweep_dir: str | Path) -> int:
+    """Members under sweep_dir whose summary says finished or diverged."""
+    done = 0
+    for path in Path(sweep_dir).rglob("summary.json"):
+        with contextlib.suppress(OSError, ValueError):  # being replaced: next look counts it
+            done += json.loads(path.read_text()).get("status") in DONE_STATUSES
+    return done
 
 
 def read_summary(run_dir: str | Path, seed: int) -> dict | None:

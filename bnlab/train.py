@@ -20,7 +20,15 @@ from .data import Data, load_data
 from .layers import generator
 from .model import MLP, build_model
 from .norms import BATCH_STAT_NORMS, population_statistics, set_eval_stats
-from .records import History, git_info, member_dir, write_config, write_json
+from .records import (
+    DONE_STATUSES,
+    History,
+    git_info,
+    member_dir,
+    read_summary,
+    write_config,
+    write_json,
+)
 
 
 def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
@@ -177,18 +185,33 @@ def run(
     `cfg` must be a validated RunConfig (bnlab.config.load_config). `data` may be passed to
     reuse tensors already loaded (tests, notebooks); it must match cfg.data. `model` may be
     passed instead of building one from cfg (it is trained in place, so the caller can look
-    inside it afterwards); it must have one member per seed.
+    inside it afterwards); it must have one member per seed that is trained.
+
+    With cfg.train.resume, members whose summary in out_dir says finished or diverged are not
+    trained again (their summaries are returned as they are); the others train from scratch.
     """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    done = {}
+    if cfg.train.resume:
+        done = {
+            s: m
+            for s in cfg.seeds
+            if (m := read_summary(out_dir, s)) and m["status"] in DONE_STATUSES
+        }
+    seeds = [s for s in cfg.seeds if s not in done]
+    if not seeds:
+        print(f"{out_dir}: all {len(done)} members already done, skipped")
+        return [done[s] for s in cfg.seeds]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, to_dict(cfg))
+    (out_dir / "failure.json").unlink(missing_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     data = (data or load_data(cfg.data)).to(device)
 
-    seeds, steps, reduction = list(cfg.seeds), cfg.train.steps, cfg.train.loss
+    steps, reduction = cfg.train.steps, cfg.train.loss
     model = build_model(cfg.model, seeds, device) if model is None else model.to(device)
     opt = make_optimizer(cfg.optim, model.parameters())
     batches = Batches(data.x_train, data.y_train, cfg.data.batch_size, seeds)
@@ -299,7 +322,6 @@ def run(
         "epochs": batches.epoch + 1,
         **git_info(),
     }
-    summaries = []
     for k, seed in enumerate(seeds):
         summary = {
             "seed": seed,
@@ -312,8 +334,8 @@ def run(
             **common,
         }
         write_json(member_dir(out_dir, seed) / "summary.json", summary)
-        summaries.append(summary)
-    return summaries
+        done[seed] = summary
+    return [done[s] for s in cfg.seeds]
 
 
 def write_failure(out_dir: str | Path, seeds, error: BaseException) -> None:

@@ -56,25 +56,22 @@ def test_real_multirun_then_collect(mnist_root, tmp_path):
     assert len(history.groupby(["run", "seed"])) == 4
 
 
-def test_a_bad_sweep_point_is_reported_and_the_others_finish(mnist_root, tmp_path):
+def test_a_bad_sweep_value_fails_before_any_job_starts(mnist_root, tmp_path):
     sweep = tmp_path / "sweep"
     out = bnlab(
         "-m",
         "model.activation=sigmoid,swish",
-        "optim.lr=0.01",
-        "seeds=[0]",
+        "model.norm=none,batch",
         *SHORT,
         f"hydra.sweep.dir={sweep}",
         root=mnist_root,
     )
-    assert out.returncode != 0  # the sweep says something failed
-    assert "model.activation='swish' is not allowed" in out.stderr
-    collect_main([str(sweep)])
-    runs = pd.read_parquet(sweep / "runs.parquet").set_index("run")
-    ok = runs[runs["status"] == "finished"]
-    assert len(ok) == 1 and ok["test_acc"].iloc[0] > 0.2
-    bad = runs[runs["status"] == "failed"]
-    assert len(bad) == 1 and "swish" in bad["error"].iloc[0]
+    assert out.returncode != 0
+    assert "2 of 4 sweep points are invalid; no job was started" in out.stderr
+    assert "choose one of: relu, lrelu, sigmoid, softplus, tanh" in out.stderr
+    assert not list(sweep.glob("*/config.yaml"))
+    out = bnlab("-m", "experiment=nope", f"hydra.sweep.dir={sweep}", root=mnist_root)
+    assert out.returncode != 0 and "demo" in out.stderr  # Hydra lists the experiments
 
 
 def test_unknown_key_and_missing_data_fail_before_training(tmp_path):

@@ -81,3 +81,13 @@ def test_saved_config_reloads_to_the_same_config():
 
     again = load_config(OmegaConf.create(to_dict(rc)))
     assert again == rc
+
+
+def test_shipped_launchers_and_sweeper_compose():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+        assert "SlurmLauncher" in cfg.hydra.launcher._target_
+        assert cfg.hydra.launcher.cpus_per_task == 1 and cfg.hydra.launcher.tasks_per_node == 1
+        assert "BnlabSweeper" in cfg.hydra.sweeper._target_
+        cfg = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+        assert "JoblibLauncher" in cfg.hydra.launcher._target_
