@@ -125,7 +125,7 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 2000
     loss: str = "sum"  # cross-entropy summed over the batch (the study) or averaged
-    eval_every: int = 250
+    eval_every: int = 500
     eval_dense_until: int = 0  # also evaluate every eval_dense_every steps before this step
     eval_dense_every: int = 10
     eval_batch: int = 10000  # evaluation batch; with bn_eval=batch its statistics are used
@@ -137,6 +137,35 @@ class TrainConfig:
 
 
 @dataclass
+class Every:
+    every: int = 0  # fire at steps that are multiples of this; 0 = off
+
+
+def _every(n: int):
+    return field(default_factory=lambda: Every(n))
+
+
+@dataclass
+class ProbesConfig:
+    """Probe schedules (bnlab/probes.py). Cheap probes default to every 500 steps (the default
+    evaluation interval), gradient ICS and landscape to every 2000, the Jacobian to every 5000
+    (its eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images)."""
+
+    batch: int = 500  # fixed probe batch: this many training and test images, drawn once
+    weights: Every = _every(500)  # norms of W, gamma, beta; effective lr of scale-invariant rows
+    grads: Every = _every(500)  # gradient magnitudes of the step's batch (Fig. 2: every=1)
+    activations: Every = _every(500)  # pre-activation percentiles, saturation; distributional ICS
+    mismatch: Every = _every(500)  # BN train/inference mismatch, dropout variance shift
+    jacobian: Every = _every(5000)  # per-sample layer-Jacobian singular values
+    ics_grad: Every = _every(2000)  # gradient ICS (Santurkar Def. 2.1)
+    landscape: Every = _every(2000)  # loss range, gradient predictiveness, beta-smoothness
+    jacobian_samples: int = 100  # probe images used by the Jacobian probe
+    landscape_steps: list[float] = field(  # step sizes as multiples of lr (or of the update)
+        default_factory=lambda: [0.5, 0.673, 0.906, 1.22, 1.64, 2.21, 2.97, 4.0]
+    )
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -144,6 +173,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
 
 
 def load_config(cfg: DictConfig | dict) -> RunConfig:
@@ -252,6 +282,22 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
     if t.threads < 0:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
+    pr = rc.probes
+    for name in (
+        "weights",
+        "grads",
+        "activations",
+        "mismatch",
+        "jacobian",
+        "ics_grad",
+        "landscape",
+    ):
+        if getattr(pr, name).every < 0:
+            raise ConfigError(f"probes.{name}.every={getattr(pr, name).every} must be >= 0")
+    _positive("probes.batch", pr.batch)
+    _positive("probes.jacobian_samples", pr.jacobian_samples)
+    if not pr.landscape_steps or min(pr.landscape_steps) <= 0:
+        raise ConfigError(f"probes.landscape_steps={list(pr.landscape_steps)} must be > 0")
     if d.name == "mnist":
         _check_root(d.root, d.download)
 

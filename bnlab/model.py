@@ -79,7 +79,9 @@ class MLP(nn.Module):
         .grad of every parameter (the input gradient is not computed)."""
         dy = dlogits
         for name in reversed(self.order[1:]):
-            dy = getattr(self, name).backward(dy)
+            layer = getattr(self, name)
+            layer.saved["dy"] = dy  # dL/d(layer output), for the gradient probes
+            dy = layer.backward(dy)
         getattr(self, self.order[0]).backward(dy, need_dx=False)
 
 

@@ -20,6 +20,7 @@ from .data import Data, load_data
 from .layers import generator
 from .model import MLP, build_model
 from .norms import BATCH_STAT_NORMS, population_statistics, set_eval_stats
+from .probes import Prober
 from .records import (
     DONE_STATUSES,
     History,
@@ -227,6 +228,7 @@ def run(
     batch_loss = torch.zeros(len(seeds), device=device)
     n_batch_loss = 0
     when = eval_steps(cfg)
+    prober = Prober(cfg, model, data.x_train, data.x_test)
 
     def population() -> None:
         m = cfg.model
@@ -239,7 +241,7 @@ def run(
         for k, h in enumerate(histories):
             if status[k] == "finished":
                 for split, metric, layer, values in rows:
-                    h.add(step, split, metric, values[k], layer)
+                    h.add(step, split, metric, float(values[k]), layer)
                 h.flush()
 
     def log_eval(step: int) -> None:
@@ -289,8 +291,10 @@ def run(
         model.train()
         step = 0
         log_eval(step)
+        write_rows(step, prober.state_rows(step))
         for step in range(1, steps + 1):
             x, y = batches.next()  # (K, B, 784), (K, B)
+            before = prober.before_step(step)
             losses = train_step(model, opt, x, y, None if all_alive else alive, reduction)
             finite = torch.isfinite(losses)
             if not bool((finite | ~alive).all()):
@@ -303,6 +307,7 @@ def run(
                     break
             batch_loss += torch.where(alive, losses, 0.0)
             n_batch_loss += 1
+            write_rows(step, prober.step_rows(step, before, x, y) + prober.state_rows(step))
             if step in when:
                 log_eval(step)
             bar.update(1)

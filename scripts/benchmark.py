@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bnlab.config import DataConfig, ModelConfig, OptimConfig
+from bnlab.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from bnlab.data import load_data
 from bnlab.model import build_model
+from bnlab.probes import Prober
 from bnlab.train import Batches, make_optimizer, train_step
 
 WEIGHTS = 784 * 100 + 100 * 100 + 100 * 10
@@ -120,6 +121,39 @@ def bnlab_step_fn(data, batch_size: int, members: int):
     return step
 
 
+def probe_overhead(data, batch_size: int, members: int, steps: int) -> dict:
+    """Training `steps` steps with the default probe schedule (bnlab.config.ProbesConfig):
+    seconds spent inside the probe calls and in the rest of the loop, and the whole loop
+    without probes for comparison (noisier: two separate timings)."""
+    cfg = RunConfig(model=MODEL, optim=OPTIM)
+    seeds = list(range(members))
+
+    def loop(with_probes: bool) -> tuple[float, float]:
+        model = build_model(MODEL, seeds)
+        opt = make_optimizer(OPTIM, model.parameters())
+        batches = Batches(data.x_train, data.y_train, batch_size, seeds)
+        prober = Prober(cfg, model, data.x_train, data.x_test)
+        model.train()
+        probing, t0 = 0.0, time.perf_counter()
+        for step in range(0, steps + 1):
+            if step:
+                x, y = batches.next()
+                t1 = time.perf_counter()
+                before = prober.before_step(step) if with_probes else None
+                probing += time.perf_counter() - t1
+                train_step(model, opt, x, y, None, "sum")
+            if with_probes:
+                t1 = time.perf_counter()
+                prober.step_rows(step, before, x, y) if step else None
+                prober.state_rows(step)
+                probing += time.perf_counter() - t1
+        return time.perf_counter() - t0, probing
+
+    off, _ = loop(False)
+    on, probing = loop(True)
+    return {"off_s": off, "on_s": on, "probe_s": probing}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=0.3, help="time per measurement round")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 64, 256])
     p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--probe-steps", type=int, default=10000, help="steps for probe overhead")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -161,6 +196,14 @@ def main(argv=None) -> int:
     print(
         "x naive: speed-up over the naive loop (higher is better); "
         "x bound: time over the FLOP-bound limit (1.0 is the limit)"
+    )
+    po = probe_overhead(data, 64, 5, args.probe_steps)
+    print(
+        f"probes, default schedule (cheap every 500 steps, gradient ICS and landscape every "
+        f"2000, Jacobian every 5000), batch 64, 5 members, {args.probe_steps} steps: "
+        f"{po['probe_s']:.2f} s inside probe calls = "
+        f"{100 * po['probe_s'] / (po['on_s'] - po['probe_s']):.1f}% of the training loop "
+        f"(whole loop {po['off_s']:.1f} s without probes, {po['on_s']:.1f} s with)"
     )
     if args.json:
         args.json.write_text(

@@ -1,0 +1,289 @@
+"""Probes against independent computations, and probes never steer training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_cfg, synthetic_data
+
+from bnlab.model import build_model
+from bnlab.probes import (
+    JAC_BINS,
+    StepContext,
+    activation_stats,
+    capture,
+    grad_stats,
+    ics_gradient,
+    jacobian_stats,
+    landscape,
+    mismatch_stats,
+    singular_values,
+    weight_stats,
+)
+from bnlab.records import read_history
+from bnlab.train import loss_and_grad, make_optimizer, member_losses, run
+
+
+def _values(rows, metric, layer):
+    (v,) = [v for _, m, lay, v in rows if m == metric and lay == layer]
+    return v
+
+
+def _stepped(over, seeds=(0, 1), b=16, lr=0.05):
+    """A model after one explicit training step, with its StepContext."""
+    cfg = make_cfg(*over, f"optim.lr={lr}")
+    model = build_model(cfg.model, list(seeds)).double()
+    opt = make_optimizer(cfg.optim, model.parameters())
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(len(seeds), b, 784, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (len(seeds), b), generator=g)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = capture(model)
+    model.train()
+    with torch.no_grad():
+        _, d = loss_and_grad(model(x), y, cfg.train.loss)
+        model.backward(d)
+        opt.step()
+    return cfg, model, StepContext(model, x, y, cfg.train.loss, before, state)
+
+
+def test_weight_and_gradient_statistics_match_a_direct_computation():
+    _, model, _ = _stepped(["model.norm=batch"])
+    rows = weight_stats(model) + grad_stats(model)
+    for name in ("fc1", "fc2", "fc3"):
+        w, g = getattr(model, name).weight.detach(), getattr(model, name).weight.grad
+        for k in range(2):
+            assert _values(rows, "w_mean_abs", name)[k] == pytest.approx(w[k].abs().mean().item())
+            assert _values(rows, "w_spec", name)[k] == pytest.approx(
+                np.linalg.norm(w[k].numpy(), 2)
+            )
+            assert _values(rows, "grad_mean_abs", name)[k] == pytest.approx(
+                g[k].abs().mean().item()
+            )
+            assert _values(rows, "grad_rel", name)[k] == pytest.approx(
+                (g[k].norm() / w[k].norm()).item()
+            )
+    assert _values(rows, "gamma_norm", "bn1")[0] == pytest.approx(model.bn1.weight[0].norm().item())
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        ["model.norm=batch", "model.activation=sigmoid"],
+        ["model.norm=batch", "model.placement=after", "model.activation=tanh"],
+        ["model.activation=softplus"],
+    ],
+)
+def test_analytic_jacobian_singular_values_equal_jacrev(over):
+    cfg = make_cfg(*over)
+    model = build_model(cfg.model, [0, 1]).double()
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(2, 64, 784, dtype=torch.float64))  # move BN running statistics
+    model.eval()
+    x = torch.rand(3, 784, dtype=torch.float64)
+    sv = singular_values(model, x)
+    order = model.order
+
+    def block(start, end, k):
+        def f(v):  # v: one sample's input to layer `start`
+            h = v.expand(2, 1, -1) if v.dim() == 1 else v
+            for name in order[order.index(start) : order.index(end)]:
+                h = getattr(model, name)(h)
+            return h[k, 0]
+
+        return f
+
+    record = {}
+    model(x, record=record)
+    for k in range(2):
+        for i in range(3):
+            x1 = record[order[order.index("fc2") - 1]][k, i]  # input of block 2
+            for name, f, inp in (
+                ("fc1", block("fc1", "fc2", k), x[i]),
+                ("fc2", block("fc2", "fc3", k), x1),
+                ("hidden", block("fc1", "fc3", k), x[i]),
+            ):
+                jac = torch.func.jacrev(f)(inp)
+                expect = torch.linalg.svdvals(jac)
+                torch.testing.assert_close(sv[name][k, i], expect, rtol=1e-6, atol=1e-9)
+
+
+def test_jacobian_summaries_follow_from_the_singular_values():
+    model = build_model(make_cfg("model.norm=batch", "model.activation=relu").model, [0, 1])
+    x = torch.rand(20, 784)
+    s = singular_values(model, x)["fc2"]  # (K, N, C)
+    rows = jacobian_stats(model, x)
+    flat = s.flatten(1)
+    torch.testing.assert_close(_values(rows, "jac_s2_mean", "fc2"), (flat**2).mean(1))
+    torch.testing.assert_close(_values(rows, "jac_s_max", "fc2"), flat.amax(1))
+    for k in range(2):
+        cond = [np.log10(r.max() / r[r > 1e-6].min()) for r in s[k].double().numpy()]
+        assert _values(rows, "jac_log10_cond", "fc2")[k].item() == pytest.approx(
+            np.mean(cond), rel=1e-4
+        )
+        counts = np.histogram(np.log10(np.maximum(flat[k].numpy(), 1e-12)), JAC_BINS.numpy())[0]
+        hist = [_values(rows, f"jac_hist_{b:02d}", "fc2")[k].item() for b in range(len(counts))]
+        assert hist == counts.tolist()
+
+
+def test_gradient_ics_is_zero_for_layer_1_and_for_unmoved_earlier_layers():
+    _, model, ctx = _stepped(["model.norm=batch", "model.dropout=0.2"])
+    rows = ics_gradient(ctx)
+    assert torch.all(_values(rows, "ics_grad_l2", "fc1") == 0)
+    assert torch.all(_values(rows, "ics_grad_l2", "fc2") > 0)
+    ctx.after = dict(ctx.before)  # earlier layers with zero learning rate: nothing moved
+    rows = ics_gradient(ctx)
+    for name in ("fc1", "fc2", "fc3"):
+        assert torch.all(_values(rows, "ics_grad_l2", name) == 0)
+
+
+def _autograd_grads(cfg, params, x, y, seeds=(0, 1)):
+    """Oracle: an independent autograd computation of the loss and gradients at `params`."""
+    ref = build_model(cfg.model, list(seeds)).double()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.copy_(params[n])
+    ref.train()
+    losses = member_losses(ref(x), y, cfg.train.loss)
+    losses.sum().backward()
+    return losses.detach(), {n: p.grad for n, p in ref.named_parameters()}
+
+
+def test_gradient_ics_equals_an_autograd_computation():
+    cfg, model, ctx = _stepped(["model.norm=batch", "model.activation=sigmoid"])
+    rows = ics_gradient(ctx)
+    mixed = {n: (ctx.after if n.startswith(("fc1", "bn1")) else ctx.before)[n] for n in ctx.before}
+    _, grads = _autograd_grads(cfg, mixed, ctx.x, ctx.y)
+    g, g2 = ctx.grad["fc2.weight"].flatten(1), grads["fc2.weight"].flatten(1)
+    torch.testing.assert_close(_values(rows, "ics_grad_l2", "fc2"), (g - g2).norm(dim=1))
+    torch.testing.assert_close(
+        _values(rows, "ics_grad_cos", "fc2"), torch.nn.functional.cosine_similarity(g, g2, dim=1)
+    )
+
+
+def test_landscape_equals_a_brute_force_loop():
+    cfg, model, ctx = _stepped(["model.norm=batch", "model.widths=[12,8]"])
+    steps = [0.5, 1.0, 2.0]
+    rows = landscape(ctx, 0.05, steps, realised=False)
+    names = list(ctx.before)
+    gnorm = torch.sqrt(sum(ctx.grad[n].flatten(1).pow(2).sum(1) for n in names))
+    losses, diffs, betas = [], [], []
+    for m in steps:
+        point = {n: ctx.before[n] - m * 0.05 * ctx.grad[n] for n in names}
+        loss, grads = _autograd_grads(cfg, point, ctx.x, ctx.y)
+        diff = torch.sqrt(sum((grads[n] - ctx.grad[n]).flatten(1).pow(2).sum(1) for n in names))
+        losses.append(loss), diffs.append(diff), betas.append(diff / (m * 0.05 * gnorm))
+    losses, diffs, betas = map(torch.stack, (losses, diffs, betas))
+    torch.testing.assert_close(_values(rows, "landscape_loss_min", "grad"), losses.amin(0))
+    torch.testing.assert_close(_values(rows, "landscape_loss_max", "grad"), losses.amax(0))
+    torch.testing.assert_close(_values(rows, "landscape_grad_diff_max", "grad"), diffs.amax(0))
+    torch.testing.assert_close(_values(rows, "landscape_beta", "grad"), betas.amax(0))
+    # the model is left exactly as the real step left it
+    for n, p in model.named_parameters():
+        assert torch.equal(p, ctx.after[n]) and torch.equal(p.grad, ctx.grad[n])
+
+
+def test_activation_percentiles_equal_numpy():
+    model = build_model(make_cfg("model.norm=batch", "model.activation=sigmoid").model, [0, 1])
+    x = torch.rand(200, 784)
+    rows, _ = activation_stats(model, x, unit=3)
+    model.eval()
+    record = {}
+    model(x, record=record)
+    z = record["bn2"].detach().numpy()  # input of act2
+    for p in (15, 50, 85):
+        np.testing.assert_allclose(
+            _values(rows, f"preact_p{p}", "act2").numpy(),
+            np.percentile(z[:, :, 3], p, axis=1),
+            rtol=1e-5,
+        )
+        np.testing.assert_allclose(
+            _values(rows, f"preact_med_p{p}", "act2").numpy(),
+            np.median(np.percentile(z, p, axis=1), axis=1),
+            rtol=1e-5,
+        )
+    sat = (np.abs(z) > np.log(19)).mean((1, 2))
+    np.testing.assert_allclose(_values(rows, "saturated_frac", "act2").numpy(), sat, rtol=1e-6)
+
+
+def test_dropout_variance_shift_matches_the_closed_form():
+    p_drop = 0.5  # keep probability p = 0.5: Var_train = v/p, so the shift ratio is 1/p = 2
+    cfg = make_cfg(
+        "model.norm=batch",
+        "model.dropout=0.5",
+        "model.dropout_at=before_bn",
+        "model.bn_momentum=null",
+    )
+    model = build_model(cfg.model, [0, 1])
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(100):  # cumulative running statistics with dropout on
+            model(torch.randn(2, 256, 784, generator=g))  # zero-mean inputs, no bias: c = 0
+    rows = mismatch_stats(model, torch.randn(4000, 784, generator=g))
+    assert _values(rows, "var_shift", "bn1") == pytest.approx(
+        torch.tensor([1 / (1 - p_drop)] * 2), rel=0.03
+    )
+    assert mismatch_stats(build_model(make_cfg().model, [0]), torch.rand(10, 784)) == []
+
+
+def test_probes_observe_and_never_steer(tmp_path):
+    over = [
+        "model.norm=noisy_batch",
+        "model.dropout=0.2",
+        "optim.name=adam",
+        "optim.lr=1e-3",
+        "train.steps=30",
+        "train.eval_every=10",
+        "data.batch_size=16",
+        "seeds=[0,1]",
+    ]
+    every = [
+        f"probes.{n}.every=3"
+        for n in (
+            "weights",
+            "grads",
+            "activations",
+            "mismatch",
+            "jacobian",
+            "ics_grad",
+            "landscape",
+        )
+    ]
+    off = [
+        f"probes.{n}.every=0"
+        for n in (
+            "weights",
+            "grads",
+            "activations",
+            "mismatch",
+            "jacobian",
+            "ics_grad",
+            "landscape",
+        )
+    ]
+    data = synthetic_data()
+    run(
+        make_cfg(*over, *every, "probes.batch=64", "probes.jacobian_samples=8"),
+        tmp_path / "on",
+        data=data,
+    )
+    run(make_cfg(*over, *off), tmp_path / "off", data=data)
+    for seed in (0, 1):
+        on, off_ = read_history(tmp_path / "on", seed), read_history(tmp_path / "off", seed)
+        keep = ["loss", "acc", "batch_loss"]
+        a = on[on["metric"].isin(keep)].reset_index(drop=True)
+        b = off_[off_["metric"].isin(keep)].reset_index(drop=True)
+        assert a.equals(b)  # bit for bit
+        assert {
+            "ics_grad_cos",
+            "landscape_beta",
+            "jac_s_mean",
+            "var_shift",
+            "preact_p50",
+            "grad_xhat_norm",
+            "rel_update",
+        } <= set(on["metric"])
+        assert set(on[on["metric"] == "grad_mean_abs"]["step"]) == set(range(3, 31, 3))
