@@ -160,6 +160,7 @@ class ProbesConfig:
     ics_grad: Every = _every(2000)  # gradient ICS (Santurkar Def. 2.1)
     landscape: Every = _every(2000)  # loss range, gradient predictiveness, beta-smoothness
     jacobian_samples: int = 100  # probe images used by the Jacobian probe
+    jacobian_variants: bool = False  # also the train-mode and the 2017 batch-sum Jacobians
     landscape_steps: list[float] = field(  # step sizes as multiples of lr (or of the update)
         default_factory=lambda: [0.5, 0.673, 0.906, 1.22, 1.64, 2.21, 2.97, 4.0]
     )

@@ -287,3 +287,41 @@ def test_probes_observe_and_never_steer(tmp_path):
             "rel_update",
         } <= set(on["metric"])
         assert set(on[on["metric"] == "grad_mean_abs"]["step"]) == set(range(3, 31, 3))
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        ["model.norm=batch", "model.activation=sigmoid"],
+        ["model.norm=batch", "model.activation=relu"],
+        ["model.norm=batch", "model.placement=after"],
+        ["model.activation=tanh"],
+    ],
+)
+def test_batch_sum_jacobian_equals_autograd(over):
+    """The 2017 study's quantity: d(sum over the batch of a block's outputs)/d(sample i's
+    input), BN with the batch's own statistics; checked against jacrev of that sum."""
+    model = build_model(make_cfg(*over).model, [0, 1]).double()
+    x = torch.rand(6, 784, dtype=torch.float64)
+    layers = [m for m in model.modules() if hasattr(m, "eval_stats")]
+    for m in layers:
+        m.eval_stats = "batch"
+    sv = singular_values(model, x, batch_sum=True)
+    model.eval()
+    order = model.order
+    for k in range(2):
+
+        def block_sum(h, start="fc1", end="fc2", k=k):
+            out = h.expand(2, -1, -1)
+            for name in order[order.index(start) : order.index(end)]:
+                out = getattr(model, name)(out)
+            return out[k].sum(0)  # (C,): batch sum of each unit's output
+
+        jac = torch.func.jacrev(block_sum)(x)  # (C, N, 784)
+        for i in range(6):
+            expect = torch.linalg.svdvals(jac[:, i, :])
+            torch.testing.assert_close(sv["fc1"][k, i], expect, rtol=1e-6, atol=1e-9)
+    if "model.norm=batch" not in over:  # no BN: no cross-sample terms
+        for m in layers:
+            m.eval_stats = "running"
+        torch.testing.assert_close(sv["fc2"], singular_values(model, x)["fc2"])
