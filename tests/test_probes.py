@@ -325,3 +325,59 @@ def test_batch_sum_jacobian_equals_autograd(over):
         for m in layers:
             m.eval_stats = "running"
         torch.testing.assert_close(sv["fc2"], singular_values(model, x)["fc2"])
+
+
+ALL_NORMS = [
+    "none",
+    "batch",
+    "batch_scratch",
+    "renorm",
+    "renorm_mlds2017",
+    "noisy_batch",
+    "noise",
+    "layer",
+]
+
+
+@pytest.mark.parametrize("norm", ALL_NORMS)
+def test_every_probe_runs_on_every_norm_setting(tmp_path, norm):
+    every = [
+        f"probes.{n}.every=2"
+        for n in (
+            "weights",
+            "grads",
+            "activations",
+            "mismatch",
+            "jacobian",
+            "ics_grad",
+            "landscape",
+        )
+    ]
+    cfg = make_cfg(
+        f"model.norm={norm}",
+        "model.activation=relu",
+        "train.steps=4",
+        "train.eval_every=2",
+        "data.batch_size=16",
+        "seeds=[0,1]",
+        "probes.batch=32",
+        "probes.jacobian_samples=8",
+        "probes.jacobian_variants=true",
+        *every,
+    )
+    run(cfg, tmp_path, data=synthetic_data())
+    hist = read_history(tmp_path, 1)
+    metrics = set(hist["metric"])
+    assert {
+        "w_mean_abs",
+        "grad_mean_abs",
+        "preact_p50",
+        "ics_grad_cos",
+        "landscape_beta",
+    } <= metrics
+    batch_stats = norm in ("batch", "batch_scratch", "renorm", "renorm_mlds2017", "noisy_batch")
+    assert ("var_shift" in metrics) == batch_stats  # mismatch only where BN statistics exist
+    assert ("jac_s_mean" in metrics) == (norm != "layer")  # layer norm: not per-unit
+    assert ("jac_batchstat_s_mean" in metrics) == batch_stats
+    values = hist[~hist["metric"].str.endswith("log10_cond")]["value"]  # may be all-tiny: NaN
+    assert values.notna().all() and np.isfinite(values).all()
