@@ -34,6 +34,7 @@ POPULATION_LOWER = ("batch", "inference")
 OPTIMS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
 DATASETS = ("mnist", "mnist5k")
+PROBES = ("weights", "grads", "activations", "mismatch", "jacobian", "ics_grad", "landscape")
 
 
 def sweep_dirname(overrides: str) -> str:
@@ -284,15 +285,7 @@ def validate(rc: RunConfig) -> None:
     if t.threads < 0:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
     pr = rc.probes
-    for name in (
-        "weights",
-        "grads",
-        "activations",
-        "mismatch",
-        "jacobian",
-        "ics_grad",
-        "landscape",
-    ):
+    for name in PROBES:
         if getattr(pr, name).every < 0:
             raise ConfigError(f"probes.{name}.every={getattr(pr, name).every} must be >= 0")
     _positive("probes.batch", pr.batch)

@@ -7,7 +7,9 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
+from bnlab.config import NORMS, PROBES
 from bnlab.model import build_model
+from bnlab.norms import BATCH_STAT_NORMS
 from bnlab.probes import (
     JAC_BINS,
     StepContext,
@@ -240,30 +242,8 @@ def test_probes_observe_and_never_steer(tmp_path):
         "data.batch_size=16",
         "seeds=[0,1]",
     ]
-    every = [
-        f"probes.{n}.every=3"
-        for n in (
-            "weights",
-            "grads",
-            "activations",
-            "mismatch",
-            "jacobian",
-            "ics_grad",
-            "landscape",
-        )
-    ]
-    off = [
-        f"probes.{n}.every=0"
-        for n in (
-            "weights",
-            "grads",
-            "activations",
-            "mismatch",
-            "jacobian",
-            "ics_grad",
-            "landscape",
-        )
-    ]
+    every = [f"probes.{n}.every=3" for n in PROBES]
+    off = [f"probes.{n}.every=0" for n in PROBES]
     data = synthetic_data()
     run(
         make_cfg(*over, *every, "probes.batch=64", "probes.jacobian_samples=8"),
@@ -327,32 +307,9 @@ def test_batch_sum_jacobian_equals_autograd(over):
         torch.testing.assert_close(sv["fc2"], singular_values(model, x)["fc2"])
 
 
-ALL_NORMS = [
-    "none",
-    "batch",
-    "batch_scratch",
-    "renorm",
-    "renorm_mlds2017",
-    "noisy_batch",
-    "noise",
-    "layer",
-]
-
-
-@pytest.mark.parametrize("norm", ALL_NORMS)
+@pytest.mark.parametrize("norm", NORMS)
 def test_every_probe_runs_on_every_norm_setting(tmp_path, norm):
-    every = [
-        f"probes.{n}.every=2"
-        for n in (
-            "weights",
-            "grads",
-            "activations",
-            "mismatch",
-            "jacobian",
-            "ics_grad",
-            "landscape",
-        )
-    ]
+    every = [f"probes.{n}.every=2" for n in PROBES]
     cfg = make_cfg(
         f"model.norm={norm}",
         "model.activation=relu",
@@ -375,7 +332,7 @@ def test_every_probe_runs_on_every_norm_setting(tmp_path, norm):
         "ics_grad_cos",
         "landscape_beta",
     } <= metrics
-    batch_stats = norm in ("batch", "batch_scratch", "renorm", "renorm_mlds2017", "noisy_batch")
+    batch_stats = norm in BATCH_STAT_NORMS
     assert ("var_shift" in metrics) == batch_stats  # mismatch only where BN statistics exist
     assert ("jac_s_mean" in metrics) == (norm != "layer")  # layer norm: not per-unit
     assert ("jac_batchstat_s_mean" in metrics) == batch_stats
