@@ -207,6 +207,8 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_config(out_dir, to_dict(cfg))
     (out_dir / "failure.json").unlink(missing_ok=True)
+    for s in seeds:  # an earlier 'failed' summary would misreport the member while it trains
+        (member_dir(out_dir, s) / "summary.json").unlink(missing_ok=True)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
