@@ -31,7 +31,7 @@ from bnlab.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from bnlab.data import load_data
 from bnlab.model import build_model
 from bnlab.probes import Prober
-from bnlab.train import Batches, make_optimizer, train_step
+from bnlab.train import Batches, evaluate, make_optimizer, train_step
 
 WEIGHTS = 784 * 100 + 100 * 100 + 100 * 10
 MODEL = ModelConfig(activation="sigmoid", norm="batch", placement="before")
@@ -121,6 +121,25 @@ def bnlab_step_fn(data, batch_size: int, members: int):
     return step
 
 
+def evaluation_cost(data, members: int, batch_size: int) -> dict:
+    """Seconds per evaluation as run() does it (full test set and a 10,000-image training
+    subset, eval mode), and the same time in training steps of `batch_size`."""
+    seeds = list(range(members))
+    model = build_model(MODEL, seeds)
+    x_fit, y_fit = data.x_train[:10000], data.y_train[:10000]
+
+    def evaluation():
+        evaluate(model, data.x_test, data.y_test, 10000)
+        evaluate(model, x_fit, y_fit, 10000)
+
+    t = timed_together(
+        {"eval": evaluation, "step": bnlab_step_fn(data, batch_size, members)},
+        seconds=1.0,
+        rounds=3,
+    )
+    return {"eval_s": t["eval"], "steps_per_eval": t["eval"] / t["step"]}
+
+
 def probe_overhead(data, batch_size: int, members: int, steps: int) -> dict:
     """Training `steps` steps with the default probe schedule (bnlab.config.ProbesConfig):
     seconds spent inside the probe calls and in the rest of the loop, and the whole loop
@@ -196,6 +215,13 @@ def main(argv=None) -> int:
     print(
         "x naive: speed-up over the naive loop (higher is better); "
         "x bound: time over the FLOP-bound limit (1.0 is the limit)"
+    )
+    ev = evaluation_cost(data, 5, 64)
+    print(
+        f"evaluation (10,000 test + 10,000 training images, 5 members): "
+        f"{ev['eval_s'] * 1e3:.0f} ms = {ev['steps_per_eval']:.0f} training steps at batch 64; "
+        f"every 500 steps that is {100 * ev['steps_per_eval'] / 500:.0f}% on top of training, "
+        f"every 50 steps (the 2017 study) {100 * ev['steps_per_eval'] / 50:.0f}%"
     )
     po = probe_overhead(data, 64, 5, args.probe_steps)
     print(
