@@ -5,15 +5,15 @@ Each probe is a plain function returning rows (split, metric, layer, values) wit
 `probes.<name>.every` (0 = off; a probe fires at steps that are multiples of it, step 0
 included where it makes sense). State probes look at the model after step t on a fixed probe
 batch drawn once per run; step probes look at step t itself (its batch, its gradient, its
-update). Probes observe and never steer: every extra forward pass runs inside `frozen(model)`,
-which restores BN buffers, counters and random streams, so the loss history is bit-for-bit
-what it is with probes off (tested). Definitions: ../shared/reference/protocols.md.
+update). Probes observe and never steer: state probes run in eval mode, which changes nothing,
+and every extra training-mode pass of a step probe restores BN buffers, counters and random
+streams (capture/restore), so the loss history is bit-for-bit what it is with probes off
+(tested). Definitions: ../shared/reference/protocols.md.
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import torch
 
@@ -24,10 +24,6 @@ SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95 (proto
 TANH_SAT = math.log(19) / 2  # the same output band for tanh = 2 sigmoid(2x) - 1: |tanh| > 0.9
 JAC_BINS = torch.linspace(-4.0, 2.0, 25)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
-
-
-def rows(split, metric, layer, values):
-    return [(split, metric, layer, values)]
 
 
 def capture(model) -> tuple:
@@ -54,16 +50,6 @@ def restore(model, state: tuple) -> None:
             m.clip_sum, m.clip_batches = clip_sum.clone(), clip_batches
     for g, s in streams:
         g.set_state(s)
-
-
-@contextmanager
-def frozen(model):
-    """Run extra passes through `model` without a trace (see capture)."""
-    state = capture(model)
-    try:
-        yield
-    finally:
-        restore(model, state)
 
 
 def linears(model) -> list[tuple[str, Linear]]:
