@@ -62,6 +62,8 @@ class DataConfig:
     batch_size: int = 64
     holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
     eval_train_size: int = 10000  # fixed training subset (first N) for train loss/acc
+    train_classes: list[int] | None = None  # train only on these digits (mismatch study: [0,1])
+    test_ratio: float | None = None  # test on digits 1 and 0 only, in this 1:0 ratio (e.g. 9)
 
 
 @dataclass
@@ -125,16 +127,19 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 2000
+    epochs: float | None = None  # if set, steps = ceil(epochs * training examples / batch size)
     loss: str = "sum"  # cross-entropy summed over the batch (the study) or averaged
     eval_every: int = 500
     eval_dense_until: int = 0  # also evaluate every eval_dense_every steps before this step
     eval_dense_every: int = 10
+    evals: int = 0  # if > 0: this many evenly spaced evaluations instead of eval_every
     eval_batch: int = 10000  # evaluation batch; with bn_eval=batch its statistics are used
     threads: int = 1  # torch.set_num_threads; 0 leaves torch's default
     device: str = "cpu"  # cpu | cuda | auto
     progress: bool | None = None  # progress bar; null = only when stderr is a terminal
     final_eval: list[str] = field(default_factory=list)  # extra BN eval modes at the end
     resume: bool = True  # skip members whose summary says finished or diverged
+    save_model: bool = True  # write each member's final parameters and buffers (model.pt)
 
 
 @dataclass
@@ -280,6 +285,20 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError("optim.weight_decay and optim.momentum must be >= 0")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
+    if d.train_classes is not None and (
+        not d.train_classes or not all(0 <= c <= 9 for c in d.train_classes)
+    ):
+        raise ConfigError(
+            f"data.train_classes={list(d.train_classes)} must list digits 0-9, e.g. [0,1]"
+        )
+    if d.test_ratio is not None and not d.test_ratio >= 1:
+        raise ConfigError(
+            f"data.test_ratio={d.test_ratio!r} is the 1:0 ratio of the test set and must be >= 1"
+        )
+    if t.epochs is not None:
+        _positive("train.epochs", t.epochs)
+    if t.evals < 0:
+        raise ConfigError(f"train.evals={t.evals} must be >= 0 (0 = use train.eval_every)")
     if d.holdout < 0 or d.eval_train_size < 1:
         raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
     if t.threads < 0:

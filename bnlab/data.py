@@ -133,6 +133,20 @@ def load_mnist5k() -> tuple[np.ndarray, ...]:
     return x[train], y[train], x[~train], y[~train]
 
 
+def skewed_test_set(x: np.ndarray, y: np.ndarray, ratio: float) -> tuple[np.ndarray, ...]:
+    """The test digits 1 and 0 in a ratio:1 proportion (the mismatch study's test sets).
+
+    Uses as many 1s as possible (all of them, or ratio times the number of 0s when 0s run
+    short), then round(n1 / ratio) 0s, all in file order: MNIST's 1,135 ones and 980 zeros give
+    980/980 at ratio 1, 1135/126 at 9, 1135/60 at 19, 1135/11 at 99.
+    """
+    ones, zeros = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    n1 = min(len(ones), int(ratio * len(zeros)))
+    n0 = max(1, round(n1 / ratio))
+    idx = np.sort(np.concatenate([ones[:n1], zeros[:n0]]))
+    return x[idx], y[idx]
+
+
 def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
     """Load the configured dataset once, as float32 tensors in [0, 1] on `device`."""
     if cfg.name == "mnist":
@@ -140,6 +154,11 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
     else:
         xtr, ytr, xte, yte = load_mnist5k()
     xtr, ytr = xtr[cfg.holdout :], ytr[cfg.holdout :]
+    if cfg.train_classes is not None:
+        keep = np.isin(ytr, cfg.train_classes)
+        xtr, ytr = xtr[keep], ytr[keep]
+    if cfg.test_ratio is not None:
+        xte, yte = skewed_test_set(xte, yte, cfg.test_ratio)
     if len(ytr) < 2 * cfg.batch_size:
         raise ConfigError(
             f"data.batch_size={cfg.batch_size} leaves fewer than two batches in the {len(ytr)} "

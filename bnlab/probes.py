@@ -306,8 +306,25 @@ def singular_values(model, x: torch.Tensor, batch_sum: bool = False) -> dict:
 
 
 def _sv(gram: torch.Tensor) -> torch.Tensor:
-    ev = torch.linalg.eigvalsh(gram.double()).clamp_min(0.0)
+    """Singular values from Gram matrices (..., C, C), descending; NaN for a matrix that is not
+    finite or that LAPACK cannot decompose (a member blowing up must not stop the run)."""
+    g = gram.double()
+    bad = ~torch.isfinite(g).flatten(-2).all(-1)
+    g = torch.where(bad[..., None, None], 0.0, g)
+    try:
+        ev = torch.linalg.eigvalsh(g)
+    except torch.linalg.LinAlgError:
+        flat = g.flatten(0, -3)
+        ev = torch.stack([_eigvalsh_or_nan(m) for m in flat]).view(g.shape[:-1])
+    ev = torch.where(bad[..., None], float("nan"), ev.clamp_min(0.0))
     return ev.sqrt().flip(-1).to(gram.dtype)
+
+
+def _eigvalsh_or_nan(m: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.linalg.eigvalsh(m)
+    except torch.linalg.LinAlgError:
+        return torch.full(m.shape[:-1], float("nan"), dtype=m.dtype)
 
 
 def jacobian_summaries(svs: dict, prefix: str = "jac") -> list:

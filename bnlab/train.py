@@ -149,12 +149,23 @@ def evaluate(model: MLP, x: torch.Tensor, y: torch.Tensor, batch: int) -> tuple:
     return loss / len(x), correct / len(x)
 
 
-def eval_steps(cfg) -> set[int]:
-    """The steps at which a run evaluates: 0, every eval_every, the dense early ones, the last."""
+def total_steps(cfg, n_train: int) -> int:
+    """train.steps, or with train.epochs set, the steps that many epochs of n_train take."""
     t = cfg.train
-    steps = set(range(0, t.steps + 1, t.eval_every))
-    steps |= set(range(0, min(t.eval_dense_until, t.steps + 1), t.eval_dense_every))
-    return steps | {t.steps}
+    return t.steps if t.epochs is None else math.ceil(t.epochs * n_train / cfg.data.batch_size)
+
+
+def eval_steps(cfg, steps: int | None = None) -> set[int]:
+    """The steps at which a run of `steps` steps (default train.steps) evaluates: 0, every
+    eval_every (or train.evals evenly spaced points), the dense early ones, and the last."""
+    t = cfg.train
+    steps = t.steps if steps is None else steps
+    if t.evals:
+        when = {round(i * steps / t.evals) for i in range(t.evals + 1)}
+    else:
+        when = set(range(0, steps + 1, t.eval_every))
+    when |= set(range(0, min(t.eval_dense_until, steps + 1), t.eval_dense_every))
+    return when | {steps}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -214,7 +225,7 @@ def run(
     device = resolve_device(cfg.train.device)
     data = (data or load_data(cfg.data)).to(device)
 
-    steps, reduction = cfg.train.steps, cfg.train.loss
+    steps, reduction = total_steps(cfg, len(data.y_train)), cfg.train.loss
     model = build_model(cfg.model, seeds, device) if model is None else model.to(device)
     opt = make_optimizer(cfg.optim, model.parameters())
     batches = Batches(data.x_train, data.y_train, cfg.data.batch_size, seeds)
@@ -229,7 +240,7 @@ def run(
     best = [0.0] * len(seeds)
     batch_loss = torch.zeros(len(seeds), device=device)
     n_batch_loss = 0
-    when = eval_steps(cfg)
+    when = eval_steps(cfg, steps)
     prober = Prober(cfg, model, data.x_train, data.x_test)
 
     def population() -> None:
@@ -340,9 +351,27 @@ def run(
             **last[k],
             **common,
         }
+        if cfg.train.save_model and status[k] == "finished":
+            save_member(model, k, member_dir(out_dir, seed) / "model.pt")
         write_json(member_dir(out_dir, seed) / "summary.json", summary)
         done[seed] = summary
     return [done[s] for s in cfg.seeds]
+
+
+def member_state(model: MLP, k: int) -> dict[str, torch.Tensor]:
+    """Member k's parameters and buffers (every tensor of the state dict with a member axis),
+    named as in model.state_dict(), e.g. 'fc1.weight' (in, out), 'bn1.running_mean' (units,)."""
+    return {
+        name: t[k].detach().cpu().clone()
+        for name, t in model.state_dict().items()
+        if t.dim() and t.shape[0] == model.members
+    }
+
+
+def save_member(model: MLP, k: int, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(member_state(model, k), tmp)
+    tmp.replace(path)
 
 
 def write_failure(out_dir: str | Path, seeds, error: BaseException) -> None:

@@ -12,6 +12,7 @@ namespace because Hydra loads plugins only from there; bnlab itself never import
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -52,8 +53,12 @@ class BnlabSweeper(BasicSweeper):
                 f"{len(errors)} of {len(batch)} sweep points are invalid; no job "
                 "was started:\n" + "\n".join(errors)
             )
-        # the whole sweep, so that status and collect can name members not started yet
-        write_json(Path(self.config.hydra.sweep.dir) / JOBS_FILE, {"jobs": jobs})
+        # the whole sweep, so that status and collect can name members not started yet; jobs
+        # of other sweeps sharing this folder (experiments that reuse runs) are kept
+        path = Path(self.config.hydra.sweep.dir) / JOBS_FILE
+        new = {j["dir"] for j in jobs}
+        kept = json.loads(path.read_text())["jobs"] if path.exists() else []
+        write_json(path, {"jobs": [j for j in kept if j["dir"] not in new] + jobs})
         self.members = sum(len(j["seeds"]) for j in jobs)
 
     def sweep(self, arguments):
