@@ -1,0 +1,100 @@
+"""Every experiment config composes and validates at every sweep point; the reproduction's
+table of experiments matches the configs; a tiny reproduction runs end to end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import DATA_ROOT, REPO
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from bnlab.config import load_config
+from bnlab.figures import FIGURES
+from bnlab.reproduce import EXPERIMENTS
+
+CONFIGS = REPO / "configs"
+PROTOCOLS = {"mlds2017_protocol", "studies_protocol"}  # included by others, not sweeps
+EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def _points(name: str):
+    """(sweep dir, [overrides of each point]) of an experiment, as Hydra's sweeper sees them."""
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", [f"experiment={name}"], return_hydra_config=True)
+        params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
+        axes = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in params.items()]
+        points = [list(p) for p in itertools.product(*axes)]
+        composed = [
+            compose("config", [f"experiment={name}", f"data.root={DATA_ROOT}", *p]) for p in points
+        ]
+    return cfg.hydra.sweep.dir, composed
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENT_FILES if n not in PROTOCOLS])
+def test_every_sweep_point_validates(name):
+    sweep_dir, points = _points(name)
+    assert points
+    configs = [load_config({k: v for k, v in c.items() if k != "hydra"}) for c in points]
+    if name in EXPERIMENTS:
+        assert sweep_dir == f"results/sweeps/{EXPERIMENTS[name]}"
+        assert all(len(c.seeds) == 5 for c in configs)  # the reproduction runs 5 seeds
+
+
+def test_reproduction_covers_every_figure_experiment():
+    sweeps = set(EXPERIMENTS)
+    assert sweeps == set(EXPERIMENT_FILES) - PROTOCOLS - {"demo", "bn_small_batch_demo"}
+    assert {f.removesuffix("_anim") for f in FIGURES} - {"demo"} <= sweeps
+
+
+def test_shared_sweep_folders_give_identical_configs():
+    """Experiments that share a folder must build the same run for the same point, or one
+    would silently reuse another's runs under a different protocol."""
+    _, fig4 = _points("mlds2017_fig4")
+    _, fig1 = _points("mlds2017_fig1")
+    for c in fig1:
+        same = [
+            f
+            for f in fig4
+            if (f.model.activation, f.model.norm) == (c.model.activation, c.model.norm)
+        ]
+        assert len(same) == 1
+        strip = {"hydra"}
+        assert {k: v for k, v in same[0].items() if k not in strip} == {
+            k: v for k, v in c.items() if k not in strip
+        }
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_end_to_end(mnist_root, tmp_path):
+    """experiment -> collect -> tables -> figures -> claims report, a few steps and 2 seeds."""
+    only = ["mlds2017_fig2", "mlds2017_mismatch", "study_lr", "study_order"]
+    env = {**os.environ, "BNLAB_DATA_ROOT": str(mnist_root), "HYDRA_FULL_ERROR": "0"}
+    cmd = [sys.executable, "-m", "bnlab.reproduce", "--tiny", "--jobs", "1"]
+    proc = subprocess.run(
+        [*cmd, "--results", str(tmp_path), "--only", *only],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    times = pd.read_csv(tmp_path / "tables" / "reproduction_times.csv")
+    assert list(times["experiment"]) == only and (times["exit"] == 0).all()
+    mismatch = pd.read_csv(tmp_path / "tables" / "mlds2017_mismatch.csv")
+    assert len(mismatch) == 2 * 4 * 2  # 2 seeds x 4 ratios x BN on/off
+    assert set(mismatch["status"]) == {"finished"}
+    for fig in ("mlds2017_fig2.png", "mlds2017_fig3.png", "mlds2017_mismatch.png", "study_lr.png"):
+        assert (tmp_path / "figures" / fig).stat().st_size > 10_000
+    assert (tmp_path / "figures" / "mlds2017_fig3_anim.gif").exists()
+    assert not (tmp_path / "figures" / "mlds2017_fig4.png").exists()  # its runs were not made
+    report = (tmp_path / "CLAIMS.md").read_text()
+    assert "| [C8](#c8) |" in report and "**Verdict: not run** (table mlds2017.csv" in report
+    c8 = report.split("## C8")[1].split("## C9")[0]
+    assert "1:0 = 99:1, BN with running statistics" in c8 and "n=2" in c8
