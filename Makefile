@@ -1,6 +1,7 @@
 # Two commands that work on a fresh machine (Python >= 3.10 with venv and pip):
 #   make demo   set up .venv, train BN vs no BN on sigmoid (3 seeds), collect, draw the figure
-#   make test   set up .venv with the dev extras and run the test suite
+#   make test   set up .venv with the dev extras and run the test suite and the notebooks
+#   make reproduce   every experiment, figure and the claims report (about an hour, 2 cores)
 # Data: MNIST is downloaded to ./data on first use; point BNLAB_DATA_ROOT at a folder holding
 # MNIST/raw/ to use existing files (tests default to ../shared/data).
 
@@ -9,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export BNLAB_TEST_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench reproduce
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,9 +25,13 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --nbmake notebooks/
+
+reproduce: $(BIN)/.installed
+	$(BIN)/python -m bnlab.reproduce
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check bnlab tests scripts
+	$(BIN)/ruff check bnlab tests scripts notebooks hydra_plugins
 
 bench: $(BIN)/.installed
 	$(BIN)/python scripts/benchmark.py

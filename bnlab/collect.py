@@ -136,6 +136,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def status_counts(runs: pd.DataFrame) -> dict:
+    """{status: number of members} of a runs table."""
     return runs["status"].value_counts().to_dict() if len(runs) else {}
 
 

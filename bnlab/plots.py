@@ -164,6 +164,8 @@ def curves(
     ]
     if xmax is not None:
         rows = rows[rows["step"] <= xmax]
+    if logy:  # e.g. drift from step 0 is 0 at step 0: not drawable on a log axis
+        rows = rows[rows["value"] > 0]
     rows = with_config(rows, runs, [hue, facet, style, "model.bn_eval"])
     if rows.empty:
         raise ValueError(f"no rows of metric {metric!r} (split {split!r}, layer {layer!r})")

@@ -25,6 +25,7 @@ JOBS_FILE = "jobs.json"  # a sweep's full job list, written by the sweeper befor
 
 
 def member_dir(run_dir: str | Path, seed: int) -> Path:
+    """A member's folder in a run folder: RUN/seed{S} (history.csv, summary.json, model.pt)."""
     return Path(run_dir) / f"seed{seed}"
 
 
@@ -41,14 +42,18 @@ def write_atomic(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: dict) -> None:
+    """Write obj as indented, key-sorted JSON, atomically."""
     write_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def write_config(run_dir: str | Path, config: dict) -> None:
+    """Write a run's resolved config (plain nested dicts) to RUN/config.yaml, atomically."""
     write_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
 def read_config(run_dir: str | Path) -> dict:
+    """A run's saved config as nested dicts (bnlab.config.load_config turns it back into a
+    RunConfig, so the run can be repeated)."""
     return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
 
 
@@ -62,6 +67,7 @@ def count_done(sweep_dir: str | Path) -> int:
 
 
 def read_summary(run_dir: str | Path, seed: int) -> dict | None:
+    """A member's summary.json as a dict, or None when it has none yet."""
     path = member_dir(run_dir, seed) / "summary.json"
     return json.loads(path.read_text()) if path.exists() else None
 

@@ -169,6 +169,7 @@ def eval_steps(cfg, steps: int | None = None) -> set[int]:
 
 
 def resolve_device(name: str) -> torch.device:
+    """train.device -> torch.device ('auto': CUDA when available); refuses a missing GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -369,6 +370,7 @@ def member_state(model: MLP, k: int) -> dict[str, torch.Tensor]:
 
 
 def save_member(model: MLP, k: int, path: Path) -> None:
+    """Write member_state(model, k) to path atomically (torch.save)."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(member_state(model, k), tmp)
     tmp.replace(path)

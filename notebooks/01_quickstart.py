@@ -1,0 +1,102 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 Quickstart: one run from Python, its history, one figure
+#
+# **What it shows.** How to train BN vs no BN from Python through `bnlab.run` (the same
+# function the `python -m bnlab` command calls), read the run folder with pandas and draw the
+# learning curves with `bnlab.plots`. **Time:** about 30 s on a laptop CPU (two short runs of
+# 600 steps, 3 seeds each).
+#
+# MNIST is read from `$BNLAB_DATA_ROOT` (a folder holding `MNIST/raw/`), else downloaded to
+# `../data` on first use.
+
+# %%
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from bnlab import load_config, run
+from bnlab.collect import collect
+from bnlab.plots import curves
+
+DATA = os.environ.get("BNLAB_DATA_ROOT", str(Path("../data").resolve()))
+OUT = Path(tempfile.mkdtemp(prefix="bnlab_quickstart_"))
+
+# %% [markdown]
+# A run is configured by dotted overrides, exactly as on the command line. `load_config`
+# checks every value against the schema in `bnlab/config.py` and refuses bad ones with a
+# message naming the field. Here: the 2017 study's sigmoid network at a learning rate that
+# trains quickly (0.01 on the summed loss), with and without BN, three seeds trained together.
+
+# %%
+summaries = {}
+for norm in ("none", "batch"):
+    cfg = load_config(
+        OmegaConf.from_dotlist(
+            [
+                f"data.root={DATA}",
+                f"model.norm={norm}",
+                "model.activation=sigmoid",
+                "optim.lr=0.01",
+                "train.steps=600",
+                "train.eval_every=50",
+                "train.progress=false",
+                "seeds=[0,1,2]",
+            ]
+        )
+    )
+    summaries[norm] = run(cfg, OUT / f"norm={norm}")
+pd.DataFrame(
+    [
+        {"norm": n, **{k: s[k] for k in ("seed", "status", "test_acc", "wall_s")}}
+        for n, ss in summaries.items()
+        for s in ss
+    ]
+)
+
+# %% [markdown]
+# Each run folder holds `config.yaml`, and per seed `history.csv` (long format: step, split,
+# metric, layer, value), `summary.json` and `model.pt`. The collector turns a folder of runs
+# into two tables: `runs` (one row per member, config fields as columns) and `history`.
+
+# %%
+runs, history = collect(OUT)
+print(sorted(history["metric"].unique())[:12], "...")
+history[(history["metric"] == "acc") & (history["split"] == "test")].pivot_table(
+    index="step", columns=["run", "seed"], values="value"
+).tail()
+
+# %% [markdown]
+# Any recorded metric can be drawn the same way; here test accuracy and the mean |W2| that
+# the weights probe records.
+
+# %%
+fig = curves(runs, history, "acc", ylabel="test accuracy", title="sigmoid, SGD lr 0.01")
+
+# %%
+fig = curves(runs, history, "w_mean_abs", split="train", layer="fc2", ylabel="mean |W2|")
+
+# %% [markdown]
+# Checks on what was computed (a broken notebook fails CI here).
+
+# %%
+final = runs.groupby("model.norm")["test_acc"].mean()
+assert set(runs["status"]) == {"finished"} and len(runs) == 6
+assert final["batch"] > 0.85 and final["none"] > 0.5, final
+assert history["step"].max() == 600
+final

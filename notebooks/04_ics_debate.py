@@ -1,0 +1,100 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 The ICS debate on the same runs
+#
+# **What it shows.** Ioffe & Szegedy said BN works by reducing internal covariate shift (ICS):
+# the change of a layer's input distribution during training. Santurkar et al. said it does
+# not reduce ICS in the gradient sense and works by smoothing the loss landscape. bnlab
+# measures all three on the *same* runs (the 2017 study's 40,000-step SGD runs, 5 seeds,
+# relu and sigmoid). This notebook puts them side by side from the committed tables and
+# reads them in plain language. **Time:** a few seconds; no training.
+#
+# The measures (means over the probes of each run; definitions in `bnlab/probes.py` and
+# `bnlab/tables.py`):
+# - **distributional ICS**: Gaussian KL between a layer input's distribution at consecutive
+#   probes (every 1,000 steps, 500 fixed test images), `ics_kl_fc2` (input of layer 2);
+# - **gradient ICS**: $\|G - G'\|/\|G\|$, how much layer 2's gradient changes when the layers
+#   below it take their step (Santurkar Def. 2.1), `ics_grad_rel_fc2`; and the cosine;
+# - **smoothness**: effective beta-smoothness along the gradient, `landscape_beta`.
+
+# %%
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from bnlab.plots import NORM_COLORS, NORM_LABELS
+
+t = pd.read_csv(Path("../results/tables/mlds2017.csv"))
+t = t[(t["optim.name"] == "sgd") & t["model.activation"].isin(["relu", "sigmoid"])]
+MEASURES = {
+    "ics_kl_fc2": "distributional ICS\n(KL, layer-2 input)",
+    "ics_grad_rel_fc2": "gradient ICS\n||G - G'|| / ||G||, layer 2",
+    "ics_grad_cos_fc2": "gradient ICS\ncos(G, G'), layer 2",
+    "landscape_beta": "effective\nbeta-smoothness",
+}
+summary = t.groupby(["model.activation", "model.norm"])[list(MEASURES)].agg(["mean", "min", "max"])
+summary.xs("mean", axis=1, level=1).round(4)
+
+# %%
+fig, axes = plt.subplots(1, len(MEASURES), figsize=(15, 3.6), layout="constrained")
+for ax, (col, title) in zip(axes, MEASURES.items()):
+    for j, norm in enumerate(["none", "batch"]):
+        for i, act in enumerate(["relu", "sigmoid"]):
+            v = t[(t["model.norm"] == norm) & (t["model.activation"] == act)][col]
+            ax.scatter(
+                np.full(len(v), i + (j - 0.5) * 0.3),
+                v,
+                color=NORM_COLORS[norm],
+                label=NORM_LABELS[norm] if i == 0 else None,
+                s=18,
+            )
+    ax.set_xticks([0, 1], ["relu", "sigmoid"])
+    ax.set_title(title, fontsize=10)
+    if col != "ics_grad_cos_fc2":
+        ax.set_yscale("log")
+axes[0].legend()
+fig.suptitle("One point per seed: the same runs, three notions of what BN changes")
+
+# %% [markdown]
+# ## Reading it
+# The ratios below (no BN / BN, mean over seeds) say which way each measure moves with BN. A
+# ratio above 1 means BN *reduces* that quantity. The claims report (C9, C10) turns the same
+# numbers into verdicts with intervals over seeds.
+
+# %%
+means = t.groupby(["model.activation", "model.norm"])[list(MEASURES)].mean()
+ratio = means.xs("none", level=1) / means.xs("batch", level=1)
+ratio.round(3)
+
+# %%
+for act, row in ratio.iterrows():
+    for col, r in row.items():
+        if col == "ics_grad_cos_fc2":
+            continue
+        word = "lower" if r > 1 else "higher"
+        print(f"{act}: {MEASURES[col].splitlines()[0]} is {word} with BN (no BN / BN = {r:.2f})")
+
+# %% [markdown]
+# Whatever the signs in your copy of the results, note what the comparison can and cannot
+# show: these are one architecture, one dataset and the study's small learning rate; a
+# measure moving with BN does not show that the measure is *why* BN helps (Santurkar's
+# noisy-BN experiment, C11, is the kind of intervention that tests a mechanism).
+
+# %%
+assert len(t) == 4 * 5, len(t)  # relu/sigmoid x BN on/off x 5 seeds
+assert np.isfinite(ratio.to_numpy()).all()
+assert (t["ics_grad_cos_fc2"].between(-1, 1)).all()
