@@ -79,6 +79,14 @@ def colors_for(column: str, values) -> dict:
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(values)}
 
 
+# settings drawn in this order (then the rest, sorted)
+PREFERRED = {
+    "model.norm": list(NORM_COLORS),
+    "model.placement": ["before", "after"],
+    "model.dropout_at": ["no dropout", "after_act", "before_bn", "final"],
+}
+
+
 def ordered(values, preferred=None) -> list:
     """Unique values, in the preferred order first (NORM_COLORS for norms), then sorted."""
     values = list(pd.unique(pd.Series(list(values))))
@@ -101,8 +109,9 @@ def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3), sharey=False, fig=N
     """n panels in rows of ncols, on a new figure or inside `fig` (a subfigure)."""
     ncols = ncols or n
     nrows = -(-n // ncols)
-    if fig is None:
-        fig = plt.figure(figsize=(size[0] * ncols, size[1] * nrows + 0.6), layout="constrained")
+    if fig is None:  # a single panel gets room for a figure title
+        width = max(size[0] * ncols, 6.4)
+        fig = plt.figure(figsize=(width, size[1] * nrows + 0.8), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -170,7 +179,7 @@ def curves(
     if rows.empty:
         raise ValueError(f"no rows of metric {metric!r} (split {split!r}, layer {layer!r})")
     panels = facet_values or (ordered(rows[facet]) if facet else [None])
-    hue_values = ordered(rows[hue], list(NORM_COLORS) if hue == "model.norm" else None)
+    hue_values = ordered(rows[hue], PREFERRED.get(hue))
     colors = colors_for(hue, hue_values)
     style_values = ordered(rows[style]) if style else [None]
     fig, axes = _grid(len(panels), ncols, fig=fig)
@@ -236,13 +245,13 @@ def final_points(
     if rows.empty:
         raise ValueError(f"no values of {y!r}")
     panels = ordered(rows[facet]) if facet else [None]
-    hue_values = ordered(rows[hue], list(NORM_COLORS) if hue == "model.norm" else None)
+    hue_values = ordered(rows[hue], PREFERRED.get(hue))
     colors = colors_for(hue, hue_values)
     numeric = pd.api.types.is_numeric_dtype(rows[x])
     fig, axes = _grid(len(panels), fig=fig, sharey=sharey)
     for ax, panel in zip(axes, panels):
         sub = rows if facet is None else rows[rows[facet] == panel]
-        cats = ordered(sub[x])
+        cats = ordered(sub[x], PREFERRED.get(x))
         for j, h in enumerate(hue_values):
             g = sub[sub[hue] == h].groupby(x)[y].agg(["mean", "min", "max", "count"])
             if g.empty:
