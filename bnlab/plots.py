@@ -273,10 +273,13 @@ def final_points(
                 capsize=3,
                 lw=1.4,
             )
-        if not numeric:
-            ax.set_xticks(range(len(cats)), [str(c) for c in cats])
         if logx:
             ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(cats)), [str(c) for c in cats])
+        elif len(cats) <= 8:  # the settings themselves as ticks, in plain numbers
+            ax.set_xticks([float(c) for c in cats], [f"{float(c):g}" for c in cats])
+            ax.minorticks_off()
         if ylim is not None:
             ax.set_ylim(*ylim)
         panel_title = (facet_labels or {}).get(panel, label(facet, panel)) if facet else ""
