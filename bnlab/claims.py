@@ -564,12 +564,20 @@ def build_claims(tables: Tables) -> list[Claim]:
             a = arm(t, "test_acc", model__placement="after", model__activation=act)
             if len(a) and len(b):
                 c.comparisons.append(Comparison(f"{act}: before > after", b, a, ACC_MARGIN))
+        better = {}
+        for cmp in c.comparisons:
+            _, lo, hi, _ = cmp.diff()
+            which = "before" if lo > 0 else "after" if hi < 0 else "no detectable difference"
+            better.setdefault(which, []).append(cmp.label.split(":")[0])
+        c.notes.append(
+            "better placement per activation: "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(better.items()))
+        )
 
     claim(
         "C14",
-        "BN before the activation (as in the BN paper) is better than after it; which is better "
-        "depends on the activation (debated).",
-        "seed explainers",
+        "BN before the activation (the BN paper's placement) is better than after it.",
+        "seed explainers (debated: some recommend after)",
         "test accuracy after 5,000 steps (studies protocol) with BN before vs after each "
         "activation: before > after; margin 0.005.",
         "study_placement",

@@ -309,7 +309,7 @@ def santurkar2018_noisy_bn(res: Results):
     fig = plt.figure(figsize=(11, 8), layout="constrained")
     top, bottom = fig.subfigures(2, 1)
     plots.curves(
-        runs, hist, "acc", facet="model.activation", ylabel="test accuracy", fig=top, ylim=(0, 1)
+        runs, hist, "acc", facet="model.activation", ylabel="test accuracy", fig=top, ylim=(0.5, 1)
     )
     top.suptitle("test accuracy")
     plots.curves(
