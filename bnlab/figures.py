@@ -277,10 +277,15 @@ def santurkar2018_landscape(res: Results):
     """Loss range, gradient predictiveness and beta-smoothness along the gradient vs step."""
     runs, hist = res.load("mlds2017")
     runs = select(runs, model__activation=["relu", "sigmoid"])
+    keys = ["run", "seed", "step", "split", "layer"]
+    lmax = hist[hist["metric"] == "landscape_loss_max"].set_index(keys)["value"]
+    lmin = hist[hist["metric"] == "landscape_loss_min"].set_index(keys)["value"]
+    loss_range = (lmax - lmin).reset_index().assign(metric="landscape_loss_range")
+    hist = pd.concat([hist, loss_range], ignore_index=True)
     fig = plt.figure(figsize=(13, 12), layout="constrained")
     subs = fig.subfigures(3, 1)
     for sub, metric, ylabel in (
-        (subs[0], "landscape_loss_max", "max loss along -eta g"),
+        (subs[0], "landscape_loss_range", "loss range (max - min) along -eta g"),
         (subs[1], "landscape_grad_diff_max", "max ||grad(theta - eta g) - g||"),
         (subs[2], "landscape_beta", "effective beta-smoothness"),
     ):
