@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .collect import select
+
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, MIXED = (
     "supported",
     "not supported",
@@ -143,13 +145,7 @@ def arm(table: pd.DataFrame, measure: str, **where) -> pd.Series:
     """One value of `measure` per seed among the members matching `where` ('__' for '.')."""
     if measure not in table:  # not recorded by these runs: an empty arm (inconclusive)
         return pd.Series(dtype=float)
-    rows = table
-    for key, value in where.items():
-        col = key.replace("__", ".")
-        if isinstance(value, float):  # settings read back from CSV: compare floats loosely
-            rows = rows[np.isclose(rows[col].astype(float), value)]
-        else:
-            rows = rows[rows[col] == value]
+    rows = select(table, **where)
     if rows["seed"].duplicated().any():
         raise ValueError(f"arm {where} of {measure} matches several members per seed")
     return rows.set_index("seed")[measure]

@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .records import JOBS_FILE, read_config, read_history, read_summary
@@ -133,6 +134,22 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         else pd.DataFrame(columns=columns)
     )
     return runs.reset_index(drop=True), history
+
+
+def select(df: pd.DataFrame, **where) -> pd.DataFrame:
+    """Rows whose columns equal the given values (a list: any of them); keys use '__' for '.'
+    (model__norm='batch'). Floats compare with a relative tolerance, since settings read back
+    from CSV may differ in the last bit (optim__lr=0.1)."""
+    mask = pd.Series(True, index=df.index)
+    for key, value in where.items():
+        col = key.replace("__", ".")
+        if isinstance(value, list | tuple):
+            mask &= df[col].isin(value)
+        elif isinstance(value, float):
+            mask &= np.isclose(df[col].astype(float), value)
+        else:
+            mask &= df[col] == value
+    return df[mask]
 
 
 def status_counts(runs: pd.DataFrame) -> dict:

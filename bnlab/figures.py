@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import plots
 from .collect import main as collect_main
-from .plots import select
+from .collect import select
 
 DONE = ("finished", "diverged")
 

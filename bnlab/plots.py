@@ -54,26 +54,20 @@ def with_config(history: pd.DataFrame, runs: pd.DataFrame, columns: list[str]) -
     return history.merge(runs[["run", "seed", *columns]], on=["run", "seed"], how="inner")
 
 
-def select(df: pd.DataFrame, **where) -> pd.DataFrame:
-    """Rows whose columns equal the given values; keys use '__' for '.' (model__norm='batch')."""
-    mask = pd.Series(True, index=df.index)
-    for key, value in where.items():
-        col = key.replace("__", ".")
-        mask &= df[col].isin(value) if isinstance(value, list | tuple) else df[col] == value
-    return df[mask]
-
-
 def short(column: str) -> str:
+    """'model.activation' -> 'activation'."""
     return column.split(".")[-1]
 
 
 def label(column: str | None, value) -> str:
+    """Legend / title text for a setting: 'BN' for model.norm=batch, else 'name=value'."""
     if column == "model.norm":
         return NORM_LABELS.get(value, str(value))
     return f"{short(column)}={value}" if column else ""
 
 
 def colors_for(column: str, values) -> dict:
+    """A colour per value: the fixed norm colours for model.norm, a palette otherwise."""
     if column == "model.norm":
         return {v: NORM_COLORS.get(v, "black") for v in values}
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(values)}
