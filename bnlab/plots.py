@@ -9,6 +9,8 @@ min-max bar. Colours are fixed per setting so that a setting looks the same in e
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")  # figures are written to files; never needs a display
@@ -54,9 +56,12 @@ def with_config(history: pd.DataFrame, runs: pd.DataFrame, columns: list[str]) -
     return history.merge(runs[["run", "seed", *columns]], on=["run", "seed"], how="inner")
 
 
+SHORT_NAMES = {"optim.name": "optimiser", "data.batch_size": "batch size"}
+
+
 def short(column: str) -> str:
-    """'model.activation' -> 'activation'."""
-    return column.split(".")[-1]
+    """'model.activation' -> 'activation' (and a few readable names: 'optimiser')."""
+    return SHORT_NAMES.get(column, column.split(".")[-1])
 
 
 def label(column: str | None, value) -> str:
@@ -123,6 +128,12 @@ def _legend(fig, handles: list, title: str) -> None:
         title=title,
         frameon=False,
     )
+
+
+def _suptitle(fig, title: str) -> None:
+    """A figure title wrapped to the figure's width (about 11 characters per inch)."""
+    width = fig.get_figwidth() if hasattr(fig, "get_figwidth") else fig.figure.get_figwidth()
+    fig.suptitle(textwrap.fill(title, max(40, int(width * 11))))
 
 
 def _handles(hue, hue_values, colors, style=None, style_values=()) -> list:
@@ -201,7 +212,7 @@ def curves(
         if modes:
             title = (title + "; " if title else "") + f"BN evaluated with {'/'.join(modes)} stats"
     if title:
-        fig.suptitle(title)
+        _suptitle(fig, title)
     _legend(
         fig,
         _handles(hue, hue_values, colors, style, style_values if style else ()),
@@ -280,7 +291,7 @@ def final_points(
         ax.set(title=panel_title, xlabel=xlabel or short(x), ylabel=ylabel or y)
         ax.grid(alpha=0.3)
     if title:
-        fig.suptitle(title)
+        _suptitle(fig, title)
     n = int(rows.groupby([c for c in (x, hue, facet) if c])[y].count().min())
     _legend(fig, _handles(hue, hue_values, colors), f"mean and min-max of {n} seeds")
     return fig

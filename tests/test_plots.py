@@ -66,7 +66,7 @@ def test_curves_facets_styles_and_missing_metric():
     fig = curves(runs, history, "acc", facet="model.activation", style="optim.name")
     assert [ax.get_title() for ax in fig.axes] == ["activation=relu", "activation=sigmoid"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["no BN", "BN", "name=adam", "name=sgd"]
+    assert labels == ["no BN", "BN", "optimiser=adam", "optimiser=sgd"]
     styles = {line.get_linestyle() for line in fig.axes[0].get_lines()}
     assert styles == {"-"}  # relu panel holds only adam members: the first style
     with pytest.raises(ValueError, match="no rows of metric 'loss'"):
