@@ -222,10 +222,16 @@ def curves(
 
 
 def accuracy_curves(
-    runs: pd.DataFrame, history: pd.DataFrame, split: str = "test", facet: str = "model.activation"
+    runs: pd.DataFrame,
+    history: pd.DataFrame,
+    split: str = "test",
+    facet: str = "model.activation",
+    title: str | None = None,
 ) -> plt.Figure:
     """Accuracy vs step, one colour per normalization, one panel per value of `facet`."""
-    return curves(runs, history, "acc", split=split, facet=facet, ylabel=f"{split} accuracy")
+    return curves(
+        runs, history, "acc", split=split, facet=facet, ylabel=f"{split} accuracy", title=title
+    )
 
 
 def final_points(
