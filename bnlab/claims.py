@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .collect import select
+from .collect import acc_or_zero, select
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, MIXED = (
     "supported",
@@ -185,18 +185,13 @@ def build_claims(tables: Tables) -> list[Claim]:
         c.comparisons = _bn_vs_none(
             t, "w2_mean_abs_final", math.log(1.1), flip=True, log=True, optim__name="sgd"
         )
-        for act in ("sigmoid",):
-            for n in ("none", "batch"):
-                s = arm(
-                    t, "w2_mean_abs_start", model__norm=n, model__activation=act, optim__name="sgd"
-                )
-                f = arm(
-                    t, "w2_mean_abs_final", model__norm=n, model__activation=act, optim__name="sgd"
-                )
-                c.notes.append(
-                    f"{act}, {'BN' if n == 'batch' else 'no BN'}: mean |W2| "
-                    f"{s.mean():.4f} at step 0 -> {f.mean():.4f} at the end"
-                )
+        for n in ("none", "batch"):  # the figure's setting: sigmoid
+            where = dict(model__norm=n, model__activation="sigmoid", optim__name="sgd")
+            s, f = arm(t, "w2_mean_abs_start", **where), arm(t, "w2_mean_abs_final", **where)
+            c.notes.append(
+                f"sigmoid, {'BN' if n == 'batch' else 'no BN'}: mean |W2| "
+                f"{s.mean():.4f} at step 0 -> {f.mean():.4f} at the end"
+            )
 
     claim(
         "C1",
@@ -497,7 +492,7 @@ def build_claims(tables: Tables) -> list[Claim]:
 
     def c12(c):
         t = tables.get("study_lr")
-        t = t.assign(acc0=t["test_acc"].where(t["status"] == "finished", 0.0))
+        t = t.assign(acc0=acc_or_zero(t))
         # per member: the highest learning rate of the grid at which it reaches 90%
         ok = t[t["acc0"] >= 0.9].groupby(["model.norm", "seed"])["optim.lr"].max()
         bn, no = ok.get("batch", pd.Series(dtype=float)), ok.get("none", pd.Series(dtype=float))
@@ -531,7 +526,7 @@ def build_claims(tables: Tables) -> list[Claim]:
 
     def c13(c):
         t = tables.get("study_init_scale")
-        t = t.assign(acc0=t["test_acc"].where(t["status"] == "finished", 0.0))
+        t = t.assign(acc0=acc_or_zero(t))
         for s in (0.1, 0.3, 3.0, 10.0):
             bn = arm(t, "acc0", model__norm="batch", model__init_scale=s)
             no = arm(t, "acc0", model__norm="none", model__init_scale=s)
@@ -744,7 +739,7 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
-def _arm_text(s: pd.Series, log: bool) -> str:
+def _arm_text(s: pd.Series) -> str:
     s = s.dropna()
     if s.empty:
         return "no members"
@@ -826,7 +821,7 @@ def render(claims: list[Claim], figures: str = "figures") -> str:
                 diff = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
             diff += "" if paired else " (unpaired)"
             lines.append(
-                f"| {cmp.label} | {_arm_text(cmp.a, cmp.log)} | {_arm_text(cmp.b, cmp.log)} | "
+                f"| {cmp.label} | {_arm_text(cmp.a)} | {_arm_text(cmp.b)} | "
                 f"{diff} | {cmp.verdict()} |"
             )
         lines.append("")

@@ -152,6 +152,12 @@ def select(df: pd.DataFrame, **where) -> pd.DataFrame:
     return df[mask]
 
 
+def acc_or_zero(runs: pd.DataFrame) -> pd.Series:
+    """Final test accuracy with diverged members scored 0 (they did not train), for studies
+    where divergence is the outcome of interest (learning rate, initialisation scale)."""
+    return runs["test_acc"].where(runs["status"] == "finished", 0.0)
+
+
 def status_counts(runs: pd.DataFrame) -> dict:
     """{status: number of members} of a runs table."""
     return runs["status"].value_counts().to_dict() if len(runs) else {}

@@ -15,8 +15,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots
+from .collect import acc_or_zero, select
 from .collect import main as collect_main
-from .collect import select
 
 DONE = ("finished", "diverged")
 
@@ -332,33 +332,40 @@ def santurkar2018_noisy_bn(res: Results):
     return fig
 
 
-def study_lr(res: Results):
-    """C12: final accuracy vs learning rate, BN vs no BN."""
-    runs, _ = res.load("study_lr")
+def _sensitivity(res: Results, sweep: str, x: str, xlabel: str, title: str):
+    """Final accuracy (diverged = 0) against a swept setting on a log axis, BN vs no BN."""
+    runs, _ = res.load(sweep)
     return plots.final_points(
-        runs.assign(test_acc=runs["test_acc"].where(runs["status"] == "finished", 0.0)),
-        "optim.lr",
+        runs.assign(test_acc=acc_or_zero(runs)),
+        x,
         "test_acc",
         logx=True,
         ylabel="test accuracy after 5,000 steps (diverged = 0)",
-        xlabel="SGD learning rate (mean loss)",
-        title="C12: learning-rate sensitivity, relu, batch 64",
+        xlabel=xlabel,
+        title=title,
         ylim=(0, 1),
+    )
+
+
+def study_lr(res: Results):
+    """C12: final accuracy vs learning rate, BN vs no BN."""
+    return _sensitivity(
+        res,
+        "study_lr",
+        "optim.lr",
+        "SGD learning rate (mean loss)",
+        "C12: learning-rate sensitivity, relu, batch 64",
     )
 
 
 def study_init_scale(res: Results):
     """C13: final accuracy vs initial weight scale, BN vs no BN."""
-    runs, _ = res.load("study_init_scale")
-    return plots.final_points(
-        runs.assign(test_acc=runs["test_acc"].where(runs["status"] == "finished", 0.0)),
+    return _sensitivity(
+        res,
+        "study_init_scale",
         "model.init_scale",
-        "test_acc",
-        logx=True,
-        ylabel="test accuracy after 5,000 steps",
-        xlabel="initial weight scale (x He init)",
-        title="C13: initialisation-scale sensitivity, relu, SGD lr 0.1",
-        ylim=(0, 1),
+        "initial weight scale (x He init)",
+        "C13: initialisation-scale sensitivity, relu, SGD lr 0.1",
     )
 
 
