@@ -141,7 +141,7 @@ class TrainConfig:
     eval_dense_until: int = 0  # also evaluate every eval_dense_every steps before this step
     eval_dense_every: int = 10
     evals: int = 0  # if > 0: this many evenly spaced evaluations instead of eval_every
-    eval_batch: int = 10000  # evaluation batch; with bn_eval=batch its statistics are used
+    eval_batch: int = 10000  # with bn_eval=batch, the batch whose statistics are used
     threads: int = 1  # torch.set_num_threads; 0 leaves torch's default
     device: str = "cpu"  # cpu | cuda | auto
     progress: bool | None = None  # progress bar; null = only when stderr is a terminal

@@ -1,9 +1,12 @@
 """Reproduce everything: `python -m bnlab.reproduce` runs every experiment, collects each sweep,
 writes the compact tables, draws every figure and writes the claims report.
 
-Finished members are skipped (per-member resume), so an interrupted reproduction continues
-where it stopped. Each sweep runs with Hydra's joblib launcher, `--jobs` processes of one
-thread each. Wall time per experiment goes to results/tables/reproduction_times.csv.
+All experiments train as one sweep (`python -m bnlab -m experiment=a,b,...`): Hydra's joblib
+launcher with `--jobs` processes of one thread each, longest jobs first, so both cores stay
+busy to the end; runs that experiments share are trained once. Finished members are skipped
+(per-member resume), so an interrupted reproduction continues where it stopped. The sweep's
+wall time and, per experiment, its runs' job-seconds and member-steps go to
+results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
   python -m bnlab.reproduce                  # everything (about an hour on a 2-core CPU)
   python -m bnlab.reproduce --only mlds2017_fig6 mlds2017_fig9
@@ -14,12 +17,16 @@ thread each. Wall time per experiment goes to results/tables/reproduction_times.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+
+from .records import JOBS_FILE, read_summary
 
 # experiment (configs/experiment/NAME.yaml) -> its sweep folder under RESULTS/sweeps. Cheap
 # experiments first; experiments sharing a folder reuse each other's finished runs.
@@ -67,28 +74,56 @@ def sweeps() -> list[str]:
     return list(dict.fromkeys(EXPERIMENTS.values()))
 
 
-def train(names: list[str], results: Path, jobs: int, extra: list[str]) -> pd.DataFrame:
-    """Run the experiments' sweeps one after another; return their wall times."""
-    rows = []
-    for name in names:
-        sweep = results / "sweeps" / EXPERIMENTS[name]
-        cmd = [
-            sys.executable,
-            "-m",
-            "bnlab",
-            "-m",
-            f"experiment={name}",
-            f"hydra.sweep.dir={sweep}",
-            *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []),
-            *extra,
-        ]
-        print(f"== {name} -> {sweep}", flush=True)
-        t0 = time.perf_counter()
-        rc = subprocess.call(cmd)
-        wall = time.perf_counter() - t0
-        print(f"== {name}: exit {rc}, {wall:.0f} s", flush=True)
-        rows.append({"experiment": name, "sweep": EXPERIMENTS[name], "exit": rc, "wall_s": wall})
-    return pd.DataFrame(rows)
+def train(names: list[str], results: Path, jobs: int, extra: list[str]) -> tuple[int, float]:
+    """Run the experiments as one sweep (bnlab's sweeper: every point of every experiment in
+    its own sweep folder, shared runs once, longest jobs first); return exit code, wall s."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bnlab",
+        "-m",
+        f"experiment={','.join(names)}",
+        *(
+            [
+                "hydra/launcher=joblib",
+                f"hydra.launcher.n_jobs={jobs}",
+                "hydra.launcher.batch_size=1",
+            ]
+            if jobs > 1
+            else []
+        ),
+        *extra,
+    ]
+    print(f"== {len(names)} experiments -> {results / 'sweeps'}", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, env={**os.environ, "BNLAB_RESULTS": str(results)})
+    return rc, time.perf_counter() - t0
+
+
+def breakdown(names: list[str], results: Path) -> pd.DataFrame:
+    """Per experiment, the runs its sweep planned (a run shared by several experiments counts
+    for the first of them in this sweep): runs, members, member-steps and the wall seconds
+    of its runs (each run is one single-thread job)."""
+    rows = {
+        n: {"experiment": n, "runs": 0, "members": 0, "member_steps": 0, "job_s": 0.0}
+        for n in names
+    }
+    for sweep in sweeps():
+        path = results / "sweeps" / sweep / JOBS_FILE
+        for job in json.loads(path.read_text())["jobs"] if path.exists() else []:
+            name = next(
+                (o.split("=", 1)[1] for o in job["overrides"] if o.startswith("experiment=")), None
+            )
+            done = [read_summary(path.parent / job["dir"], s) for s in job["seeds"]]
+            done = [d for d in done if d and "wall_s" in d]
+            if name not in rows or not done:
+                continue
+            row = rows[name]
+            row["runs"] += 1
+            row["members"] += len(done)
+            row["member_steps"] += sum(d["steps_done"] for d in done)
+            row["job_s"] += max(d["wall_s"] for d in done)
+    return pd.DataFrame(list(rows.values()))
 
 
 def report(results: Path) -> int:
@@ -123,15 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or list(EXPERIMENTS)
     rc = 0
     if args.stage in ("all", "train"):
-        times = train(names, args.results, args.jobs, (TINY if args.tiny else []) + args.overrides)
+        rc, wall = train(
+            names, args.results, args.jobs, (TINY if args.tiny else []) + args.overrides
+        )
+        times = breakdown(names, args.results)
         out = args.results / "tables" / "reproduction_times.csv"
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists() and args.only:  # keep the other experiments' times
+        if out.exists() and args.only:  # keep the other experiments' rows
             old = pd.read_csv(out)
-            times = pd.concat([old[~old["experiment"].isin(names)], times], ignore_index=True)
+            times = pd.concat([old[~old["experiment"].isin([*names, "all"])], times])
+        times = times[times["experiment"] != "all"]
+        total = {"experiment": "all", **times.drop(columns="experiment").sum().to_dict()}
+        times = pd.concat([times, pd.DataFrame([{**total, "wall_s": wall}])], ignore_index=True)
+        times = times.astype({c: "int64" for c in ("runs", "members", "member_steps")})
         times.to_csv(out, index=False, float_format="%.1f")
-        rc = int((times["exit"] != 0).any())
-        print(f"training: {times['wall_s'].sum():.0f} s in total; per experiment in {out}")
+        print(f"training: exit {rc}, {wall:.0f} s wall, {total['job_s']:.0f} job-seconds; {out}")
     if args.stage in ("all", "report"):
         rc |= report(args.results)
     return rc

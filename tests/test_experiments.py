@@ -86,7 +86,13 @@ def test_tiny_reproduction_end_to_end(mnist_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     times = pd.read_csv(tmp_path / "tables" / "reproduction_times.csv")
-    assert list(times["experiment"]) == only and (times["exit"] == 0).all()
+    assert list(times["experiment"]) == [*only, "all"]
+    per_experiment, total = times.iloc[:-1], times.iloc[-1]
+    assert (per_experiment["runs"] == [4, 8, 12, 2]).all()  # the experiments' sweep points
+    assert (per_experiment["member_steps"] == per_experiment["members"] * 24).all()
+    assert total["runs"] == 26 and total["job_s"] == pytest.approx(
+        per_experiment["job_s"].sum(), abs=0.3
+    )
     mismatch = pd.read_csv(tmp_path / "tables" / "mlds2017_mismatch.csv")
     assert len(mismatch) == 2 * 4 * 2  # 2 seeds x 4 ratios x BN on/off
     assert set(mismatch["status"]) == {"finished"}

@@ -195,3 +195,38 @@ def test_joblib_launcher_gives_the_same_results_as_the_basic_one(tmp_path):
     (ra, ha), (rb, hb) = _tables(tmp_path / "basic"), _tables(tmp_path / "joblib")
     pd.testing.assert_frame_equal(ra, rb)
     pd.testing.assert_frame_equal(ha, hb)
+
+
+def test_experiments_in_one_sweep_share_runs_once_and_start_longest_first(tmp_path):
+    """fig6 and fig9 share their batch-4 runs: one sweep over both plans 8 + 2 runs, not 12,
+    starts the batch-256 runs first, and writes each experiment's sweep folder."""
+    env = {**_env(tmp_path), "BNLAB_RESULTS": str(tmp_path)}
+    tiny = ["seeds=[0]", "train.steps=6", "train.eval_every=3", "train.eval_dense_until=0"]
+    tiny += ["data=mnist5k", "data.holdout=0", "model.population_batches=2", "probes.batch=64"]
+    out = subprocess.run(
+        _cmd("-m", "experiment=mlds2017_fig9,mlds2017_fig6", *tiny),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = (out.stdout + out.stderr).splitlines()
+    launched = [line.split(" : ")[1] for line in log if "\t#" in line]
+    assert len(launched) == 10 and all("experiment=mlds2017_fig" in j for j in launched)
+    assert [j.count("data.batch_size=256") for j in launched[:2]] == [1, 1]
+    runs, _ = collect(tmp_path / "sweeps" / "mlds2017_batch")
+    assert len(runs) == 10 and set(runs["status"]) == {"finished"}
+    assert sorted(runs["model.norm"].value_counts()) == [1, 1, 4, 4]  # renorm, layer: batch 4
+
+
+def test_experiments_that_would_build_different_runs_in_one_folder_start_nothing(tmp_path):
+    out = _run(
+        "-m",
+        "experiment=mlds2017_fig6,mlds2017_fig6_epochs",
+        f"hydra.sweep.dir={tmp_path / 'both'}",  # forces both into one folder
+        root=tmp_path,
+    )
+    assert out.returncode != 0 and "with different configs" in out.stderr
+    assert "no job was started" in out.stderr and not list(tmp_path.rglob("history.csv"))
