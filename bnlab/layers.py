@@ -68,7 +68,11 @@ class Linear(Layer):
         return torch.baddbmm(self.bias, x, self.weight)
 
     def backward(self, dy: torch.Tensor, need_dx: bool = True) -> torch.Tensor | None:
-        self.weight.grad = torch.bmm(self.saved["x"].transpose(1, 2), dy)  # (K, in, out)
+        x_t = self.saved["x"].transpose(1, 2)
+        if self.weight.grad is None:
+            self.weight.grad = torch.bmm(x_t, dy)  # (K, in, out)
+        else:  # in place: a fresh (K, in, out) buffer every step costs page faults
+            torch.bmm(x_t, dy, out=self.weight.grad)
         if self.bias is not None:
             self.bias.grad = dy.sum(1, keepdim=True)
         return torch.bmm(dy, self.weight.transpose(1, 2)) if need_dx else None

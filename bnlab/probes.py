@@ -435,7 +435,7 @@ class StepContext:
         restore(model, state)
         for n, p in model.named_parameters():
             p.copy_(self.after[n])
-            p.grad = self.grad[n]
+            p.grad.copy_(self.grad[n])  # in place: backward writes into .grad
         return losses, grads
 
 

@@ -7,16 +7,21 @@ prints milliseconds per step of
   - the naive reference: DataLoader over a TensorDataset, nn.Sequential with nn.BatchNorm1d,
     torch.optim.SGD;
   - bnlab's loop (bnlab.train.Batches + train_step, exactly what run() executes per step) for
-    ensembles of 1, 4 and 16 members, per member-step;
+    ensembles of 1, 8 and 16 members, per member-step;
   - the FLOP-bound limit: 6 * B * P flops per member-step (forward, and backward for weights
     and inputs; P = weights) at the matrix-multiply rate measured in this same run.
-Ratios are what to read: absolute times move with the machine and its load.
+Then the project's throughput goals against those figures, the cost of one evaluation and its
+share of a run on the reproduction's schedules, the probe overhead on the default schedule, and
+the whole machine's member-steps per second with one process, two one-thread processes and one
+two-thread process (--parallel-seconds 0 skips that). Ratios are what to read: absolute times
+move with the machine and its load.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -27,11 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bnlab.config import DataConfig, ModelConfig, OptimConfig, RunConfig
+from bnlab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from bnlab.data import load_data
 from bnlab.model import build_model
 from bnlab.probes import Prober
-from bnlab.train import Batches, evaluate, make_optimizer, train_step
+from bnlab.train import Batches, eval_steps, evaluate, make_optimizer, train_step
 
 WEIGHTS = 784 * 100 + 100 * 100 + 100 * 10
 MODEL = ModelConfig(activation="sigmoid", norm="batch", placement="before")
@@ -137,7 +142,7 @@ def evaluation_cost(data, members: int, batch_size: int) -> dict:
         seconds=1.0,
         rounds=3,
     )
-    return {"eval_s": t["eval"], "steps_per_eval": t["eval"] / t["step"]}
+    return {"eval_s": t["eval"], "step_s": t["step"], "steps_per_eval": t["eval"] / t["step"]}
 
 
 def probe_overhead(data, batch_size: int, members: int, steps: int) -> dict:
@@ -173,6 +178,69 @@ def probe_overhead(data, batch_size: int, members: int, steps: int) -> dict:
     return {"off_s": off, "on_s": on, "probe_s": probing}
 
 
+def _steps_for(args: tuple) -> int:
+    """Worker: bnlab steps (batch, members) with `threads` threads in `seconds` seconds."""
+    root, batch, members, threads, seconds = args
+    torch.set_num_threads(threads)
+    step = bnlab_step_fn(load_data(DataConfig(root=root, download=False)), batch, members)
+    for _ in range(20):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return n
+
+
+def parallel_throughput(root: str, batch: int, members: int, seconds: float) -> dict:
+    """Member-steps per second of the whole machine: one process with one thread, two
+    processes with one thread each (what the reproduction does), one process with two."""
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    for name, procs, threads in (("1x1", 1, 1), ("2x1", 2, 1), ("1x2", 1, 2)):
+        with ctx.Pool(procs) as pool:
+            steps = pool.map(_steps_for, [(root, batch, members, threads, seconds)] * procs)
+        out[name] = sum(steps) * members / seconds
+    return out
+
+
+def eval_share(eval_s: float, step_s: float) -> dict:
+    """Share of a run's time spent evaluating, on the reproduction's two schedules (the
+    2017 study's protocol and the claim studies'), from measured per-evaluation and per-step
+    costs (probes and the final evaluations left out)."""
+    schedules = {
+        "mlds2017 (40,000 steps, every 1,000, every 250 to 5,000)": TrainConfig(
+            steps=40000, eval_every=1000, eval_dense_until=5000, eval_dense_every=250
+        ),
+        "studies (5,000 steps, every 250)": TrainConfig(steps=5000, eval_every=250),
+    }
+    share = {}
+    for name, t in schedules.items():
+        evals = len(eval_steps(RunConfig(train=t)))
+        share[name] = evals * eval_s / (evals * eval_s + t.steps * step_s)
+    return share
+
+
+def print_goals(rows: list[dict]) -> None:
+    """The throughput goals of the project's performance issue, against this run's figures."""
+    by = {r["batch"]: r for r in rows}
+    goals = [  # (batch, members, what, measured, target, higher is better)
+        (64, 8, "x bound", lambda r, k: r["bnlab"][k] / r["flop_bound_ms"], 1.6, False),
+        (64, 1, "x naive", lambda r, k: r["naive_ms"] / r["bnlab"][k], 1.8, True),
+        (4, 16, "x naive", lambda r, k: r["naive_ms"] / r["bnlab"][k], 6.0, True),
+        (256, 16, "x bound", lambda r, k: r["bnlab"][k] / r["flop_bound_ms"], 1.3, False),
+    ]
+    for b, k, what, f, target, higher in goals:
+        if b in by and k in by[b]["bnlab"]:
+            v = f(by[b], k)
+            ok = v >= target if higher else v <= target
+            sign = ">=" if higher else "<="
+            print(
+                f"goal batch {b}, K={k}: {v:.2f}{what} (target {sign} {target}x): "
+                + ("met" if ok else "not met")
+            )
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -181,8 +249,14 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=0.3, help="time per measurement round")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 64, 256])
-    p.add_argument("--members", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--members", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--probe-steps", type=int, default=10000, help="steps for probe overhead")
+    p.add_argument(
+        "--parallel-seconds",
+        type=float,
+        default=10.0,
+        help="seconds per process/thread layout in the whole-machine comparison (0: skip)",
+    )
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -216,13 +290,20 @@ def main(argv=None) -> int:
         "x naive: speed-up over the naive loop (higher is better); "
         "x bound: time over the FLOP-bound limit (1.0 is the limit)"
     )
+    print_goals(results)
     ev = evaluation_cost(data, 5, 64)
     print(
         f"evaluation (10,000 test + 10,000 training images, 5 members): "
-        f"{ev['eval_s'] * 1e3:.0f} ms = {ev['steps_per_eval']:.0f} training steps at batch 64; "
-        f"every 500 steps that is {100 * ev['steps_per_eval'] / 500:.0f}% on top of training, "
-        f"every 50 steps (the 2017 study) {100 * ev['steps_per_eval'] / 50:.0f}%"
+        f"{ev['eval_s'] * 1e3:.0f} ms = {ev['steps_per_eval']:.0f} training steps at batch 64"
     )
+    for name, share in eval_share(ev["eval_s"], ev["step_s"]).items():
+        print(f"  share of run time spent evaluating, {name}: {100 * share:.0f}%")
+    if args.parallel_seconds:
+        par = parallel_throughput(args.data_root, 64, 5, args.parallel_seconds)
+        print(
+            "whole machine, batch 64, 5 members per process, member-steps/s: "
+            + ", ".join(f"{k} (processes x threads) {v:.0f}" for k, v in par.items())
+        )
     po = probe_overhead(data, 64, 5, args.probe_steps)
     print(
         f"probes, default schedule (cheap every 500 steps, gradient ICS and landscape every "
