@@ -8,7 +8,7 @@ busy to the end; runs that experiments share are trained once. Finished members 
 wall time and, per experiment, its runs' job-seconds and member-steps go to
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
-  python -m bnlab.reproduce                  # everything (about an hour on a 2-core CPU)
+  python -m bnlab.reproduce                  # everything (about 80 minutes on a 2-core CPU)
   python -m bnlab.reproduce --only mlds2017_fig6 mlds2017_fig9
   python -m bnlab.reproduce --stage report   # collect, tables, figures, claims only
   python -m bnlab.reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)
