@@ -89,8 +89,8 @@ class BnlabSweeper(BasicSweeper):
             )
         for sweep in dict.fromkeys(s for s, _ in jobs):
             path = Path(sweep) / JOBS_FILE
-            new = [{k: j[k] for k in ("dir", "seeds", "overrides")} for j in jobs.values()]
-            new = [n for (s, _), n in zip(jobs, new) if s == sweep]
+            keys = ("dir", "seeds", "overrides")
+            new = [{k: j[k] for k in keys} for (s, _), j in jobs.items() if s == sweep]
             names = {n["dir"] for n in new}
             kept = json.loads(path.read_text())["jobs"] if path.exists() else []
             write_json(path, {"jobs": [j for j in kept if j["dir"] not in names] + new})
