@@ -167,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and args.only:  # keep the other experiments' rows
             old = pd.read_csv(out)
             times = pd.concat([old[~old["experiment"].isin([*names, "all"])], times])
-        times = times[times["experiment"] != "all"]
         total = {"experiment": "all", **times.drop(columns="experiment").sum().to_dict()}
         times = pd.concat([times, pd.DataFrame([{**total, "wall_s": wall}])], ignore_index=True)
         times = times.astype({c: "int64" for c in ("runs", "members", "member_steps")})

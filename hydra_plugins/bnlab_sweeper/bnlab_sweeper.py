@@ -75,8 +75,8 @@ class BnlabSweeper(BasicSweeper):
                 continue
             sweep, sub = str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)
             job = {"dir": sub, "seeds": list(rc.seeds), "overrides": list(overrides)}
-            first = jobs.setdefault((sweep, sub), {**job, "config": to_dict(rc), "rc": rc})
-            if first["config"] != to_dict(rc):
+            first, first_rc = jobs.setdefault((sweep, sub), (job, rc))
+            if to_dict(first_rc) != to_dict(rc):
                 errors.append(
                     f"  {' '.join(first['overrides'])}\n  {' '.join(overrides)}\n    -> both "
                     f"build {Path(sweep) / sub} with different configs; give one experiment "
@@ -89,13 +89,12 @@ class BnlabSweeper(BasicSweeper):
             )
         for sweep in dict.fromkeys(s for s, _ in jobs):
             path = Path(sweep) / JOBS_FILE
-            keys = ("dir", "seeds", "overrides")
-            new = [{k: j[k] for k in keys} for (s, _), j in jobs.items() if s == sweep]
-            names = {n["dir"] for n in new}
+            new = [job for (s, _), (job, _) in jobs.items() if s == sweep]
+            names = {j["dir"] for j in new}
             kept = json.loads(path.read_text())["jobs"] if path.exists() else []
             write_json(path, {"jobs": [j for j in kept if j["dir"] not in names] + new})
-        order = sorted(jobs.items(), key=lambda kv: -estimated_seconds(kv[1]["rc"]))
-        return [{"folder": Path(s) / d, **j} for (s, d), j in order]
+        order = sorted(jobs.items(), key=lambda kv: -estimated_seconds(kv[1][1]))
+        return [{"folder": Path(s) / d, **job} for (s, d), (job, _) in order]
 
     def sweep(self, arguments):
         jobs = self.plan(self.points(arguments))
