@@ -29,6 +29,7 @@ SUMMARY_COLUMNS = [
     "train_loss",
     "steps_done",
     "wall_s",
+    "eval_s",
     "steps_per_s",
     "error",
 ]
@@ -122,6 +123,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "train_acc",
         "train_loss",
         "wall_s",
+        "eval_s",
         "steps_per_s",
     ):
         runs[col] = runs[col].astype("float64")

@@ -1,10 +1,10 @@
 """Building blocks with explicit backward passes: linear, dropout, activation.
 
 Every tensor carries the member axis first: activations are (K, B, width), a linear weight is
-(K, fan_in, fan_out). Training does not use autograd: each layer saves what its backward needs
-in `forward` (in training mode) and `backward(dy)` returns dL/dx and sets `.grad` on its
-parameters. The forward is built from differentiable torch ops, so autograd on the same
-forward is the oracle the tests check every backward against.
+(K, fan_out, fan_in) (nn.Linear's layout per member). Training does not use autograd: each
+layer saves what its backward needs in `forward` (in training mode) and `backward(dy)` returns
+dL/dx and sets `.grad` on its parameters. The forward is built from differentiable torch ops,
+so autograd on the same forward is the oracle the tests check every backward against.
 """
 
 from __future__ import annotations
@@ -48,34 +48,52 @@ class Layer(nn.Module):
 
 
 class Linear(Layer):
-    """K independent affine maps. Input (K, B, fan_in), or (B, fan_in) shared by all members."""
+    """K independent affine maps y = x W^T + b, weight (K, fan_out, fan_in) as in nn.Linear.
+
+    Input (K, B, fan_in), or (B, fan_in) shared by all members. With the (out, in) layout the
+    weight gradient is dy^T x, which MKL computes faster than x^T dy into an (in, out) weight
+    (measured here: a quarter less time for the first layer at batch 64 and 5 members, 3-4x
+    less for the 10-unit output layer).
+    """
 
     def __init__(self, members: int, fan_in: int, fan_out: int, bias: bool):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(members, fan_in, fan_out))
+        self.weight = nn.Parameter(torch.empty(members, fan_out, fan_in))
         self.bias = nn.Parameter(torch.zeros(members, 1, fan_out)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # shared input (evaluation): one GEMM against all members' weights
-            k, fan_in, fan_out = self.weight.shape
-            w = self.weight.transpose(0, 1).reshape(fan_in, k * fan_out)
-            out = (x @ w).view(len(x), k, fan_out).transpose(0, 1)
+            k, fan_out, fan_in = self.weight.shape
+            # W x^T rather than x W^T: the faster product here; (K, B, out) as a transposed view
+            out = (self.weight.view(k * fan_out, fan_in) @ x.T).view(k, fan_out, len(x))
+            out = out.transpose(1, 2)
             return out if self.bias is None else out + self.bias
         if self.training:
             self.saved["x"] = x
-        if self.bias is None:
-            return torch.bmm(x, self.weight)
-        return torch.baddbmm(self.bias, x, self.weight)
+        w_t = self.weight.transpose(1, 2)
+        return torch.bmm(x, w_t) if self.bias is None else torch.baddbmm(self.bias, x, w_t)
 
-    def backward(self, dy: torch.Tensor, need_dx: bool = True) -> torch.Tensor | None:
-        x_t = self.saved["x"].transpose(1, 2)
-        if self.weight.grad is None:
-            self.weight.grad = torch.bmm(x_t, dy)  # (K, in, out)
-        else:  # in place: a fresh (K, in, out) buffer every step costs page faults
-            torch.bmm(x_t, dy, out=self.weight.grad)
+    def backward(
+        self, dy: torch.Tensor, need_dx: bool = True, weight_grad: bool = True
+    ) -> torch.Tensor | None:
+        """dL/dx from dL/dy; sets .grad of the bias and, with weight_grad, of the weight
+        (an optimiser using sgd_step does not need it)."""
+        self.saved["dy"] = dy
+        if weight_grad:
+            dy_t = dy.transpose(1, 2)
+            if self.weight.grad is None:
+                self.weight.grad = torch.bmm(dy_t, self.saved["x"])  # (K, out, in)
+            else:  # in place: a fresh (K, out, in) buffer every step costs page faults
+                torch.bmm(dy_t, self.saved["x"], out=self.weight.grad)
         if self.bias is not None:
             self.bias.grad = dy.sum(1, keepdim=True)
-        return torch.bmm(dy, self.weight.transpose(1, 2)) if need_dx else None
+        return torch.bmm(dy, self.weight) if need_dx else None
+
+    def sgd_step(self, lr: float) -> None:
+        """W -= lr * dL/dW for the last backward, as one GEMM W += -lr dy^T x: the gradient
+        is never written out and W is read and written once (a third of the memory traffic of
+        gradient then update, which is what limits small batches)."""
+        self.weight.baddbmm_(self.saved["dy"].transpose(1, 2), self.saved["x"], alpha=-lr)
 
 
 class Dropout(Layer):

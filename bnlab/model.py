@@ -74,15 +74,18 @@ class MLP(nn.Module):
                 record[name] = x
         return x
 
-    def backward(self, dlogits: torch.Tensor) -> None:
+    def backward(self, dlogits: torch.Tensor, weight_grads: bool = True) -> None:
         """Backpropagate dL/dlogits (K, B, 10) through the last training-mode forward, setting
-        .grad of every parameter (the input gradient is not computed)."""
+        .grad of every parameter (the input gradient is not computed). weight_grads=False
+        leaves the linear weights' .grad alone (bnlab.train.SGD updates them without it)."""
         dy = dlogits
-        for name in reversed(self.order[1:]):
+        for name in reversed(self.order):
             layer = getattr(self, name)
             layer.saved["dy"] = dy  # dL/d(layer output), for the gradient probes
-            dy = layer.backward(dy)
-        getattr(self, self.order[0]).backward(dy, need_dx=False)
+            if isinstance(layer, Linear):
+                dy = layer.backward(dy, need_dx=name != self.order[0], weight_grad=weight_grads)
+            else:
+                dy = layer.backward(dy)
 
 
 def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
@@ -96,7 +99,7 @@ def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
     g = generator(seed, "init")
     with torch.no_grad():
         for lin in model.linears():
-            fan_in, fan_out = lin.weight.shape[1:]
+            fan_out, fan_in = lin.weight.shape[1:]
             w = torch.empty(fan_in, fan_out)
             if cfg.init == "study":
                 sd = math.sqrt(2.0 / fan_in)
@@ -105,9 +108,9 @@ def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
                 w.normal_(0.0, cfg.init_std, generator=g)
             else:
                 w.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
-            lin.weight[k] = w * cfg.init_scale
+            lin.weight[k] = (w * cfg.init_scale).T  # drawn (in, out): same values as before
         for lin in model.linears():
-            fan_in, fan_out = lin.weight.shape[1:]
+            fan_out, fan_in = lin.weight.shape[1:]
             b = torch.full((fan_out,), cfg.bias_init)
             if cfg.init == "torch":
                 b.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)

@@ -67,7 +67,7 @@ def weight_stats(model) -> list:
     norm; per norm layer: ||gamma||, ||beta||. Parameters only, no batch."""
     out = []
     for name, lin in linears(model):
-        w = lin.weight  # (K, fan_in, fan_out)
+        w = lin.weight  # (K, fan_out, fan_in)
         out += [
             ("train", "w_mean_abs", name, w.abs().mean((1, 2))),
             ("train", "w_fro", name, w.flatten(1).norm(dim=1)),
@@ -93,11 +93,11 @@ def update_stats(model, old: dict, lr: float) -> list:
             continue
         if not isinstance(getattr(model, model.order[model.order.index(name) + 1]), BatchStatNorm):
             continue
-        w0, w1 = old[f"{name}.weight"], lin.weight  # (K, fan_in, fan_out): columns are rows
-        n0, n1 = w0.norm(dim=1), w1.norm(dim=1)  # (K, fan_out)
-        cos = ((w0 * w1).sum(1) / (n0 * n1)).clamp(-1.0, 1.0)
+        w0, w1 = old[f"{name}.weight"], lin.weight  # (K, fan_out, fan_in): row j is w_j
+        n0, n1 = w0.norm(dim=2), w1.norm(dim=2)  # (K, fan_out)
+        cos = ((w0 * w1).sum(2) / (n0 * n1)).clamp(-1.0, 1.0)
         out += [
-            ("train", "rel_update", name, ((w1 - w0).norm(dim=1) / n0).mean(1)),
+            ("train", "rel_update", name, ((w1 - w0).norm(dim=2) / n0).mean(1)),
             ("train", "angular_step", name, torch.arccos(cos).mean(1)),
             ("train", "lr_over_w2", name, (lr / n0**2).mean(1)),
         ]
@@ -226,7 +226,7 @@ _ACT_GRAD = {
 
 @torch.no_grad()
 def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) -> list:
-    """Per hidden block l, the diagonal d_l (K, N, C) with J_l = diag(d_l) W_l^T for each
+    """Per hidden block l, the diagonal d_l (K, N, C) with J_l = diag(d_l) W_l for each
     sample (protocols 7): act'(pre-activation) times the norm layer's per-unit scale (BN at
     evaluation is a per-unit affine map). None for a block whose norm is not per-unit (layer
     norm).
@@ -282,23 +282,23 @@ def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) ->
 
 @torch.no_grad()
 def singular_values(model, x: torch.Tensor, batch_sum: bool = False) -> dict:
-    """Singular values (K, N, C) of every per-sample layer Jacobian J_l = diag(d_l) W_l^T and,
-    unless batch_sum, of the end-to-end hidden Jacobian (key 'hidden'), via the eigenvalues
-    of J J^T (C x C)."""
+    """Singular values (K, N, C) of every per-sample layer Jacobian J_l = diag(d_l) W_l (W_l
+    the layer's (C, fan_in) weight) and, unless batch_sum, of the end-to-end hidden Jacobian
+    (key 'hidden'), via the eigenvalues of J J^T (C x C)."""
     out, gram_e2e = {}, None
     for name, d in layer_jacobian_diagonals(model, x, batch_sum):
         if d is None:
             return out  # not per-unit: no well-defined analytic product (layer norm)
-        w = getattr(model, name).weight  # (K, fan_in, C)
-        wtw = w.transpose(1, 2) @ w  # (K, C, C) = W^T W
+        w = getattr(model, name).weight  # (K, C, fan_in)
+        wtw = w @ w.transpose(1, 2)  # (K, C, C) = W W^T
         gram = d.unsqueeze(-1) * wtw.unsqueeze(1) * d.unsqueeze(-2)  # (K, N, C, C) = J J^T
         out[name] = _sv(gram)
         if batch_sum:
             continue
         if gram_e2e is None:
             gram_e2e = gram
-        else:  # J_e2e J_e2e^T = D W^T (J_prev J_prev^T) W D
-            inner = w.transpose(1, 2).unsqueeze(1) @ gram_e2e @ w.unsqueeze(1)
+        else:  # J_e2e J_e2e^T = D W (J_prev J_prev^T) W^T D
+            inner = w.unsqueeze(1) @ gram_e2e @ w.transpose(1, 2).unsqueeze(1)
             gram_e2e = d.unsqueeze(-1) * inner * d.unsqueeze(-2)
     if gram_e2e is not None:
         out["hidden"] = _sv(gram_e2e)

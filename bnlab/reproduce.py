@@ -5,7 +5,7 @@ All experiments train as one sweep (`python -m bnlab -m experiment=a,b,...`): Hy
 launcher with `--jobs` processes of one thread each, longest jobs first, so both cores stay
 busy to the end; runs that experiments share are trained once. Finished members are skipped
 (per-member resume), so an interrupted reproduction continues where it stopped. The sweep's
-wall time and, per experiment, its runs' job-seconds and member-steps go to
+wall time and, per experiment, its runs' job-seconds, member-steps and time spent evaluating go to
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
   python -m bnlab.reproduce                  # everything (about 80 minutes on a 2-core CPU)
@@ -103,11 +103,10 @@ def train(names: list[str], results: Path, jobs: int, extra: list[str]) -> tuple
 def breakdown(names: list[str], results: Path) -> pd.DataFrame:
     """Per experiment, the runs its sweep planned (a run shared by several experiments counts
     for the first of them in this sweep): runs, members, member-steps and the wall seconds
-    of its runs (each run is one single-thread job)."""
-    rows = {
-        n: {"experiment": n, "runs": 0, "members": 0, "member_steps": 0, "job_s": 0.0}
-        for n in names
-    }
+    of its runs (each run is one single-thread job), and the share of that time the runs spent
+    evaluating (eval_s; eval_share = eval_s / job_s)."""
+    zero = {"runs": 0, "members": 0, "member_steps": 0, "job_s": 0.0, "eval_s": 0.0}
+    rows = {n: {"experiment": n, **zero} for n in names}
     for sweep in sweeps():
         path = results / "sweeps" / sweep / JOBS_FILE
         for job in json.loads(path.read_text())["jobs"] if path.exists() else []:
@@ -123,6 +122,7 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
             row["members"] += len(done)
             row["member_steps"] += sum(d["steps_done"] for d in done)
             row["job_s"] += max(d["wall_s"] for d in done)
+            row["eval_s"] += max(d.get("eval_s", 0.0) for d in done)
     return pd.DataFrame(list(rows.values()))
 
 
@@ -170,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         total = {"experiment": "all", **times.drop(columns="experiment").sum().to_dict()}
         times = pd.concat([times, pd.DataFrame([{**total, "wall_s": wall}])], ignore_index=True)
         times = times.astype({c: "int64" for c in ("runs", "members", "member_steps")})
+        times["eval_share"] = (times["eval_s"] / times["job_s"]).round(3)
         times.to_csv(out, index=False, float_format="%.1f")
         print(f"training: exit {rc}, {wall:.0f} s wall, {total['job_s']:.0f} job-seconds; {out}")
     if args.stage in ("all", "report"):

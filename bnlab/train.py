@@ -32,11 +32,36 @@ from .records import (
 )
 
 
-def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
-    """torch.optim's SGD (multi-tensor) or Adam (fused kernel: ~4x faster than multi-tensor
-    on CPU). Both update elementwise, so each ensemble member is updated exactly as if alone.
-    """
-    params = list(params)
+class SGD:
+    """Plain SGD (no momentum, no weight decay), p -= lr * grad, the update torch.optim.SGD
+    makes. The linear weights are updated by Linear.sgd_step, one GEMM from the layer's saved
+    input and output gradient, so their gradient is not needed (MLP.backward(...,
+    weight_grads=False)); every other parameter from its .grad. The first layer's gradient
+    and update take 1.7-2.6x less time at batch 4 with 16 members (scripts/benchmark.py times
+    whole steps). Rounds differently from gradient-then-update in the last bit."""
+
+    def __init__(self, model: MLP, lr: float):
+        self.lr, self.linears = lr, model.linears()
+        fused = {id(lin.weight) for lin in self.linears}
+        self.others = [p for p in model.parameters() if id(p) not in fused]
+        self.state: dict = {}  # no optimiser state (run() zeroes a diverged member's state)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Call after MLP.backward."""
+        for lin in self.linears:
+            lin.sgd_step(self.lr)
+        for p in self.others:
+            p.add_(p.grad, alpha=-self.lr)
+
+
+def make_optimizer(cfg: OptimConfig, model: MLP) -> SGD | torch.optim.Optimizer:
+    """bnlab's SGD for plain SGD; torch.optim's SGD (multi-tensor) with momentum or weight
+    decay; torch.optim's Adam (fused kernel: ~4x faster than multi-tensor on CPU). All update
+    elementwise (or per member), so each ensemble member is updated exactly as if alone."""
+    if cfg.name == "sgd" and cfg.momentum == 0 and cfg.weight_decay == 0:
+        return SGD(model, cfg.lr)
+    params = list(model.parameters())
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
@@ -105,18 +130,20 @@ def loss_and_grad(logits: torch.Tensor, y: torch.Tensor, reduction: str) -> tupl
 @torch.no_grad()
 def train_step(
     model: MLP,
-    opt: torch.optim.Optimizer,
+    opt: SGD | torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
     alive: torch.Tensor | None,
     reduction: str,
+    weight_grads: bool = True,
 ) -> torch.Tensor:
     """One optimiser step of every member on its own batch x (K, B, 784), y (K, B).
 
-    Explicit backward (MLP.backward), no autograd graph. `alive` (K,) bool masks members out
-    (None: all alive). A masked member, or one whose loss is not finite, gets a zero loss
-    gradient, so nothing outside its own slice of the parameters can change (run() then
-    freezes it). Returns the per-member losses (K,).
+    Explicit backward (MLP.backward), no autograd graph. With bnlab's SGD the linear weights'
+    .grad is only written when `weight_grads` (probes read it); the update is the same.
+    `alive` (K,) bool masks members out (None: all alive). A masked member, or one whose loss
+    is not finite, gets a zero loss gradient, so nothing outside its own slice of the
+    parameters can change (run() then freezes it). Returns the per-member losses (K,).
     """
     losses, dlogits = loss_and_grad(model(x), y, reduction)
     keep = alive
@@ -124,7 +151,7 @@ def train_step(
         keep = torch.isfinite(losses) if alive is None else alive & torch.isfinite(losses)
     if keep is not None:
         dlogits = torch.where(keep.view(-1, 1, 1), dlogits, 0.0)
-    model.backward(dlogits)
+    model.backward(dlogits, weight_grads or not isinstance(opt, SGD))
     opt.step()
     return losses
 
@@ -177,15 +204,15 @@ def eval_steps(cfg, steps: int | None = None) -> set[int]:
 
 def estimated_seconds(cfg: RunConfig) -> float:
     """A rough single-thread CPU time for a run (scripts/benchmark.py's figures on a 2-core
-    VM): member-steps at (0.16 + 0.008 * batch) ms per 90k weights, plus evaluations at 4 us
+    VM): member-steps at (0.12 + 0.008 * batch) ms per 90k weights, plus evaluations at 3 us
     per image and member. Sweeps start their longest jobs first with it; not a promise."""
     widths = [IN_FEATURES, *cfg.model.widths, CLASSES]
     weights = sum(a * b for a, b in zip(widths, widths[1:]))
     steps = total_steps(cfg, 60000 - cfg.data.holdout)
-    step_ms = (0.16 + 0.008 * cfg.data.batch_size) * weights / 90_000
+    step_ms = (0.12 + 0.008 * cfg.data.batch_size) * weights / 90_000
     images = 10000 + cfg.data.eval_train_size
     evals = len(eval_steps(cfg, steps)) + len(cfg.train.final_eval)
-    return len(cfg.seeds) * (steps * step_ms / 1e3 + evals * images * 4e-6 * weights / 90_000)
+    return len(cfg.seeds) * (steps * step_ms / 1e3 + evals * images * 3e-6 * weights / 90_000)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -197,7 +224,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _zero_member(model: MLP, opt: torch.optim.Optimizer, k: int) -> None:
+def _zero_member(model: MLP, opt: SGD | torch.optim.Optimizer, k: int) -> None:
     """Freeze a diverged member: zero its parameters, buffers and optimiser state so it stays
     finite and inert (its loss is masked out, so it receives zero gradients from now on)."""
     with torch.no_grad():
@@ -248,7 +275,7 @@ def run(
 
     steps, reduction = total_steps(cfg, len(data.y_train)), cfg.train.loss
     model = build_model(cfg.model, seeds, device) if model is None else model.to(device)
-    opt = make_optimizer(cfg.optim, model.parameters())
+    opt = make_optimizer(cfg.optim, model)
     batches = Batches(data.x_train, data.y_train, cfg.data.batch_size, seeds)
     x_fit = data.x_train[: cfg.data.eval_train_size]
     y_fit = data.y_train[: cfg.data.eval_train_size]
@@ -261,6 +288,7 @@ def run(
     best = [0.0] * len(seeds)
     batch_loss = torch.zeros(len(seeds), device=device)
     n_batch_loss = 0
+    eval_s = 0.0  # seconds spent evaluating (reported in the summaries)
     when = eval_steps(cfg, steps)
     prober = Prober(cfg, model, data.x_train, data.x_test)
 
@@ -281,7 +309,8 @@ def run(
                 h.flush()
 
     def log_eval(step: int) -> None:
-        nonlocal n_batch_loss
+        nonlocal n_batch_loss, eval_s
+        t_eval = time.perf_counter()
         if cfg.model.bn_eval == "population":
             population()
         rows = []
@@ -301,9 +330,12 @@ def run(
                 best[k] = max(best[k], last[k]["test_acc"])
         batch_loss.zero_()
         n_batch_loss = 0
+        eval_s += time.perf_counter() - t_eval
 
     def final_evals(step: int) -> None:
         """Test loss/accuracy under each BN evaluation mode of train.final_eval."""
+        nonlocal eval_s
+        t_eval = time.perf_counter()
         rows = []
         modes = cfg.train.final_eval if cfg.model.norm in BATCH_STAT_NORMS else []
         for mode in modes:  # only where a layer uses batch statistics: no fake copies
@@ -320,6 +352,7 @@ def run(
         for k in range(len(seeds)):
             if status[k] == "finished":
                 last[k].update({f"test_{metric}": v[k] for _, metric, _, v in rows})
+        eval_s += time.perf_counter() - t_eval
 
     show = sys.stderr.isatty() if cfg.train.progress is None else cfg.train.progress
     bar = tqdm(total=steps, desc=cfg.name, disable=not show, mininterval=0.5)
@@ -331,7 +364,8 @@ def run(
         for step in range(1, steps + 1):
             x, y = batches.next()  # (K, B, 784), (K, B)
             before = prober.before_step(step)
-            losses = train_step(model, opt, x, y, None if all_alive else alive, reduction)
+            mask = None if all_alive else alive
+            losses = train_step(model, opt, x, y, mask, reduction, before is not None)
             finite = torch.isfinite(losses)
             if not bool((finite | ~alive).all()):
                 all_alive = False
@@ -357,6 +391,7 @@ def run(
     common = {
         "members": len(seeds),
         "wall_s": wall,
+        "eval_s": eval_s,
         "torch_version": torch.__version__,
         "device": str(device),
         "finished_at": datetime.now(timezone.utc).isoformat(),
@@ -383,7 +418,7 @@ def run(
 
 def member_state(model: MLP, k: int) -> dict[str, torch.Tensor]:
     """Member k's parameters and buffers (every tensor of the state dict with a member axis),
-    named as in model.state_dict(), e.g. 'fc1.weight' (in, out), 'bn1.running_mean' (units,)."""
+    named as in model.state_dict(), e.g. 'fc1.weight' (out, in), 'bn1.running_mean' (units,)."""
     return {
         name: t[k].detach().cpu().clone()
         for name, t in model.state_dict().items()

@@ -101,7 +101,7 @@ images = torch.rand(1000, 784)
 m, n = 20, 50
 population_statistics(model, images, batch_size=m, n_batches=n)
 idx = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[: m * n]
-z = (images[idx].view(n, m, 784) @ model.fc1.weight[0]).double()  # pre-BN, no bias
+z = (images[idx].view(n, m, 784) @ model.fc1.weight[0].T).double()  # pre-BN, no bias
 mean_by_hand = z.mean(1).mean(0)
 var_by_hand = m / (m - 1) * z.var(1, unbiased=False).mean(0)
 print("E[x] error:", (model.bn1.population_mean[0] - mean_by_hand).abs().max().item())

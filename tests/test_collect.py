@@ -37,6 +37,7 @@ def _sweep(root):
             "test_acc": 0.9,
             "steps_done": 50,
             "wall_s": 2.0,
+            "eval_s": 0.5,
             "error": None,
             "extra": "ignored",
         },
@@ -76,6 +77,7 @@ def test_collect_gives_the_exact_tables(tmp_path):
             "train_loss": [nan] * 3,
             "steps_done": pd.array([50, pd.NA, 3], dtype="Int64"),
             "wall_s": [2.0, nan, 1.0],
+            "eval_s": [0.5, nan, nan],
             "steps_per_s": [nan] * 3,
             "error": pd.array([pd.NA] * 3, dtype="string"),
         }

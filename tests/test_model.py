@@ -58,7 +58,7 @@ def test_initial_weights_do_not_depend_on_norm_and_follow_the_study():
     bn = build_model(make_cfg("model.norm=batch").model, [7])
     for a, b in zip(plain.linears(), bn.linears()):
         assert torch.equal(a.weight, b.weight)
-    w = plain.fc1.weight[0]  # (784, 100)
+    w = plain.fc1.weight[0]  # (100, 784)
     sd = math.sqrt(2 / 784)
     assert w.abs().max() <= 2 * sd  # truncated at 2 sd
     # a normal truncated at +-2 sd has sd 0.8796 of the untruncated one

@@ -207,7 +207,7 @@ def test_population_statistics_equal_a_numpy_computation(lower):
     w1, w2 = model.fc1.weight.detach().numpy(), model.fc2.weight.detach().numpy()
     g1, b1 = model.bn1.weight.detach().numpy(), model.bn1.bias.detach().numpy()
     for k in range(2):
-        z1 = xs @ w1[k]  # (batches, m, 20)
+        z1 = xs @ w1[k].T  # (batches, m, 20)
         mu1, var1 = z1.mean(1), z1.var(1)  # numpy var is biased
         np.testing.assert_allclose(model.bn1.population_mean[k], mu1.mean(0), rtol=1e-10)
         np.testing.assert_allclose(
@@ -218,7 +218,7 @@ def test_population_statistics_equal_a_numpy_computation(lower):
         else:  # layer 1 already in inference mode with its population statistics
             pm, pv = mu1.mean(0), var1.mean(0) * m / (m - 1)
             h1 = (z1 - pm) / np.sqrt(pv + 1e-3)
-        z2 = (1 / (1 + np.exp(-(g1[k] * h1 + b1[k])))) @ w2[k]
+        z2 = (1 / (1 + np.exp(-(g1[k] * h1 + b1[k])))) @ w2[k].T
         np.testing.assert_allclose(model.bn2.population_mean[k], z2.mean(1).mean(0), rtol=1e-9)
         np.testing.assert_allclose(
             model.bn2.population_var[k], z2.var(1).mean(0) * m / (m - 1), rtol=1e-9

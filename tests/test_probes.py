@@ -36,7 +36,7 @@ def _stepped(over, seeds=(0, 1), b=16, lr=0.05):
     """A model after one explicit training step, with its StepContext."""
     cfg = make_cfg(*over, f"optim.lr={lr}")
     model = build_model(cfg.model, list(seeds)).double()
-    opt = make_optimizer(cfg.optim, model.parameters())
+    opt = make_optimizer(cfg.optim, model)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(len(seeds), b, 784, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (len(seeds), b), generator=g)
@@ -231,12 +231,13 @@ def test_dropout_variance_shift_matches_the_closed_form():
     assert mismatch_stats(build_model(make_cfg().model, [0]), torch.rand(10, 784)) == []
 
 
-def test_probes_observe_and_never_steer(tmp_path):
+@pytest.mark.parametrize("optim", [["optim.name=adam", "optim.lr=1e-3"], ["optim.lr=0.05"]])
+def test_probes_observe_and_never_steer(tmp_path, optim):
+    """With Adam, and with plain SGD (bnlab's SGD: weight gradients only on probe steps)."""
     over = [
         "model.norm=noisy_batch",
         "model.dropout=0.2",
-        "optim.name=adam",
-        "optim.lr=1e-3",
+        *optim,
         "train.steps=30",
         "train.eval_every=10",
         "data.batch_size=16",

@@ -60,7 +60,7 @@ def _kill_when(proc, ready, timeout=120):
 
 def _tables(sweep):
     runs, history = collect(sweep)
-    runs = runs.drop(columns=["wall_s", "steps_per_s"]).sort_values(["run", "seed"])
+    runs = runs.drop(columns=["wall_s", "eval_s", "steps_per_s"]).sort_values(["run", "seed"])
     keys = ["run", "seed", "step", "split", "metric", "layer"]
     return runs.reset_index(drop=True), history.sort_values(keys).reset_index(drop=True)
 

@@ -11,7 +11,7 @@ from conftest import make_cfg, synthetic_data
 
 from bnlab.model import build_model
 from bnlab.records import read_history, read_summary
-from bnlab.train import eval_steps, run
+from bnlab.train import SGD, eval_steps, make_optimizer, run, train_step
 
 pytestmark = pytest.mark.slow
 FAST = ["train.eval_every=50", "data.eval_train_size=2000"]
@@ -93,6 +93,31 @@ def test_one_training_step_moves_weights_and_running_statistics(tmp_path):
     run(cfg, tmp_path, data=synthetic_data(), model=model)
     for name in ("fc1.weight", "bn1.weight", "bn1.running_mean", "bn2.running_var"):
         assert not torch.equal(model.state_dict()[name], before[name]), name
+
+
+@pytest.mark.parametrize("norm", ["batch", "none"])
+def test_sgd_with_the_update_fused_into_the_gradient_product_equals_torch_optim(norm):
+    """bnlab's SGD (W -= lr dy^T x in one GEMM, biases and BN parameters from .grad) against
+    torch.optim.SGD on the same model in float64, with and without weight gradients kept."""
+    cfg = make_cfg(f"model.norm={norm}", "model.activation=tanh", "optim.lr=0.05")
+    ours = build_model(cfg.model, [0, 1]).double()
+    ref, start = copy.deepcopy(ours), copy.deepcopy(ours.state_dict())
+    opt, ref_opt = make_optimizer(cfg.optim, ours), torch.optim.SGD(ref.parameters(), lr=0.05)
+    assert isinstance(opt, SGD)
+    g = torch.Generator().manual_seed(0)
+    for i in range(4):
+        x = torch.rand(2, 16, 784, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 10, (2, 16), generator=g)
+        train_step(ours, opt, x, y, None, "sum", weight_grads=i == 2)
+        train_step(ref, ref_opt, x, y, None, "sum")
+        if i == 2:
+            for a, b in zip(ours.linears(), ref.linears()):
+                torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-10, atol=1e-13)
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert not torch.equal(a, start[name]), name
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15, msg=name)
+    momentum = make_cfg("optim.momentum=0.9").optim
+    assert isinstance(make_optimizer(momentum, ours), torch.optim.SGD)
 
 
 def test_a_diverging_member_is_marked_and_the_others_finish(mnist, tmp_path):
