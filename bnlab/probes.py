@@ -309,8 +309,9 @@ def _sv(gram: torch.Tensor) -> torch.Tensor:
     """Singular values from Gram matrices (..., C, C), descending; NaN for a matrix that is not
     finite or that LAPACK cannot decompose (a member blowing up must not stop the run)."""
     g = gram.double()
-    bad = ~torch.isfinite(g).flatten(-2).all(-1)
-    g = torch.where(bad[..., None, None], 0.0, g)
+    bad = ~torch.isfinite(g.sum((-2, -1)))  # float32 entries cannot overflow a float64 sum
+    if bad.any():
+        g = torch.where(bad[..., None, None], 0.0, g)
     try:
         ev = torch.linalg.eigvalsh(g)
     except torch.linalg.LinAlgError:

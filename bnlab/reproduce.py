@@ -8,7 +8,7 @@ busy to the end; runs that experiments share are trained once. Finished members 
 wall time and, per experiment, its runs' job-seconds, member-steps and time spent evaluating go to
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
-  python -m bnlab.reproduce                  # everything (about 80 minutes on a 2-core CPU)
+  python -m bnlab.reproduce                  # everything (about 65 minutes on a 2-core CPU)
   python -m bnlab.reproduce --only mlds2017_fig6 mlds2017_fig9
   python -m bnlab.reproduce --stage report   # collect, tables, figures, claims only
   python -m bnlab.reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)
@@ -104,7 +104,7 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
     """Per experiment, the runs its sweep planned (a run shared by several experiments counts
     for the first of them in this sweep): runs, members, member-steps and the wall seconds
     of its runs (each run is one single-thread job), and the share of that time the runs spent
-    evaluating (eval_s; eval_share = eval_s / job_s)."""
+    evaluating (eval_s; eval_pct = 100 eval_s / job_s)."""
     zero = {"runs": 0, "members": 0, "member_steps": 0, "job_s": 0.0, "eval_s": 0.0}
     rows = {n: {"experiment": n, **zero} for n in names}
     for sweep in sweeps():
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         total = {"experiment": "all", **times.drop(columns="experiment").sum().to_dict()}
         times = pd.concat([times, pd.DataFrame([{**total, "wall_s": wall}])], ignore_index=True)
         times = times.astype({c: "int64" for c in ("runs", "members", "member_steps")})
-        times["eval_share"] = (times["eval_s"] / times["job_s"]).round(3)
+        times["eval_pct"] = 100 * times["eval_s"] / times["job_s"]
         times.to_csv(out, index=False, float_format="%.1f")
         print(f"training: exit {rc}, {wall:.0f} s wall, {total['job_s']:.0f} job-seconds; {out}")
     if args.stage in ("all", "report"):

@@ -93,7 +93,7 @@ def test_tiny_reproduction_end_to_end(mnist_root, tmp_path):
     assert total["runs"] == 26 and total["job_s"] == pytest.approx(
         per_experiment["job_s"].sum(), abs=0.3
     )
-    assert ((times["eval_share"] > 0) & (times["eval_share"] < 1)).all()  # part of each job
+    assert ((times["eval_pct"] > 0) & (times["eval_pct"] < 100)).all()  # part of each job
     mismatch = pd.read_csv(tmp_path / "tables" / "mlds2017_mismatch.csv")
     assert len(mismatch) == 2 * 4 * 2  # 2 seeds x 4 ratios x BN on/off
     assert set(mismatch["status"]) == {"finished"}

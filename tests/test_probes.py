@@ -13,6 +13,7 @@ from bnlab.norms import BATCH_STAT_NORMS
 from bnlab.probes import (
     JAC_BINS,
     StepContext,
+    _sv,
     activation_stats,
     capture,
     grad_stats,
@@ -229,6 +230,15 @@ def test_dropout_variance_shift_matches_the_closed_form():
         torch.tensor([1 / (1 - p_drop)] * 2), rel=0.03
     )
     assert mismatch_stats(build_model(make_cfg().model, [0]), torch.rand(10, 784)) == []
+
+
+def test_singular_values_from_gram_matrices_match_svdvals_and_a_blown_up_one_is_nan():
+    j = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(0))  # three 4x6 Jacobians
+    gram = j @ j.transpose(-1, -2)
+    gram[1, 0, 0] = float("inf")
+    s = _sv(gram)
+    assert torch.isnan(s[1]).all()
+    torch.testing.assert_close(s[[0, 2]], torch.linalg.svdvals(j[[0, 2]]), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("optim", [["optim.name=adam", "optim.lr=1e-3"], ["optim.lr=0.05"]])
