@@ -1,7 +1,7 @@
 # Two commands that work on a fresh machine (Python >= 3.10 with venv and pip):
 #   make demo   set up .venv, train BN vs no BN on sigmoid (3 seeds), collect, draw the figure
 #   make test   set up .venv with the dev extras and run the test suite and the notebooks
-#   make reproduce   every experiment, figure and the claims report (about 80 minutes, 2 cores)
+#   make reproduce   every experiment, figure and the claims report (about 65 minutes, 2 cores)
 # Data: MNIST is downloaded to ./data on first use; point BNLAB_DATA_ROOT at a folder holding
 # MNIST/raw/ to use existing files (tests default to ../shared/data).
 
