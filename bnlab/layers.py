@@ -78,7 +78,6 @@ class Linear(Layer):
     ) -> torch.Tensor | None:
         """dL/dx from dL/dy; sets .grad of the bias and, with weight_grad, of the weight
         (an optimiser using sgd_step does not need it)."""
-        self.saved["dy"] = dy
         if weight_grad:
             dy_t = dy.transpose(1, 2)
             if self.weight.grad is None:
@@ -90,9 +89,9 @@ class Linear(Layer):
         return torch.bmm(dy, self.weight) if need_dx else None
 
     def sgd_step(self, lr: float) -> None:
-        """W -= lr * dL/dW for the last backward, as one GEMM W += -lr dy^T x: the gradient
-        is never written out and W is read and written once (a third of the memory traffic of
-        gradient then update, which is what limits small batches)."""
+        """W -= lr * dL/dW for the last MLP.backward (which keeps dy in `saved`), as one GEMM
+        W += -lr dy^T x: the gradient is never written out and W is read and written once (a
+        third of the memory traffic of gradient then update, which limits small batches)."""
         self.weight.baddbmm_(self.saved["dy"].transpose(1, 2), self.saved["x"], alpha=-lr)
 
 

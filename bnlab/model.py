@@ -81,7 +81,7 @@ class MLP(nn.Module):
         dy = dlogits
         for name in reversed(self.order):
             layer = getattr(self, name)
-            layer.saved["dy"] = dy  # dL/d(layer output), for the gradient probes
+            layer.saved["dy"] = dy  # dL/d(layer output): gradient probes, Linear.sgd_step
             if isinstance(layer, Linear):
                 dy = layer.backward(dy, need_dx=name != self.order[0], weight_grad=weight_grads)
             else:

@@ -103,8 +103,8 @@ def train(names: list[str], results: Path, jobs: int, extra: list[str]) -> tuple
 def breakdown(names: list[str], results: Path) -> pd.DataFrame:
     """Per experiment, the runs its sweep planned (a run shared by several experiments counts
     for the first of them in this sweep): runs, members, member-steps and the wall seconds
-    of its runs (each run is one single-thread job), and the share of that time the runs spent
-    evaluating (eval_s; eval_pct = 100 eval_s / job_s)."""
+    of its runs (each run is one single-thread job), and the seconds of that time the runs
+    spent evaluating (eval_s; main() adds eval_pct = 100 eval_s / job_s)."""
     zero = {"runs": 0, "members": 0, "member_steps": 0, "job_s": 0.0, "eval_s": 0.0}
     rows = {n: {"experiment": n, **zero} for n in names}
     for sweep in sweeps():

@@ -365,7 +365,7 @@ def run(
             x, y = batches.next()  # (K, B, 784), (K, B)
             before = prober.before_step(step)
             mask = None if all_alive else alive
-            losses = train_step(model, opt, x, y, mask, reduction, before is not None)
+            losses = train_step(model, opt, x, y, mask, reduction, weight_grads=before is not None)
             finite = torch.isfinite(losses)
             if not bool((finite | ~alive).all()):
                 all_alive = False
