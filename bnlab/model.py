@@ -59,6 +59,8 @@ class MLP(nn.Module):
         out = f"fc{n_hidden + 1}"
         setattr(self, out, Linear(members, dims[-1], CLASSES, bias=True))
         self.order.append(out)
+        # (name, layer) in forward order: the hot loops skip nn.Module's attribute lookup
+        self.layers = [(name, getattr(self, name)) for name in self.order]
 
     def linears(self) -> list[Linear]:
         return [m for m in self.modules() if isinstance(m, Linear)]
@@ -68,8 +70,8 @@ class MLP(nn.Module):
 
         With `record`, every named layer's output is stored in it (probes use this).
         """
-        for name in self.order:
-            x = getattr(self, name).forward(x)  # .forward: no hooks, less per-call overhead
+        for name, layer in self.layers:
+            x = layer.forward(x)  # .forward: no hooks, less per-call overhead
             if record is not None:
                 record[name] = x
         return x
@@ -79,11 +81,11 @@ class MLP(nn.Module):
         .grad of every parameter (the input gradient is not computed). weight_grads=False
         leaves the linear weights' .grad alone (bnlab.train.SGD updates them without it)."""
         dy = dlogits
-        for name in reversed(self.order):
-            layer = getattr(self, name)
+        first = self.layers[0][1]
+        for _, layer in reversed(self.layers):
             layer.saved["dy"] = dy  # dL/d(layer output): gradient probes, Linear.sgd_step
             if isinstance(layer, Linear):
-                dy = layer.backward(dy, need_dx=name != self.order[0], weight_grad=weight_grads)
+                dy = layer.backward(dy, need_dx=layer is not first, weight_grad=weight_grads)
             else:
                 dy = layer.backward(dy)
 

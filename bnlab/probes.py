@@ -71,7 +71,7 @@ def weight_stats(model) -> list:
         out += [
             ("train", "w_mean_abs", name, w.abs().mean((1, 2))),
             ("train", "w_fro", name, w.flatten(1).norm(dim=1)),
-            ("train", "w_spec", name, torch.linalg.matrix_norm(w, ord=2)),
+            ("train", "w_spec", name, spectral_norm(w)),
         ]
     for name, layer in norms(model, (BatchStatNorm, LayerNorm)):
         out += [
@@ -79,6 +79,15 @@ def weight_stats(model) -> list:
             ("train", "beta_norm", name, layer.bias.norm(dim=1)),
         ]
     return out
+
+
+def spectral_norm(w: torch.Tensor) -> torch.Tensor:
+    """Largest singular value per member of w (K, m, n): the square root of the largest
+    eigenvalue of its smaller Gram matrix, in float64 (_sv). A third of the time of float32 SVD
+    (torch.linalg.matrix_norm(w, 2)) here, and more accurate; NaN for a non-finite w."""
+    d = w.double()
+    gram = d @ d.transpose(1, 2) if w.shape[1] <= w.shape[2] else d.transpose(1, 2) @ d
+    return _sv(gram)[..., 0].to(w.dtype)
 
 
 @torch.no_grad()

@@ -36,9 +36,10 @@ class SGD:
     """Plain SGD (no momentum, no weight decay), p -= lr * grad, the update torch.optim.SGD
     makes. The linear weights are updated by Linear.sgd_step, one GEMM from the layer's saved
     input and output gradient, so their gradient is not needed (MLP.backward(...,
-    weight_grads=False)); every other parameter from its .grad. The first layer's gradient
-    and update take 1.7-2.6x less time at batch 4 with 16 members (scripts/benchmark.py times
-    whole steps). Rounds differently from gradient-then-update in the last bit."""
+    weight_grads=False)); every other parameter from its .grad (one foreach add). The first
+    layer's gradient and update take 1.7-2.6x less time at batch 4 with 16 members
+    (scripts/benchmark.py times whole steps). Rounds differently from gradient-then-update in
+    the last bit."""
 
     def __init__(self, model: MLP, lr: float):
         self.lr, self.linears = lr, model.linears()
@@ -51,8 +52,7 @@ class SGD:
         """Call after MLP.backward."""
         for lin in self.linears:
             lin.sgd_step(self.lr)
-        for p in self.others:
-            p.add_(p.grad, alpha=-self.lr)
+        torch._foreach_add_(self.others, [p.grad for p in self.others], alpha=-self.lr)
 
 
 def make_optimizer(cfg: OptimConfig, model: MLP) -> SGD | torch.optim.Optimizer:
