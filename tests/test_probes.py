@@ -22,6 +22,7 @@ from bnlab.probes import (
     landscape,
     mismatch_stats,
     singular_values,
+    spectral_norm,
     weight_stats,
 )
 from bnlab.records import read_history
@@ -239,6 +240,16 @@ def test_singular_values_from_gram_matrices_match_svdvals_and_a_blown_up_one_is_
     s = _sv(gram)
     assert torch.isnan(s[1]).all()
     torch.testing.assert_close(s[[0, 2]], torch.linalg.svdvals(j[[0, 2]]), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 40), (3, 40, 5)])
+def test_spectral_norm_matches_numpy_for_wide_and_tall_weights_and_is_nan_for_a_bad_member(shape):
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    w[1, 2, 3] = float("nan")
+    s = spectral_norm(w)
+    assert s.dtype == w.dtype and torch.isnan(s[1])
+    for k in (0, 2):
+        assert s[k].item() == pytest.approx(np.linalg.norm(w[k].double().numpy(), 2), rel=1e-6)
 
 
 @pytest.mark.parametrize("optim", [["optim.name=adam", "optim.lr=1e-3"], ["optim.lr=0.05"]])
