@@ -469,8 +469,9 @@ def draw(name: str, res: Results, out: Path) -> list[Path]:
         plt.close(made._fig)
         return [path]
     paths = [out / f"{name}.png", out / f"{name}.svg"]
-    for path in paths:
-        made.savefig(path, dpi=130)
+    with plt.rc_context({"svg.hashsalt": "bnlab"}):  # fixed SVG ids, and no date below:
+        for path in paths:  # a figure redrawn from the same data is the same file
+            made.savefig(path, dpi=130, metadata={"Date": None} if path.suffix == ".svg" else None)
     plt.close(made)
     return paths
 

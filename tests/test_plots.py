@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bnlab.figures import draw
 from bnlab.plots import NORM_COLORS, accuracy_curves, curves, final_points, jacobian_histograms
 from bnlab.probes import JAC_BINS
 
@@ -130,3 +131,15 @@ def test_jacobian_histograms_show_fractions_per_bin():
     assert any(h[3] == pytest.approx(0.75) and h[4] == pytest.approx(0.25) for h in heights)
     assert any(h[10] == pytest.approx(0.75) and h[11] == pytest.approx(0.25) for h in heights)
     assert all(h.sum() == pytest.approx(1.0) for h in heights)
+
+
+def test_a_figure_redrawn_from_the_same_tables_is_the_same_svg_file(tmp_path):
+    class Tables:  # what figures.draw reads the demo figure's tables from
+        def load(self, name):
+            return _tables()
+
+    first = draw("demo", Tables(), tmp_path / "a")
+    second = draw("demo", Tables(), tmp_path / "b")
+    svg = [p for p in first if p.suffix == ".svg"][0]
+    assert svg.read_bytes() == (tmp_path / "b" / svg.name).read_bytes()
+    assert b"<dc:date>" not in svg.read_bytes() and len(second) == len(first)
