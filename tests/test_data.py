@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
+import bnlab.data
 from bnlab.config import DataConfig
 from bnlab.data import MNIST_FILES, DataError, load_data, load_mnist, main, raw_dir
 
@@ -34,7 +37,7 @@ def test_missing_files_fail_with_what_to_do(tmp_path):
     msg = str(err.value)
     for name in MNIST_FILES:
         assert f"{name}.gz" in msg
-    assert "python -m bnlab.data fetch --root" in msg and "data=mnist5k" in msg
+    assert "bnlab data fetch --root" in msg and "data=mnist5k" in msg
     assert str(raw_dir(tmp_path)) in msg
 
 
@@ -48,6 +51,78 @@ def test_a_corrupt_file_is_detected(mnist_root, tmp_path):
     (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(blob))
     with pytest.raises(DataError, match="has MD5"):
         load_mnist(tmp_path, download=False)
+
+
+def copy_gz(mnist_root, root):
+    """The four genuine .gz files copied into root/MNIST/raw; returns that folder."""
+    raw = raw_dir(root)
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        shutil.copy(raw_dir(mnist_root) / f"{name}.gz", raw / f"{name}.gz")
+    return raw
+
+
+def extract(raw, name, edit=None):
+    """Write raw/name, the decompressed IDX file, after edit(bytearray) if given."""
+    blob = bytearray(gzip.decompress((raw / f"{name}.gz").read_bytes()))
+    if edit is not None:
+        edit(blob)
+    (raw / name).write_bytes(bytes(blob))
+    return raw / name
+
+
+def assert_rejected(root, path, capsys, *words):
+    with pytest.raises(DataError) as err:
+        load_mnist(root, download=False)
+    msg = str(err.value)
+    for text in (str(path), "bnlab data fetch --root", *words):
+        assert text in msg
+    capsys.readouterr()
+    assert main(["check", "--root", str(root)]) == 1
+    out = capsys.readouterr()
+    assert str(path) in out.err and "MNIST ok" not in out.out
+
+
+def test_a_corrupt_extracted_image_file_is_detected(mnist_root, tmp_path, capsys):
+    raw = copy_gz(mnist_root, tmp_path)
+
+    def whiten(blob):  # the first 100 pixel bytes, after the 16-byte header
+        blob[16:116] = b"\xff" * 100
+
+    path = extract(raw, "train-images-idx3-ubyte", whiten)
+    assert_rejected(tmp_path, path, capsys, "has MD5")
+
+
+def test_an_out_of_range_extracted_label_is_detected(mnist_root, tmp_path, capsys):
+    raw = copy_gz(mnist_root, tmp_path)
+
+    def label_200(blob):  # the first label, after the 8-byte header
+        blob[8] = 200
+
+    path = extract(raw, "train-labels-idx1-ubyte", label_200)
+    assert_rejected(tmp_path, path, capsys, "has MD5", "200")
+
+
+def test_an_extracted_file_of_the_wrong_shape_is_detected(mnist_root, tmp_path, capsys):
+    raw = copy_gz(mnist_root, tmp_path)
+    test_labels = gzip.decompress((raw / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (raw / "train-labels-idx1-ubyte").write_bytes(test_labels)
+    path = raw / "train-labels-idx1-ubyte"
+    assert_rejected(tmp_path, path, capsys, "(10000,)", "(60000,)")
+
+
+def test_genuine_extracted_files_load_as_the_gz_files_do(mnist_root, tmp_path, capsys):
+    raw = copy_gz(mnist_root, tmp_path)
+    from_gz = load_mnist(tmp_path, download=False)
+    for name in MNIST_FILES:
+        path = extract(raw, name)
+        # the reference digests are those of the genuine decompressed files
+        assert hashlib.md5(path.read_bytes()).hexdigest() == bnlab.data.MNIST_IDX_MD5[name]
+    from_plain = load_mnist(tmp_path, download=False)
+    for a, b in zip(from_gz, from_plain, strict=True):
+        assert a.dtype == b.dtype == np.uint8 and np.array_equal(a, b)
+    assert main(["check", "--root", str(tmp_path)]) == 0
+    assert "60000 train, 10000 test" in capsys.readouterr().out
 
 
 def test_check_command_reports_ok_and_missing(mnist_root, tmp_path, capsys):
@@ -65,3 +140,20 @@ def test_mnist5k_is_offline_real_and_stratified():
     # real digits: a reasonable fraction of ink, not noise
     assert 0.05 < (data.x_train > 0.5).float().mean() < 0.25
     assert not np.shares_memory(data.x_train.numpy(), data.x_test.numpy())
+
+
+def test_an_unreadable_data_file_is_one_clear_error(tmp_path, monkeypatch):
+    """Permissions cannot be taken from root here: a read that fails stands in for them."""
+    from pathlib import Path
+
+    raw = raw_dir(tmp_path)
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / f"{name}.gz").write_bytes(b"x")
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    with pytest.raises(DataError, match="cannot read .*Permission denied; fix its permissions"):
+        load_mnist(tmp_path, download=False)
