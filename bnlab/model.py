@@ -3,7 +3,7 @@
 One forward pass runs all members with batched matrix multiplies; nothing couples them, so
 member k of an ensemble computes what the same seed computes alone. For an MLP an explicit
 backward (bnlab.layers) is a handful of fused kernels per layer, about half the cost of an
-autograd step at small batches (scripts/benchmark.py).
+autograd step at small batches (bnlab bench).
 
 Layer names are stable across settings (fc1, bn1, act1, drop1, ..., fc{L+1} for the output;
 bn{i} is whatever norm layer `model.norm` selects), so probe rows join across runs.

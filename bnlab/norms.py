@@ -5,7 +5,7 @@
                      backward pass (BatchNormFunction is the same code as an autograd.Function)
     renorm           Batch Renormalization (Ioffe 2017), r and d clipped, constant in backprop
     renorm_mlds2017  the 2017 study's *defective* Batch Renorm, (gamma*xhat + beta)*r + d
-                     (protocols 2.3); only for reproducing its Fig. 9, never a default
+                     (the 2017 study's code); only for reproducing its Fig. 9, never a default
     noisy_batch      BN followed by Santurkar et al.'s noise (Sec. 2.1), training only
     noise            the same noise with no BN (their control)
     layer            layer normalization: per example, over the units
@@ -188,7 +188,7 @@ class ScratchBatchNorm(BatchStatNorm):
 
 
 class BatchRenorm(BatchStatNorm):
-    """Batch Renormalization (Ioffe 2017; protocols section 5).
+    """Batch Renormalization (Ioffe 2017).
 
     sigma_B = sqrt(var_B + eps); r = clip(sigma_B/sigma, 1/r_max, r_max);
     d = clip((mu_B - mu)/sigma, -d_max, d_max), both constants for backprop;
@@ -253,7 +253,7 @@ class BatchRenorm(BatchStatNorm):
 
 
 class MLDS2017Renorm(BatchRenorm):
-    """The 2017 study's Batch Renorm: y = (gamma*xn + beta)*r + d (protocols 2.3). Defective
+    """The 2017 study's Batch Renorm: y = (gamma*xn + beta)*r + d (the 2017 study's code). Defective
     (r and d act after the affine map); kept only to reproduce its Fig. 9 faithfully."""
 
     def combine(self, xn, xhat, r, d):

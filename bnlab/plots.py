@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import textwrap
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib import animation
+from matplotlib.figure import SubFigure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # figures are written to files; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib import animation  # noqa: E402
-from matplotlib.figure import SubFigure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from .probes import JAC_BINS  # noqa: E402
+from .probes import JAC_BINS
 
 # One colour per normalization, reused by every figure.
 NORM_COLORS = {

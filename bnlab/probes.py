@@ -8,7 +8,7 @@ batch drawn once per run; step probes look at step t itself (its batch, its grad
 update). Probes observe and never steer: state probes run in eval mode, which changes nothing,
 and every extra training-mode pass of a step probe restores BN buffers, counters and random
 streams (capture/restore), so the loss history is bit-for-bit what it is with probes off
-(tested). Definitions: ../shared/reference/protocols.md.
+(tested). Each probe's docstring cites the paper and section it implements.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from .layers import Activation, Linear
 from .norms import BatchStatNorm, LayerNorm
 
-SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95 (protocols 8)
+SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95
 TANH_SAT = math.log(19) / 2  # the same output band for tanh = 2 sigmoid(2x) - 1: |tanh| > 0.9
 JAC_BINS = torch.linspace(-4.0, 2.0, 25)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
@@ -92,7 +92,7 @@ def spectral_norm(w: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def update_stats(model, old: dict, lr: float) -> list:
-    """Effective learning rate of scale-invariant rows (protocols 8): for each linear layer
+    """Effective learning rate of scale-invariant rows: for each linear layer
     without bias that feeds a batch-statistics norm, per unit j with incoming weights w_j:
     relative update ||dw_j||/||w_j||, angular step angle(w_j, w_j + dw_j) in radians, and
     lr/||w_j||^2; each averaged over units. Uses the weights before and after the step."""
@@ -189,7 +189,7 @@ def gaussian_kl(m0, v0, m1, v1, eps: float = 1e-8):
 
 
 def ics_distribution(moments: dict, previous: dict, initial: dict) -> list:
-    """Distributional internal covariate shift (protocols 4.4, 8): for the input of every linear
+    """Distributional internal covariate shift: for the input of every linear
     layer after the first, on the probe batch, the change of its per-unit moments since the
     previous probe (`ics_*`) and since step 0 (`ics0_*`): mean |delta mean|, mean
     |log(var/var_ref)| and mean Gaussian KL(reference || now), averaged over units."""
@@ -236,7 +236,7 @@ _ACT_GRAD = {
 @torch.no_grad()
 def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) -> list:
     """Per hidden block l, the diagonal d_l (K, N, C) with J_l = diag(d_l) W_l for each
-    sample (protocols 7): act'(pre-activation) times the norm layer's per-unit scale (BN at
+    sample: act'(pre-activation) times the norm layer's per-unit scale (BN at
     evaluation is a per-unit affine map). None for a block whose norm is not per-unit (layer
     norm).
 
@@ -338,7 +338,7 @@ def _eigvalsh_or_nan(m: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian_summaries(svs: dict, prefix: str = "jac") -> list:
-    """Summaries of singular values s (protocols 7), per member, pooled over samples and
+    """Summaries of singular values s, per member, pooled over samples and
     values: mean s, mean s^2, var s^2, s_max, s_min, mean over samples of log10(s_max/s_min)
     over s > 1e-6, fraction of s < 1e-6, fraction in [1/2, 2], and counts in the log10(s)
     bins JAC_BINS (metric {prefix}_hist_BB)."""
@@ -367,7 +367,7 @@ def jacobian_summaries(svs: dict, prefix: str = "jac") -> list:
 
 @torch.no_grad()
 def jacobian_stats(model, x: torch.Tensor, variants: bool = False) -> list:
-    """Layer-Jacobian singular values on the probe images x (protocols 7).
+    """Layer-Jacobian singular values on the probe images x.
 
     jac_*: per-sample Jacobians, BN in eval mode (the well-defined quantity). With
     `variants`, also jac_batchstat_*: the train-mode variant, BN normalising with the probe
@@ -397,7 +397,7 @@ def mismatch_stats(model, x: torch.Tensor) -> list:
     off): per batch-statistics norm layer, with mu_B, var_B the batch moments of its input and
     mu_run, sigma_run its running statistics: mean over units of r = sigma_B/sigma_run and of
     |d| = |mu_B - mu_run|/sigma_run, and the dropout variance-shift ratio
-    max(real_var/moving_var, moving_var/real_var) (Li et al. 2019; protocols 6)."""
+    max(real_var/moving_var, moving_var/real_var) (Li et al. 2019)."""
     was = model.training
     model.eval()
     record = {}

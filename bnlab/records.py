@@ -1,7 +1,8 @@
 """What a run writes: per-member history (appended CSV) and summary (atomic JSON).
 
 Layout of a run folder:
-    config.yaml               the resolved, validated config
+    config.yaml               the resolved, validated config (seeds: every member ever run here)
+    .lock                     held (flock) by the process training in the folder
     seed{S}/history.csv       long format: step, split, metric, layer, value (appended)
     seed{S}/summary.json      written last and atomically; its presence means "done"
 """
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -24,6 +28,23 @@ DONE_STATUSES = ("finished", "diverged")
 JOBS_FILE = "jobs.json"  # a sweep's full job list, written by the sweeper before any job starts
 
 
+def flatten(config: dict, prefix: str = "") -> dict:
+    """Nested config -> {'model.norm': 'batch', 'model.widths': '[100,100]', ...}.
+
+    Lists become their override spelling so that columns stay hashable for grouping.
+    """
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, list):
+            out[name] = "[" + ",".join(str(v) for v in value) + "]"
+        else:
+            out[name] = value
+    return out
+
+
 def member_dir(run_dir: str | Path, seed: int) -> Path:
     """A member's folder in a run folder: RUN/seed{S} (history.csv, summary.json, model.pt)."""
     return Path(run_dir) / f"seed{seed}"
@@ -31,14 +52,49 @@ def member_dir(run_dir: str | Path, seed: int) -> Path:
 
 def write_atomic(path: str | Path, text: str) -> None:
     """Write text to path so that a reader sees the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A temporary path beside `path` to write to; renamed onto `path` when the block ends
+    without an exception, removed otherwise (a kill leaves at most a hidden .tmp file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # suffix kept: writers
+    try:  # that pick the format from it (savefig, Pillow) still work
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path):
+    """Hold RUN/.lock while training in a run folder: a second process on the same folder
+    waits here until the first is done (then finds its members finished and skips them)."""
+    path = Path(run_dir) / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"{run_dir}: {holder} is training here; waiting for it", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def write_json(path: str | Path, obj: dict) -> None:
@@ -78,7 +134,10 @@ class History:
     def __init__(self, run_dir: str | Path, seed: int):
         self.path = member_dir(run_dir, seed) / "history.csv"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "w", newline="")  # noqa: SIM115 (open for the whole run)
+        # a new file, never an old one truncated in place: a writer still holding the old
+        # file (a process that lost its lock) writes into the unlinked copy, not this one
+        self.path.unlink(missing_ok=True)
+        self.file = open(self.path, "x", newline="")  # noqa: SIM115 (open for the whole run)
         self.writer = csv.writer(self.file)
         self.writer.writerow(HISTORY_COLUMNS)
 
@@ -95,7 +154,9 @@ class History:
 def read_history(run_dir: str | Path, seed: int) -> pd.DataFrame:
     """A member's history up to its last complete row (a killed writer may leave half a line)."""
     path = member_dir(run_dir, seed) / "history.csv"
-    text = path.read_text() if path.exists() else ""
+    text = path.read_text(errors="replace") if path.exists() else ""
+    if "\0" in text:
+        raise ValueError("NUL bytes in the file (two writers?)")
     text = text[: text.rfind("\n") + 1]
     if text.count("\n") < 2:
         return pd.DataFrame(
@@ -104,26 +165,47 @@ def read_history(run_dir: str | Path, seed: int) -> pd.DataFrame:
                 for c, t in zip(HISTORY_COLUMNS, ["int64", "str", "str", "str", "float64"])
             }
         )
-    df = pd.read_csv(
-        io.StringIO(text),
-        dtype={"split": str, "metric": str, "layer": str},
-        keep_default_na=False,
-        na_values={"value": ["nan", "NaN"]},
-    )
-    return df.astype({"step": "int64", "value": "float64"})
+    try:
+        df = pd.read_csv(
+            io.StringIO(text),
+            dtype={"split": str, "metric": str, "layer": str},
+            keep_default_na=False,
+            na_values={"value": ["nan", "NaN"]},
+        )
+        if list(df.columns) != HISTORY_COLUMNS:
+            raise ValueError(f"columns {list(df.columns)}, expected {HISTORY_COLUMNS}")
+        return df.astype({"step": "int64", "value": "float64"})
+    except (ValueError, pd.errors.ParserError) as e:  # garbage rows: the caller names the file
+        raise ValueError(f"bad rows ({' '.join(str(e).split())[:200]})") from None
 
 
-def git_info() -> dict:
-    """Commit and dirty flag of the bnlab source tree (None outside a git checkout)."""
+SOURCE_PATHS = ("bnlab", "hydra_plugins")  # what a run's results depend on (configs included)
+
+
+def provenance() -> dict:
+    """Where a run's code came from: the git commit of the bnlab checkout and whether its
+    source paths had uncommitted changes (both None for an installed package, outside a
+    checkout), the torch version and the host."""
+    import torch
+
     here = Path(__file__).resolve().parent
 
     def git(*args):
         out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else ""
 
-    try:
-        commit = git("rev-parse", "HEAD") or None
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+    commit, dirty = None, None
+    try:  # only when this bnlab is the checkout's own bnlab/ (not a package installed in it)
+        top = git("rev-parse", "--show-toplevel")
+        if top and Path(top).resolve() / "bnlab" == here:
+            commit = git("rev-parse", "HEAD") or None
+            status = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
+            dirty = bool(status) if commit else None
     except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"git_commit": commit, "git_dirty": dirty}
+        pass
+    return {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "torch_version": torch.__version__,
+        "host": socket.gethostname(),
+    }

@@ -1,17 +1,17 @@
-"""Reproduce everything: `python -m bnlab.reproduce` runs every experiment, collects each sweep,
+"""Reproduce everything: `bnlab reproduce` runs every experiment, collects each sweep,
 writes the compact tables, draws every figure and writes the claims report.
 
-All experiments train as one sweep (`python -m bnlab -m experiment=a,b,...`): Hydra's joblib
+All experiments train as one sweep (`bnlab train -m experiment=a,b,...`): Hydra's joblib
 launcher with `--jobs` processes of one thread each, longest jobs first, so both cores stay
 busy to the end; runs that experiments share are trained once. Finished members are skipped
 (per-member resume), so an interrupted reproduction continues where it stopped. The sweep's
 wall time and, per experiment, its runs' job-seconds, member-steps and time spent evaluating go to
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
-  python -m bnlab.reproduce                  # everything (about 65 minutes on a 2-core CPU)
-  python -m bnlab.reproduce --only mlds2017_fig6 mlds2017_fig9
-  python -m bnlab.reproduce --stage report   # collect, tables, figures, claims only
-  python -m bnlab.reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)
+  bnlab reproduce                  # everything (about 65 minutes on a 2-core CPU)
+  bnlab reproduce --only mlds2017_fig6 mlds2017_fig9
+  bnlab reproduce --stage report   # collect, tables, figures, claims only
+  bnlab reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def report(results: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m bnlab.reproduce",
+        prog="bnlab reproduce",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

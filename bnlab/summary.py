@@ -1,7 +1,8 @@
-"""Seed statistics of a collected sweep: `python -m bnlab.summary SWEEP_DIR [--by COL ...]`.
+"""Seed statistics of a collected sweep: `bnlab summary SWEEP_DIR [--by COL ...]`.
 
 Prints (and with --out writes as CSV) mean, std, min and max over seeds of summary metrics
-(test_acc and the test_acc_<mode> columns of train.final_eval), grouped by config columns.
+(test_acc and the test_acc_<mode> columns of train.final_eval), one row per configuration:
+grouped by every setting that varies in the sweep, unless --by names the columns.
 """
 
 from __future__ import annotations
@@ -12,10 +13,21 @@ from pathlib import Path
 
 import pandas as pd
 
+from .collect import read_tables
+from .records import DONE_STATUSES
+
+
+def varying(runs: pd.DataFrame) -> list[str]:
+    """The config columns ('model.norm', ...) whose value differs between members."""
+    return [c for c in runs.columns if "." in c and runs[c].astype(str).nunique() > 1]
+
 
 def seed_stats(runs: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
     """One row per group: n seeds, and mean/std/min/max of each metric over its members."""
-    done = runs[runs["status"].isin(["finished", "diverged"])]
+    done = runs[runs["status"].isin(DONE_STATUSES)]
+    if not by:  # nothing varies: one group
+        done = done.assign(configuration="all")
+        by = ["configuration"]
     stats = done.groupby(by)[metrics].agg(["mean", "std", "min", "max"])
     stats.columns = [f"{m}_{s}" for m, s in stats.columns]
     stats.insert(0, "seeds", done.groupby(by)["seed"].nunique())
@@ -23,20 +35,33 @@ def seed_stats(runs: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.Data
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnlab.summary", description=__doc__)
+    p = argparse.ArgumentParser(prog="bnlab summary", description=__doc__)
     p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--by", nargs="+", default=["model.norm"], help="config columns to group by")
+    p.add_argument("--by", nargs="+", help="config columns to group by (default: all varying)")
     p.add_argument("--metrics", nargs="+", help="default: test_acc and every test_acc_<mode>")
     p.add_argument("--out", type=Path, help="also write the table here (CSV)")
     args = p.parse_args(argv)
-    runs = pd.read_parquet(args.sweep_dir / "runs.parquet")
-    if "test_acc" not in runs:
-        print(f"error: {args.sweep_dir}/runs.parquet has no finished runs", file=sys.stderr)
+    try:
+        runs, _ = read_tables(args.sweep_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not runs["status"].isin(DONE_STATUSES).any():
+        print(f"error: {args.sweep_dir} has no finished members yet", file=sys.stderr)
         return 1
+    by = args.by if args.by is not None else varying(runs)
+    unknown = [c for c in by if c not in runs]
+    if unknown:
+        print(
+            f"error: --by {' '.join(unknown)}: no such column; varying settings: "
+            f"{', '.join(varying(runs)) or 'none'}",
+            file=sys.stderr,
+        )
+        return 2
     metrics = args.metrics or ["test_acc"] + sorted(
         c for c in runs if c.startswith("test_acc_") and runs[c].notna().any()
     )
-    table = seed_stats(runs, args.by, metrics)
+    table = seed_stats(runs, by, metrics)
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.round(4).to_string(index=False))
     if args.out:

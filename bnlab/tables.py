@@ -1,4 +1,4 @@
-"""Compact per-member tables from collected sweeps: `python -m bnlab.tables`.
+"""Compact per-member tables from collected sweeps: `bnlab tables`.
 
 For every sweep under RESULTS/sweeps with a runs.parquet, writes RESULTS/tables/SWEEP.csv: one
 row per member with the settings that vary in the sweep, its status, its final metrics and the
@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 
 from . import reproduce
-from .collect import find_runs
+from .collect import read_tables
+from .records import atomic_path, member_dir
 
 TARGETS = (0.9, 0.95, 0.97)
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
@@ -110,15 +111,19 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def running_stats(sweep_dir: Path) -> pd.DataFrame:
+def running_stats(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
     """Per run and BN layer: how much the final running mean and variance differ between the
-    run's members, relative to how much they differ between units.
+    run's finished members (the members of the runs table), relative to how much they differ
+    between units.
 
     member_sd: mean over units of the SD across members; unit_sd: SD across units of the
     members' average. Variances are compared on a log scale."""
     rows = []
-    for run_dir in find_runs(sweep_dir):
-        states = [torch.load(p, weights_only=True) for p in sorted(run_dir.glob("seed*/model.pt"))]
+    finished = runs[runs["status"] == "finished"]
+    for run, members in finished.groupby("run"):
+        run_dir = sweep_dir / run
+        paths = [member_dir(run_dir, int(s)) / "model.pt" for s in sorted(members["seed"])]
+        states = [torch.load(p, weights_only=True) for p in paths if p.exists()]
         if len(states) < 2:
             continue
         for key in sorted(k for k in states[0] if k.endswith("running_mean")):
@@ -132,7 +137,7 @@ def running_stats(sweep_dir: Path) -> pd.DataFrame:
                 unit_sd = v.mean(0).std().item()
                 rows.append(
                     {
-                        "run": run_dir.relative_to(sweep_dir).as_posix(),
+                        "run": run,
                         "layer": layer,
                         "stat": stat,
                         "members": len(states),
@@ -145,7 +150,7 @@ def running_stats(sweep_dir: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bnlab.tables", description=__doc__)
+    p = argparse.ArgumentParser(prog="bnlab tables", description=__doc__)
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     p.add_argument("sweeps", nargs="*", help="sweep names (default: the reproduction's)")
     args = p.parse_args(argv)
@@ -154,22 +159,23 @@ def main(argv: list[str] | None = None) -> int:
     stats = []
     for name in args.sweeps or reproduce.sweeps():
         sweep = args.results / "sweeps" / name
-        if not (sweep / "runs.parquet").exists():
-            print(f"{name}: not collected yet, skipped", file=sys.stderr)
+        try:
+            runs, history = read_tables(sweep)
+        except FileNotFoundError as e:
+            print(f"{name}: skipped: {e}", file=sys.stderr)
             continue
-        runs = pd.read_parquet(sweep / "runs.parquet")
         runs = runs[runs["seed"].notna()]
-        table = measures(runs, pd.read_parquet(sweep / "history.parquet"))
-        table.to_csv(out_dir / f"{sweep.name}.csv", index=False, float_format="%.6g")
-        rs = running_stats(sweep)
+        table = measures(runs, history)
+        with atomic_path(out_dir / f"{sweep.name}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        rs = running_stats(sweep, runs)
         if len(rs):
             stats.append(rs.assign(sweep=sweep.name))
         print(f"{sweep.name}: {len(table)} members -> {out_dir / sweep.name}.csv")
     if stats:
         cols = ["sweep", "run", "layer", "stat", "members", "member_sd", "unit_sd", "ratio"]
-        pd.concat(stats)[cols].to_csv(
-            out_dir / "running_stats.csv", index=False, float_format="%.6g"
-        )
+        with atomic_path(out_dir / "running_stats.csv") as tmp:
+            pd.concat(stats)[cols].to_csv(tmp, index=False, float_format="%.6g")
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import OptimConfig, RunConfig, to_dict
+from .config import NOT_IDENTITY, ConfigError, OptimConfig, RunConfig, to_dict
 from .data import Data, load_data
 from .layers import generator
 from .model import CLASSES, IN_FEATURES, MLP, build_model
@@ -24,8 +24,11 @@ from .probes import Prober
 from .records import (
     DONE_STATUSES,
     History,
-    git_info,
+    flatten,
+    locked,
     member_dir,
+    provenance,
+    read_config,
     read_summary,
     write_config,
     write_json,
@@ -38,7 +41,7 @@ class SGD:
     input and output gradient, so their gradient is not needed (MLP.backward(...,
     weight_grads=False)); every other parameter from its .grad (one foreach add). The first
     layer's gradient and update take 1.7-2.6x less time at batch 4 with 16 members
-    (scripts/benchmark.py times whole steps). Rounds differently from gradient-then-update in
+    (bnlab bench times whole steps). Rounds differently from gradient-then-update in
     the last bit."""
 
     def __init__(self, model: MLP, lr: float):
@@ -203,7 +206,7 @@ def eval_steps(cfg, steps: int | None = None) -> set[int]:
 
 
 def estimated_seconds(cfg: RunConfig) -> float:
-    """A rough single-thread CPU time for a run (scripts/benchmark.py's figures on a 2-core
+    """A rough single-thread CPU time for a run (bnlab bench's figures on a 2-core
     VM): member-steps at (0.12 + 0.008 * batch) ms per 90k weights, plus evaluations at 3 us
     per image and member. Sweeps start their longest jobs first with it; not a promise."""
     widths = [IN_FEATURES, *cfg.model.widths, CLASSES]
@@ -249,9 +252,62 @@ def run(
 
     With cfg.train.resume, members whose summary in out_dir says finished or diverged are not
     trained again (their summaries are returned as they are); the others train from scratch.
+    Resuming into a folder trained with another config is refused (seeds aside: the folder's
+    members are every seed ever run in it). One process trains in a folder at a time (a
+    second waits for the first). A member retrained alone after a kill matches its
+    in-ensemble history to float32 rounding (about 1e-7 to 1e-4 relative), not bit for bit:
+    the ensemble's batched products round differently with another number of members.
     """
-    t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir):
+        return _run(cfg, out_dir, data, model)
+
+
+class ResumeError(ConfigError):
+    """A run folder holds members of another config: nothing is written to it."""
+
+
+def config_differences(saved: dict, wanted: dict) -> list[str]:
+    """'key: saved -> wanted' for every setting that differs, seeds and the settings that do
+    not change what is computed (config.NOT_IDENTITY) aside; a key missing from an older
+    saved config counts as its default."""
+    default = flatten(to_dict(RunConfig()))
+    old, new = flatten(saved), flatten(wanted)
+    skip = {"seeds", *NOT_IDENTITY}
+    return [
+        f"{k}: {old.get(k, default.get(k))} -> {new.get(k, default.get(k))}"
+        for k in sorted(set(old) | set(new))
+        if k not in skip and old.get(k, default.get(k)) != new.get(k, default.get(k))
+    ]
+
+
+def _members(cfg: RunConfig, out_dir: Path) -> list[int]:
+    """The seeds the folder's config.yaml lists after this run: the earlier ones and the
+    requested ones. Refuses a folder whose members were trained with another config."""
+    path = out_dir / "config.yaml"
+    if not path.exists():
+        return list(cfg.seeds)
+    saved = read_config(out_dir)
+    earlier = saved.get("seeds") if isinstance(saved, dict) else None
+    if not (isinstance(earlier, list) and all(isinstance(s, int) for s in earlier)):
+        return list(cfg.seeds)  # a failed composition's record: nothing was trained
+    started = [s for s in earlier if member_dir(out_dir, s).exists()]
+    diff = config_differences(saved, to_dict(cfg)) if started else []
+    if diff and cfg.train.resume:
+        raise ResumeError(
+            f"{out_dir} holds members trained with another config ({'; '.join(diff)}); "
+            "resume continues only the same config: train into another folder "
+            "(hydra.run.dir=DIR, hydra.sweep.dir=DIR) or retrain here with train.resume=false"
+        )
+    if diff:  # train.resume=false with another config: the folder now holds these seeds
+        return list(cfg.seeds)
+    return [*earlier, *(s for s in cfg.seeds if s not in earlier)]
+
+
+def _run(cfg: RunConfig, out_dir: Path, data: Data | None, model: MLP | None) -> list[dict]:
+    t0 = time.perf_counter()
+    members = _members(cfg, out_dir)
     done = {}
     if cfg.train.resume:
         done = {
@@ -263,8 +319,7 @@ def run(
     if not seeds:
         print(f"{out_dir}: all {len(done)} members already done, skipped")
         return [done[s] for s in cfg.seeds]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_config(out_dir, to_dict(cfg))
+    write_config(out_dir, {**to_dict(cfg), "seeds": members})
     (out_dir / "failure.json").unlink(missing_ok=True)
     for s in seeds:  # an earlier 'failed' summary would misreport the member while it trains
         (member_dir(out_dir, s) / "summary.json").unlink(missing_ok=True)
@@ -330,6 +385,10 @@ def run(
                 best[k] = max(best[k], last[k]["test_acc"])
         batch_loss.zero_()
         n_batch_loss = 0
+        if not bar.disable:  # mean over the members still training
+            on = [k for k in range(len(seeds)) if status[k] == "finished"] or [0]
+            acc, loss = (sum(values[m][k] for k in on) / len(on) for m in ("test_acc", "test_loss"))
+            bar.set_postfix_str(f"test acc {acc:.4f}, loss {loss:.4f}", refresh=False)
         eval_s += time.perf_counter() - t_eval
 
     def final_evals(step: int) -> None:
@@ -392,11 +451,10 @@ def run(
         "members": len(seeds),
         "wall_s": wall,
         "eval_s": eval_s,
-        "torch_version": torch.__version__,
         "device": str(device),
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "epochs": batches.epoch + 1,
-        **git_info(),
+        **provenance(),
     }
     for k, seed in enumerate(seeds):
         summary = {

@@ -15,7 +15,7 @@
 # # 01 Quickstart: one run from Python, its history, one figure
 #
 # **What it shows.** How to train BN vs no BN from Python through `bnlab.run` (the same
-# function the `python -m bnlab` command calls), read the run folder with pandas and draw the
+# function the `bnlab train` command calls), read the run folder with pandas and draw the
 # learning curves with `bnlab.plots`. **Time:** about 30 s on a laptop CPU (two short runs of
 # 600 steps, 3 seeds each).
 #
@@ -28,9 +28,8 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
 
-from bnlab import load_config, run
+from bnlab import compose, run
 from bnlab.collect import collect
 from bnlab.plots import curves
 
@@ -38,27 +37,26 @@ DATA = os.environ.get("BNLAB_DATA_ROOT", str(Path("../data").resolve()))
 OUT = Path(tempfile.mkdtemp(prefix="bnlab_quickstart_"))
 
 # %% [markdown]
-# A run is configured by dotted overrides, exactly as on the command line. `load_config`
-# checks every value against the schema in `bnlab/config.py` and refuses bad ones with a
-# message naming the field. Here: the 2017 study's sigmoid network at a learning rate that
+# A run is configured by overrides, exactly as on the command line: `bnlab.compose` takes
+# what `bnlab train` takes (config groups such as `optim=adam` and `experiment=...`
+# included), checks every value against the schema in `bnlab/config.py` and refuses bad ones
+# with a message naming the field. Here: the 2017 study's sigmoid network at a learning rate that
 # trains quickly (0.01 on the summed loss), with and without BN, three seeds trained together.
 
 # %%
 summaries = {}
 for norm in ("none", "batch"):
-    cfg = load_config(
-        OmegaConf.from_dotlist(
-            [
-                f"data.root={DATA}",
-                f"model.norm={norm}",
-                "model.activation=sigmoid",
-                "optim.lr=0.01",
-                "train.steps=600",
-                "train.eval_every=50",
-                "train.progress=false",
-                "seeds=[0,1,2]",
-            ]
-        )
+    cfg = compose(
+        [
+            f"data.root={DATA}",
+            f"model.norm={norm}",
+            "model.activation=sigmoid",
+            "optim.lr=0.01",
+            "train.steps=600",
+            "train.eval_every=50",
+            "train.progress=false",
+            "seeds=[0,1,2]",
+        ]
     )
     summaries[norm] = run(cfg, OUT / f"norm={norm}")
 pd.DataFrame(

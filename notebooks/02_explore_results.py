@@ -15,7 +15,7 @@
 # # 02 Explore the committed results
 #
 # **What it shows.** The compact tables under `results/tables/` (one row per trained member,
-# written by `python -m bnlab.reproduce`): how to slice them, redraw two published figures
+# written by `bnlab reproduce`): how to slice them, redraw two published figures
 # with a different cut (per seed; population instead of running statistics), and recompute a
 # number of the claims report (`results/CLAIMS.md`) from the tables. **Time:** a few seconds;
 # no training.

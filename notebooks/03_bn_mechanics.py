@@ -22,9 +22,8 @@
 
 # %%
 import torch
-from omegaconf import OmegaConf
 
-from bnlab.config import load_config
+from bnlab import compose
 from bnlab.model import build_model
 from bnlab.norms import BatchNormFunction, bn_backward, bn_forward, population_statistics
 
@@ -93,9 +92,7 @@ print("sum_i dx_i xhat_i =", (dx * cache[3]).sum(1))
 # 784-100-100-10 BN network and 50 random "images", recomputed by hand for layer 1.
 
 # %%
-cfg = load_config(
-    OmegaConf.from_dotlist(["model.norm=batch", "data.download=false", "data.root=.", "seeds=[0]"])
-)
+cfg = compose(["model.norm=batch", "data.download=false", "data.root=.", "seeds=[0]"])
 model = build_model(cfg.model, cfg.seeds, "cpu")
 images = torch.rand(1000, 784)
 m, n = 20, 50

@@ -1,5 +1,6 @@
-"""Shared fixtures. Real-MNIST tests read BNLAB_TEST_DATA (default ../shared/data) and fail,
-never skip, when the files are missing: CI must not pass without having trained on MNIST."""
+"""Shared fixtures. Real-MNIST tests read BNLAB_DATA_ROOT (default ../shared/data: `make test`
+sets it) and fail, never skip, when the files are missing: CI must not pass without having
+trained on MNIST."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from bnlab.config import DataConfig, RunConfig, load_config
 from bnlab.data import MNIST_FILES, Data, load_data, raw_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("BNLAB_TEST_DATA", REPO.parent / "shared" / "data"))
+DATA_ROOT = Path(os.environ.get("BNLAB_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
 
 
 def make_cfg(*overrides: str, root: Path | None = None) -> RunConfig:
@@ -29,8 +30,8 @@ def mnist_root() -> Path:
     missing = [n for n in MNIST_FILES if not ((raw / n).exists() or (raw / f"{n}.gz").exists())]
     if missing:
         pytest.fail(
-            f"real MNIST files missing under {raw}: {missing}. Set BNLAB_TEST_DATA to a "
-            "folder holding MNIST/raw/ (CI uses ../shared/data)."
+            f"real MNIST files missing under {raw}: {missing}. Set BNLAB_DATA_ROOT to a "
+            "folder holding MNIST/raw/ (make test uses ../shared/data)."
         )
     return DATA_ROOT
 

@@ -18,6 +18,7 @@ from bnlab.claims import (
     Tables,
     build_claims,
     combine,
+    diverged_rule,
     render,
     verdict,
 )
@@ -127,3 +128,24 @@ def test_claims_on_known_tables(tmp_path):
     c4 = next(c for c in build_claims(Tables(tmp_path)) if c.key == "C4")
     assert c4.verdict == MIXED
     assert [c.verdict() for c in c4.comparisons][0] == NOT_SUPPORTED
+
+
+def test_one_rule_for_diverged_members_and_non_finite_numbers():
+    table = pd.DataFrame(
+        {
+            "run": ["a", "b", "c"],
+            "seed": [0, 1, 2],
+            "status": ["finished", "diverged", "finished"],
+            "optim.lr": [0.1, 0.1, 0.1],
+            "test_acc": [0.95, 0.97, 0.96],  # b's is its last good evaluation
+            "test_acc_batch": [0.95, 0.97, 0.96],
+            "steps_to_0.9": [100.0, 50.0, 80.0],
+            "landscape_beta": [1.0, 2.0, np.inf],
+        }
+    )
+    t = diverged_rule(table)
+    assert t["test_acc"].tolist() == [0.95, 0.0, 0.96]
+    assert t["test_acc_batch"].tolist() == [0.95, 0.0, 0.96]
+    assert t["steps_to_0.9"].isna().tolist() == [False, True, False]
+    assert t["landscape_beta"].isna().tolist() == [False, True, True]  # never +inf
+    assert t["optim.lr"].tolist() == [0.1] * 3 and t["seed"].tolist() == [0, 1, 2]

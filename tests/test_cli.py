@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
+from bnlab import compose
+from bnlab.cli import COMMANDS
+from bnlab.cli import main as cli_main
 from bnlab.collect import main as collect_main
+from bnlab.config import ConfigError, load_config, to_dict
+from bnlab.figures import main as figures_main
+from bnlab.records import read_config
 
 pytestmark = pytest.mark.slow
 SHORT = [
@@ -85,3 +91,101 @@ def test_unknown_key_and_missing_data_fail_before_training(tmp_path):
     assert out.returncode != 0
     assert "train-images-idx3-ubyte.gz" in out.stderr and "data=mnist5k" in out.stderr
     assert not list((tmp_path / "b").glob("seed*/history.csv"))  # nothing trained
+
+
+def _bnlab_in(cwd, *args, root, env=None):
+    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "bnlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_readme_sweep_without_a_sweep_folder_stays_in_one_folder(mnist_root, tmp_path):
+    """The quickstart line, typed outside the checkout, with both launchers: one timestamp
+    folder per sweep and every member counted (it used to split across folders)."""
+    for launcher in (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], []):
+        cwd = tmp_path / ("joblib" if launcher else "basic")
+        cwd.mkdir()
+        out = _bnlab_in(cwd, "-m", *launcher, "model.norm=none,batch", *SHORT, root=mnist_root)
+        assert out.returncode == 0, out.stderr
+        assert "sweep finished: 6/6 members done" in out.stdout + out.stderr
+        folders = list((cwd / "results" / "sweeps" / "default").iterdir())
+        assert len(folders) == 1 and len(list(folders[0].glob("*/config.yaml"))) == 2
+        assert (folders[0] / "jobs.json").exists()
+
+
+def test_user_mistakes_get_one_line_and_leave_no_folder(mnist_root, tmp_path):
+    run_dir = tmp_path / "run"
+    cases = {
+        ("model.activaton=relu",): "did you mean 'model.activation'?",
+        ("optim=adamw",): "available options in 'optim': adam, sgd",
+        ("train.epochs=inf",): "train.epochs=inf must be a finite number",
+        ("optim.lr=nan",): "optim.lr=nan must be a finite number",
+        ("seeds=[-1,0]",): "seeds=[-1, 0] must be integers >= 0",
+        ("train.device=cuda",): "CUDA is not available",
+        ("model.widths=[100000,100000]",): "GiB are available",
+        ("train.evals=100", "train.steps=10"): "train.evals=100 is more than train.steps=10",
+        ("name=../../escape",): "must be a plain folder name",
+    }
+    for args, message in cases.items():
+        out = _bnlab_in(tmp_path, "train", *args, f"hydra.run.dir={run_dir}", root=mnist_root)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+        assert message in out.stderr, (args, out.stderr)
+        assert not run_dir.exists()
+    out = _bnlab_in(tmp_path, "train", "-m", "model.activation=sigmoid,swish", root=mnist_root)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "1 of 2 sweep points are invalid" in out.stderr
+
+
+def test_bnlab_command_help_and_completion(mnist_root, tmp_path):
+    out = _bnlab_in(tmp_path, "train", "--help", root=mnist_root)
+    assert out.returncode == 0 and "bnlab train -m" in out.stdout
+    assert "experiment: " in out.stdout and "mlds2017_fig4" in out.stdout
+    assert "protocol: mlds2017, studies" in out.stdout  # bases apart from the experiments
+    out = _bnlab_in(tmp_path, "train", "--shell-completion", "install=bash", root=mnist_root)
+    assert out.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion" in (
+        out.stdout
+    )
+    line = "bnlab train model.nor"
+    env = {"COMP_LINE": line, "COMP_POINT": str(len(line))}
+    out = _bnlab_in(tmp_path, "-sc", "query=bash", root=mnist_root, env=env)
+    assert out.returncode == 0 and "model.norm=" in out.stdout.split()
+
+
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "train"])
+def test_every_command_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: bnlab {command}" in capsys.readouterr().out
+
+
+def test_compose_is_what_the_cli_builds(mnist_root, tmp_path, monkeypatch):
+    """bnlab.compose takes the CLI's overrides (groups and experiments included) and gives
+    the config the CLI saves for the same overrides."""
+    overrides = ["experiment=demo", "optim=adam", "model.norm=batch", "seeds=[0]", *SHORT]
+    run_dir = tmp_path / "run"
+    out = _bnlab_in(tmp_path, "train", *overrides, f"hydra.run.dir={run_dir}", root=mnist_root)
+    assert out.returncode == 0, out.stderr
+    assert (run_dir / "bnlab.log").exists()  # Hydra's job is named bnlab, not __main__
+    monkeypatch.setenv("BNLAB_DATA_ROOT", str(mnist_root))
+    assert to_dict(compose(overrides)) == read_config(run_dir)
+    assert load_config({}).data.root == str(mnist_root)  # the schema's default reads it too
+    with pytest.raises(ConfigError, match="did you mean 'model.norm'"):
+        compose(["model.nrom=batch"])
+
+
+def test_a_figure_without_its_runs_says_what_to_train(tmp_path, capsys):
+    (tmp_path / "tables").mkdir()
+    times = pd.DataFrame({"experiment": ["mlds2017_fig2"], "job_s": [240.0]})
+    times.to_csv(tmp_path / "tables" / "reproduction_times.csv", index=False)
+    assert figures_main(["mlds2017_fig2", "--results", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "bnlab reproduce --only mlds2017_fig2 mlds2017_fig3 (about 2 min on 2 cores)" in err
+    assert "not the per-step curves" in err

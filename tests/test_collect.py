@@ -6,9 +6,12 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
-from bnlab.collect import collect, flatten, main
+from bnlab.collect import collect, flatten, main, read_tables
 from bnlab.records import write_config
+from bnlab.status import main as status_main
+from bnlab.summary import main as summary_main
 
 
 def _member(run_dir, seed, history: str, summary: dict | None):
@@ -40,6 +43,10 @@ def _sweep(root):
             "eval_s": 0.5,
             "error": None,
             "extra": "ignored",
+            "git_commit": "abc123",
+            "git_dirty": False,
+            "torch_version": "2.14.1",
+            "host": "node1",
         },
     )
     # killed mid-write: the half row must be dropped
@@ -80,6 +87,10 @@ def test_collect_gives_the_exact_tables(tmp_path):
             "eval_s": [0.5, nan, nan],
             "steps_per_s": [nan] * 3,
             "error": pd.array([pd.NA] * 3, dtype="string"),
+            "git_commit": pd.array(["abc123", pd.NA, pd.NA], dtype="string"),
+            "git_dirty": pd.array([False, pd.NA, pd.NA], dtype="boolean"),
+            "torch_version": pd.array(["2.14.1", pd.NA, pd.NA], dtype="string"),
+            "host": pd.array(["node1", pd.NA, pd.NA], dtype="string"),
         }
     )
     pd.testing.assert_frame_equal(runs, expect_runs, check_dtype=False)
@@ -101,7 +112,7 @@ def test_collect_gives_the_exact_tables(tmp_path):
 def test_collect_cli_writes_parquet_idempotently(tmp_path, capsys):
     _sweep(tmp_path)
     assert main([str(tmp_path)]) == 0
-    assert "done 2/3 members" in capsys.readouterr().out
+    assert "2/3 members done (finished 1, diverged 1, unfinished 1)" in capsys.readouterr().out
     first = [pd.read_parquet(tmp_path / f) for f in ("runs.parquet", "history.parquet")]
     assert main([str(tmp_path)]) == 0
     second = [pd.read_parquet(tmp_path / f) for f in ("runs.parquet", "history.parquet")]
@@ -112,3 +123,78 @@ def test_collect_cli_writes_parquet_idempotently(tmp_path, capsys):
 def test_collect_cli_refuses_an_empty_folder(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no bnlab runs" in capsys.readouterr().err
+
+
+def test_a_queued_sweep_reports_its_missing_members(tmp_path, capsys):
+    """A sweep just submitted (SLURM): jobs.json and no run folder yet."""
+    jobs = [{"dir": f"model.norm={n}", "seeds": [0, 1, 2], "overrides": []} for n in "ab"]
+    (tmp_path / "jobs.json").write_text(json.dumps({"jobs": jobs}))
+    assert status_main([str(tmp_path)]) == 1
+    assert "0/6 members done (missing 6)" in capsys.readouterr().out
+    assert main([str(tmp_path)]) == 0
+    assert "0/6 members done (missing 6)" in capsys.readouterr().out
+    runs, _ = read_tables(tmp_path)
+    assert len(runs) == 6 and set(runs["status"]) == {"missing"}
+    assert runs["test_acc"].isna().all()
+
+
+BAD_FILES = {
+    "truncated summary": ("0/seed0/summary.json", '{"status": "fini'),
+    "empty summary": ("0/seed0/summary.json", ""),
+    "list summary": ("0/seed0/summary.json", "[1, 2]"),
+    "garbage history row": ("0/seed0/history.csv", "step,split,metric,layer,value\nx,y,z\n1,a"),
+    "NUL bytes in history": ("0/seed0/history.csv", "step,split,metric,layer,value\n" + "\0" * 50),
+    "broken config": ("1/config.yaml", "model: [unclosed\n"),
+    "list config": ("1/config.yaml", "- 1\n- 2\n"),
+    "truncated jobs.json": ("jobs.json", '{"jobs": [{"dir": "0", "se'),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FILES, ids=list(BAD_FILES))
+def test_one_bad_file_is_reported_and_the_rest_collected(tmp_path, capsys, bad):
+    _sweep(tmp_path)
+    path, text = BAD_FILES[bad]
+    (tmp_path / path).write_text(text)
+    runs, _ = collect(tmp_path)
+    corrupt = runs[runs["status"] == "corrupt"]
+    assert len(corrupt) == 1 and str(tmp_path / path) in corrupt["error"].iloc[0]
+    good = runs[runs["status"] != "corrupt"]
+    assert len(good) == (3 if path == "jobs.json" else 2)  # the others, collected as usual
+    assert status_main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "corrupt 1" in out and str(tmp_path / path) in out
+    assert main([str(tmp_path)]) == 0
+
+
+def test_tables_from_two_collects_are_refused(tmp_path):
+    """A kill between the two renames leaves runs.parquet of one collect beside
+    history.parquet of another: readers must notice."""
+    _sweep(tmp_path)
+    assert main([str(tmp_path)]) == 0
+    old_history = (tmp_path / "history.parquet").read_bytes()
+    runs, history = read_tables(tmp_path)
+    assert len(runs) == 3 and len(history) == 5
+    assert main([str(tmp_path)]) == 0
+    (tmp_path / "history.parquet").write_bytes(old_history)
+    with pytest.raises(FileNotFoundError, match="not from the same collect"):
+        read_tables(tmp_path)
+
+
+def test_summary_groups_by_every_varying_setting(tmp_path, capsys):
+    for i, (act, norm) in enumerate([("relu", "none"), ("sigmoid", "none"), ("relu", "batch")]):
+        cfg = {"seeds": [0, 1], "model": {"activation": act, "norm": norm}}
+        write_config(tmp_path / str(i), cfg)
+        for seed in (0, 1):
+            acc = 0.5 + 0.1 * i + 0.01 * seed
+            summary = {"status": "finished", "test_acc": acc}
+            _member(tmp_path / str(i), seed, "step,split,metric,layer,value\n", summary)
+    assert summary_main([str(tmp_path)]) == 2  # not collected yet: says what to run
+    assert "bnlab collect" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert summary_main([str(tmp_path), "--out", str(tmp_path / "s.csv")]) == 0
+    table = pd.read_csv(tmp_path / "s.csv")
+    assert len(table) == 3 and set(table["seeds"]) == {2}
+    assert {"model.activation", "model.norm"} <= set(table.columns)
+    row = table[(table["model.activation"] == "sigmoid")].iloc[0]
+    assert row["test_acc_mean"] == pytest.approx(0.605)

@@ -7,10 +7,10 @@ from conftest import REPO, make_cfg
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bnlab.__main__ import CONFIG_DIR
+from bnlab.compose import CONFIG_DIR
 from bnlab.config import ConfigError, load_config
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "bnlab" / "conf" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("data", ["mnist", "mnist5k"])

@@ -18,8 +18,7 @@ from bnlab.config import load_config
 from bnlab.figures import FIGURES
 from bnlab.reproduce import EXPERIMENTS
 
-CONFIGS = REPO / "configs"
-PROTOCOLS = {"mlds2017_protocol", "studies_protocol"}  # included by others, not sweeps
+CONFIGS = REPO / "bnlab" / "conf"
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 
@@ -36,7 +35,7 @@ def _points(name: str):
     return cfg.hydra.sweep.dir, composed
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENT_FILES if n not in PROTOCOLS])
+@pytest.mark.parametrize("name", EXPERIMENT_FILES)
 def test_every_sweep_point_validates(name):
     sweep_dir, points = _points(name)
     assert points
@@ -48,7 +47,7 @@ def test_every_sweep_point_validates(name):
 
 def test_reproduction_covers_every_figure_experiment():
     sweeps = set(EXPERIMENTS)
-    assert sweeps == set(EXPERIMENT_FILES) - PROTOCOLS - {"demo", "bn_small_batch_demo"}
+    assert sweeps == set(EXPERIMENT_FILES) - {"demo", "bn_small_batch_demo"}
     assert {f.removesuffix("_anim") for f in FIGURES} - {"demo"} <= sweeps
 
 

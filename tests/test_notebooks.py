@@ -1,13 +1,19 @@
 """Notebooks are kept as jupytext py:percent sources with paired .ipynb files whose outputs
-are stripped; the pair must agree (CI executes the .ipynb files with nbmake: `make test`)."""
+are stripped; the pair must agree, and each notebook is executed here (nbclient, the same
+kernel a user gets): it must run to the end, and a notebook that draws must show figures."""
 
 from __future__ import annotations
 
+import re
+
 import jupytext
+import nbformat
 import pytest
 from conftest import REPO
+from nbclient import NotebookClient
 
 SOURCES = sorted((REPO / "notebooks").glob("*.py"))
+DRAWS = re.compile(r"\b(plt\.|plots\.|curves\()")  # calls that make a figure
 
 
 def test_the_four_notebooks_exist():
@@ -31,3 +37,15 @@ def test_paired_notebook_matches_its_source_and_has_no_outputs(source):
     text = source.read_text()
     assert "**What it shows.**" in text and "**Time:**" in text
     assert "\nassert " in text  # ends with checks on what it computed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_notebook_runs_and_shows_its_figures(source, mnist_root):
+    nb = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(source.parent)}}).execute()
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not DRAWS.search(cell.source):
+            continue
+        kinds = {k for out in cell.outputs for k in out.get("data", {})}
+        assert "image/png" in kinds, f"{source.name}: no figure shown by\n{cell.source}"

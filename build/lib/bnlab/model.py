@@ -1,0 +1,132 @@
+"""The MLP as a seed ensemble: K members with their own weights, statistics and randomness.
+
+One forward pass runs all members with batched matrix multiplies; nothing couples them, so
+member k of an ensemble computes what the same seed computes alone. For an MLP an explicit
+backward (bnlab.layers) is a handful of fused kernels per layer, about half the cost of an
+autograd step at small batches (bnlab bench).
+
+Layer names are stable across settings (fc1, bn1, act1, drop1, ..., fc{L+1} for the output;
+bn{i} is whatever norm layer `model.norm` selects), so probe rows join across runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import Activation, Dropout, Linear, generator
+from .norms import BATCH_STAT_NORMS, make_norm
+
+IN_FEATURES, CLASSES = 784, 10
+
+
+class MLP(nn.Module):
+    """784 -> widths -> 10, hidden blocks of linear, optional norm, activation, optional dropout.
+
+    Block order: fc, bn, act (placement=before) or fc, act, bn (placement=after). Dropout
+    `after_act` sits at the end of every hidden block, `before_bn` directly before the norm
+    layer (directly after fc when there is no norm), `final` only at the end of the last block.
+    """
+
+    def __init__(self, cfg: ModelConfig, members: int):
+        super().__init__()
+        self.members = members
+        self.order: list[str] = []  # module names in forward order
+        dims = [IN_FEATURES, *cfg.widths]
+        n_hidden = len(cfg.widths)
+        has_norm = cfg.norm != "none"
+        # a bias feeding a batch-statistics norm is cancelled by its mean subtraction
+        drop_bias = cfg.norm in BATCH_STAT_NORMS and cfg.placement == "before"
+        for i in range(1, n_hidden + 1):
+            bias = not drop_bias or cfg.bias_before_norm
+            setattr(self, f"fc{i}", Linear(members, dims[i - 1], dims[i], bias))
+            setattr(self, f"act{i}", Activation(cfg.activation))
+            block = [f"act{i}"]
+            if has_norm:
+                setattr(self, f"bn{i}", make_norm(cfg, members, dims[i]))
+                block.insert(0 if cfg.placement == "before" else 1, f"bn{i}")
+            if cfg.dropout > 0:
+                if cfg.dropout_at == "before_bn":
+                    block.insert(block.index(f"bn{i}") if has_norm else 0, f"drop{i}")
+                elif cfg.dropout_at == "after_act" or i == n_hidden:
+                    block.append(f"drop{i}")
+                if f"drop{i}" in block:
+                    setattr(self, f"drop{i}", Dropout(cfg.dropout))
+            self.order += [f"fc{i}", *block]
+        out = f"fc{n_hidden + 1}"
+        setattr(self, out, Linear(members, dims[-1], CLASSES, bias=True))
+        self.order.append(out)
+        # (name, layer) in forward order: the hot loops skip nn.Module's attribute lookup
+        self.layers = [(name, getattr(self, name)) for name in self.order]
+
+    def linears(self) -> list[Linear]:
+        return [m for m in self.modules() if isinstance(m, Linear)]
+
+    def forward(self, x: torch.Tensor, record: dict | None = None) -> torch.Tensor:
+        """Logits (K, B, 10) from x (K, B, 784) or shared x (B, 784).
+
+        With `record`, every named layer's output is stored in it (probes use this).
+        """
+        for name, layer in self.layers:
+            x = layer.forward(x)  # .forward: no hooks, less per-call overhead
+            if record is not None:
+                record[name] = x
+        return x
+
+    def backward(self, dlogits: torch.Tensor, weight_grads: bool = True) -> None:
+        """Backpropagate dL/dlogits (K, B, 10) through the last training-mode forward, setting
+        .grad of every parameter (the input gradient is not computed). weight_grads=False
+        leaves the linear weights' .grad alone (bnlab.train.SGD updates them without it)."""
+        dy = dlogits
+        first = self.layers[0][1]
+        for _, layer in reversed(self.layers):
+            layer.saved["dy"] = dy  # dL/d(layer output): gradient probes, Linear.sgd_step
+            if isinstance(layer, Linear):
+                dy = layer.backward(dy, need_dx=layer is not first, weight_grad=weight_grads)
+            else:
+                dy = layer.backward(dy)
+
+
+def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
+    """Draw member k's initial parameters from `seed` alone.
+
+    Weights are drawn first, layer by layer, from one generator, so for a given seed they do
+    not depend on the norm setting or on which biases exist (paired BN/no-BN comparisons).
+    study: truncated normal cut at 2 sd, sd = sqrt(2/fan_in) (the 2017 study); normal: sd
+    init_std; torch: PyTorch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    """
+    g = generator(seed, "init")
+    with torch.no_grad():
+        for lin in model.linears():
+            fan_out, fan_in = lin.weight.shape[1:]
+            w = torch.empty(fan_in, fan_out)
+            if cfg.init == "study":
+                sd = math.sqrt(2.0 / fan_in)
+                nn.init.trunc_normal_(w, 0.0, sd, -2 * sd, 2 * sd, generator=g)
+            elif cfg.init == "normal":
+                w.normal_(0.0, cfg.init_std, generator=g)
+            else:
+                w.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
+            lin.weight[k] = (w * cfg.init_scale).T  # drawn (in, out): same values as before
+        for lin in model.linears():
+            fan_out, fan_in = lin.weight.shape[1:]
+            b = torch.full((fan_out,), cfg.bias_init)
+            if cfg.init == "torch":
+                b.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
+            if lin.bias is not None:
+                lin.bias[k, 0] = b
+
+
+def build_model(cfg: ModelConfig, seeds: list[int], device="cpu") -> MLP:
+    """An ensemble MLP with one member per seed, initialised, with per-member noise streams."""
+    model = MLP(cfg, len(seeds))
+    for k, seed in enumerate(seeds):
+        init_member(model, k, cfg, cfg.init_seed if cfg.init_seed is not None else seed)
+    model.to(device)
+    for name, m in model.named_modules():
+        if hasattr(m, "generators"):  # dropout and noise layers: one stream per member
+            m.generators = [generator(s, f"noise-{name}", device) for s in seeds]
+    return model

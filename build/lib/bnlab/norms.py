@@ -1,0 +1,425 @@
+"""Normalization layers (`model.norm`), each with an explicit backward and per-member state.
+
+    batch            PyTorch's BN kernels (native_batch_norm and its backward)
+    batch_scratch    BN written out from Ioffe & Szegedy 2015: Algorithm 1 and the printed
+                     backward pass (BatchNormFunction is the same code as an autograd.Function)
+    renorm           Batch Renormalization (Ioffe 2017), r and d clipped, constant in backprop
+    renorm_mlds2017  the 2017 study's *defective* Batch Renorm, (gamma*xhat + beta)*r + d
+                     (the 2017 study's code); only for reproducing its Fig. 9, never a default
+    noisy_batch      BN followed by Santurkar et al.'s noise (Sec. 2.1), training only
+    noise            the same noise with no BN (their control)
+    layer            layer normalization: per example, over the units
+
+Batch-statistics norms evaluate with `eval_stats`: 'running' (EMA, or cumulative average when
+momentum is None; PyTorch's convention: biased batch variance to normalise in training, the
+unbiased one in the running estimate), 'population' (Algorithm 2, recomputed after training
+by population_statistics), or 'batch' (the evaluated batch's own statistics, what the 2017
+study did at test time).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import Layer, aten
+
+BATCH_STAT_NORMS = ("batch", "batch_scratch", "renorm", "renorm_mlds2017", "noisy_batch")
+
+
+def _col(t: torch.Tensor) -> torch.Tensor:
+    """(K, C) -> (K, 1, C), to broadcast a per-member, per-unit value over the batch."""
+    return t.unsqueeze(1)
+
+
+class BatchStatNorm(Layer):
+    """What the batch-statistics norms share: gamma, beta, running and population statistics,
+    and evaluation. Subclasses implement train_forward and backward."""
+
+    def __init__(
+        self,
+        members: int,
+        width: int,
+        eps: float,
+        momentum: float | None,
+        eval_stats: str = "running",
+    ):
+        super().__init__()
+        self.eps, self.momentum, self.eval_stats = eps, momentum, eval_stats
+        self.weight = nn.Parameter(torch.ones(members, width))  # gamma
+        self.bias = nn.Parameter(torch.zeros(members, width))  # beta
+        self.register_buffer("running_mean", torch.zeros(members, width))
+        self.register_buffer("running_var", torch.ones(members, width))
+        self.register_buffer("population_mean", torch.zeros(members, width))
+        self.register_buffer("population_var", torch.ones(members, width))
+        self.batches_seen = 0
+
+    def rate(self) -> float:
+        """Weight of the new batch in the running estimate (counts the batch)."""
+        self.batches_seen += 1
+        return self.momentum or 1.0 / self.batches_seen
+
+    def running_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) used at inference with eval_stats='running', each (K, C)."""
+        return self.running_mean, (self.running_var + self.eps).sqrt()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.train_forward(x)
+        if self.eval_stats == "batch":
+            mean, std = x.mean(1), (x.var(1, unbiased=False) + self.eps).sqrt()
+        elif self.eval_stats == "population":
+            mean, std = self.population_mean, (self.population_var + self.eps).sqrt()
+        else:
+            mean, std = self.running_moments()
+        return (x - _col(mean)) * _col(self.weight / std) + _col(self.bias)
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class BatchNorm(BatchStatNorm):
+    """PyTorch's batch-norm kernels, one set of statistics per member."""
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, b, c = x.shape
+        flat = x.transpose(0, 1).reshape(b, k * c)  # member k's unit j is channel k*c + j
+        y, mean, invstd = torch.native_batch_norm(
+            flat,
+            self.weight.view(-1),
+            self.bias.view(-1),
+            self.running_mean.view(-1),
+            self.running_var.view(-1),
+            True,
+            self.rate(),
+            self.eps,
+        )
+        self.saved["flat"], self.saved["mean"], self.saved["invstd"] = flat, mean, invstd
+        return y.view(b, k, c).transpose(0, 1).contiguous()  # bmm is slow on other layouts
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        flat, mean, invstd = self.saved["flat"], self.saved["mean"], self.saved["invstd"]
+        k, b, c = dy.shape
+        dx, dw, db = aten.native_batch_norm_backward(
+            dy.transpose(0, 1).reshape(b, k * c),
+            flat,
+            self.weight.view(-1),
+            None,
+            None,
+            mean,
+            invstd,
+            True,
+            self.eps,
+            [True, True, True],
+        )
+        self.weight.grad, self.bias.grad = dw.view(k, c), db.view(k, c)
+        return dx.view(b, k, c).transpose(0, 1).contiguous()
+
+
+def bn_forward(x, gamma, beta, eps):
+    """Ioffe & Szegedy 2015, Algorithm 1, over the batch axis (dim 1) of x (K, B, C).
+
+    Returns y and the cache the backward needs (x, mu_B, var_B, xhat).
+    """
+    mu = x.mean(1, keepdim=True)  # mini-batch mean
+    var = ((x - mu) ** 2).mean(1, keepdim=True)  # mini-batch variance (biased)
+    xhat = (x - mu) / torch.sqrt(var + eps)  # normalize
+    y = _col(gamma) * xhat + _col(beta)  # scale and shift
+    return y, (x, mu, var, xhat)
+
+
+def bn_backward(dy, cache, gamma, eps):
+    """The backward pass as printed in Ioffe & Szegedy 2015 (Sec. 3), line by line.
+
+    Returns dL/dx (K, B, C), dL/dgamma and dL/dbeta (K, C).
+    """
+    x, mu, var, xhat = cache
+    m = x.shape[1]
+    dxhat = dy * _col(gamma)
+    dvar = (dxhat * (x - mu) * -0.5 * (var + eps) ** -1.5).sum(1, keepdim=True)
+    dmu = (dxhat * -1 / torch.sqrt(var + eps)).sum(1, keepdim=True) + dvar * (-2 * (x - mu)).sum(
+        1, keepdim=True
+    ) / m
+    dx = dxhat / torch.sqrt(var + eps) + dvar * 2 * (x - mu) / m + dmu / m
+    dgamma = (dy * xhat).sum(1)
+    dbeta = dy.sum(1)
+    return dx, dgamma, dbeta
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """bn_forward/bn_backward as an autograd.Function (gradcheck-able; used under autograd)."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, eps):
+        y, cache = bn_forward(x, gamma, beta, eps)
+        ctx.save_for_backward(*cache, gamma)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        *cache, gamma = ctx.saved_tensors
+        dx, dgamma, dbeta = bn_backward(dy, cache, gamma, ctx.eps)
+        return dx, dgamma, dbeta, None
+
+
+class ScratchBatchNorm(BatchStatNorm):
+    """BN from the paper's formulas (bn_forward, bn_backward): the reference implementation."""
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():  # autograd callers get the printed backward through it
+            y = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
+            mu, var = x.detach().mean(1, keepdim=True), x.detach().var(1, False, keepdim=True)
+        else:
+            y, self.saved["cache"] = bn_forward(x, self.weight, self.bias, self.eps)
+            _, mu, var, _ = self.saved["cache"]
+        m, rate = x.shape[1], self.rate()
+        with torch.no_grad():  # running statistics, PyTorch's convention (unbiased variance)
+            self.running_mean.lerp_(mu[:, 0], rate)
+            self.running_var.lerp_(var[:, 0] * m / (m - 1), rate)
+        return y
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        dx, self.weight.grad, self.bias.grad = bn_backward(
+            dy, self.saved["cache"], self.weight, self.eps
+        )
+        return dx
+
+
+class BatchRenorm(BatchStatNorm):
+    """Batch Renormalization (Ioffe 2017).
+
+    sigma_B = sqrt(var_B + eps); r = clip(sigma_B/sigma, 1/r_max, r_max);
+    d = clip((mu_B - mu)/sigma, -d_max, d_max), both constants for backprop;
+    y = gamma*((x - mu_B)/sigma_B * r + d) + beta; mu += alpha(mu_B - mu),
+    sigma += alpha(sigma_B - sigma); inference y = gamma*(x - mu)/sigma + beta.
+    r_max rises linearly from 1 over [r_start, r_end], d_max from 0 over [d_start, d_end].
+    """
+
+    def __init__(self, members, width, eps, eval_stats, cfg):
+        super().__init__(members, width, eps, cfg.momentum, eval_stats)
+        self.cfg = cfg
+        del self._buffers["running_var"]  # renorm keeps a moving standard deviation instead
+        self.register_buffer("running_std", torch.ones(members, width))
+        self.clip_sum, self.clip_batches = torch.zeros(2, members), 0  # r, d clip fractions
+
+    def limits(self, step: int) -> tuple[float, float]:
+        """(r_max, d_max) at a training step (the number of batches seen before it)."""
+        c = self.cfg
+
+        def ramp(start, end):  # 0 until start, linear, 1 from end on
+            return 1.0 if step >= end else max(step - start, 0) / (end - start)
+
+        return 1 + (c.r_max - 1) * ramp(c.r_start, c.r_end), c.d_max * ramp(c.d_start, c.d_end)
+
+    def running_moments(self):
+        return self.running_mean, self.running_std
+
+    def train_stats(self) -> dict[str, torch.Tensor]:
+        """Fraction of units whose r (d) was clipped, averaged over the batches since the last
+        call, per member; resets the average."""
+        if not self.clip_batches:
+            return {}
+        frac = self.clip_sum / self.clip_batches
+        self.clip_sum, self.clip_batches = torch.zeros_like(self.clip_sum), 0
+        return {"renorm_r_clipped": frac[0], "renorm_d_clipped": frac[1]}
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        r_max, d_max = self.limits(self.batches_seen)
+        alpha = self.rate()
+        mu_b, sigma_b = x.mean(1), (x.var(1, unbiased=False) + self.eps).sqrt()  # (K, C)
+        with torch.no_grad():  # r and d are constants for backprop
+            r_raw = sigma_b / self.running_std
+            d_raw = (mu_b - self.running_mean) / self.running_std
+            r, d = r_raw.clamp(1 / r_max, r_max), d_raw.clamp(-d_max, d_max)
+            self.clip_sum[0] += (r != r_raw).float().mean(1).cpu()
+            self.clip_sum[1] += (d != d_raw).float().mean(1).cpu()
+            self.clip_batches += 1
+            self.running_mean.lerp_(mu_b, alpha)
+            self.running_std.lerp_(sigma_b, alpha)
+        xn = (x - _col(mu_b)) / _col(sigma_b)  # mu_B, sigma_B differentiable under autograd
+        xhat = xn * _col(r) + _col(d)
+        self.saved.update(xn=xn, xhat=xhat, r=r, sigma_b=sigma_b)
+        return self.combine(xn, xhat, r, d)
+
+    def combine(self, xn, xhat, r, d):
+        return _col(self.weight) * xhat + _col(self.bias)
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        s = self.saved
+        self.weight.grad, self.bias.grad = (dy * s["xhat"]).sum(1), dy.sum(1)
+        return _normalize_backward(dy * _col(self.weight * s["r"]), s["xn"], s["sigma_b"])
+
+
+class MLDS2017Renorm(BatchRenorm):
+    """The 2017 study's Batch Renorm: y = (gamma*xn + beta)*r + d (the 2017 study's code). Defective
+    (r and d act after the affine map); kept only to reproduce its Fig. 9 faithfully."""
+
+    def combine(self, xn, xhat, r, d):
+        return (_col(self.weight) * xn + _col(self.bias)) * _col(r) + _col(d)
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        s = self.saved
+        dz = dy * _col(s["r"])
+        self.weight.grad, self.bias.grad = (dz * s["xn"]).sum(1), dz.sum(1)
+        return _normalize_backward(dz * _col(self.weight), s["xn"], s["sigma_b"])
+
+
+def _normalize_backward(dxn, xn, sigma_b):
+    """dL/dx through xn = (x - mu_B)/sigma_B, batch statistics differentiated: (K, B, C)."""
+    return (dxn - dxn.mean(1, keepdim=True) - xn * (dxn * xn).mean(1, keepdim=True)) / _col(sigma_b)
+
+
+class Noise(Layer):
+    """Santurkar et al. 2018, Sec. 2.1: a_ij <- s_ij * a_ij + m_ij at every training step, with
+    per unit mu_j ~ U(-a, a), sigma_j ~ U(lo, hi) and per sample m_ij ~ U(mu_j - j, mu_j + j),
+    s_ij ~ N(sigma_j, j) (a=0.5, lo=1, hi=1.25, j=0.1). Identity at evaluation. One random
+    stream per member (set `generators`)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.generators: list[torch.Generator] = []
+
+    def draw(self, k: int, b: int, c: int, like: torch.Tensor):
+        """Noise of member k: scale s (B, C) and shift m (B, C)."""
+        cfg, g = self.cfg, self.generators[k]
+        u = torch.rand(2 * c + b * c, generator=g, device=like.device, dtype=like.dtype)
+        mu = (u[:c] * 2 - 1) * cfg.mean_range
+        sigma = cfg.scale_low + u[c : 2 * c] * (cfg.scale_high - cfg.scale_low)
+        m = mu + (u[2 * c :].view(b, c) * 2 - 1) * cfg.jitter
+        s = sigma + cfg.jitter * torch.randn(
+            b, c, generator=g, device=like.device, dtype=like.dtype
+        )
+        return s, m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        k, b, c = x.shape
+        s, m = map(torch.stack, zip(*(self.draw(i, b, c, x) for i in range(k))))
+        self.saved["s"] = s
+        return s * x + m
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        return dy * self.saved["s"]
+
+
+class NoisyBatchNorm(BatchNorm):
+    """BN followed by Noise (Santurkar et al.'s 'noisy BN')."""
+
+    def __init__(self, members, width, eps, momentum, eval_stats, noise_cfg):
+        super().__init__(members, width, eps, momentum, eval_stats)
+        self.noise = Noise(noise_cfg)
+
+    def train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.noise(super().train_forward(x))
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        return super().backward(self.noise.backward(dy))
+
+
+class LayerNorm(Layer):
+    """Layer normalization: each example normalised over its units, then per-unit gamma, beta.
+    Independent of the other examples in the batch, in training and at evaluation alike."""
+
+    def __init__(self, members: int, width: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(members, width))
+        self.bias = nn.Parameter(torch.zeros(members, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1]
+        xhat, mean, rstd = torch.native_layer_norm(x, [c], None, None, self.eps)
+        if self.training:
+            self.saved.update(x=x, xhat=xhat, mean=mean, rstd=rstd)
+        return xhat * _col(self.weight) + _col(self.bias)
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        s = self.saved
+        self.weight.grad, self.bias.grad = (dy * s["xhat"]).sum(1), dy.sum(1)
+        dx, _, _ = aten.native_layer_norm_backward(
+            dy * _col(self.weight),
+            s["x"],
+            [dy.shape[-1]],
+            s["mean"],
+            s["rstd"],
+            None,
+            None,
+            [True, False, False],
+        )
+        return dx
+
+
+def set_eval_stats(model, mode: str) -> None:
+    """Make every batch-statistics norm layer of `model` evaluate with `mode`."""
+    for m in model.modules():
+        if isinstance(m, BatchStatNorm):
+            m.eval_stats = mode
+
+
+def make_norm(cfg: ModelConfig, members: int, width: int) -> nn.Module:
+    """The layer `model.norm` names, for one hidden layer of `width` units."""
+    args = (members, width, cfg.bn_eps)
+    if cfg.norm == "batch":
+        return BatchNorm(*args, cfg.bn_momentum, cfg.bn_eval)
+    if cfg.norm == "batch_scratch":
+        return ScratchBatchNorm(*args, cfg.bn_momentum, cfg.bn_eval)
+    if cfg.norm == "renorm":
+        return BatchRenorm(*args, cfg.bn_eval, cfg.renorm)
+    if cfg.norm == "renorm_mlds2017":
+        return MLDS2017Renorm(*args, cfg.bn_eval, cfg.renorm)
+    if cfg.norm == "noisy_batch":
+        return NoisyBatchNorm(*args, cfg.bn_momentum, cfg.bn_eval, cfg.noise)
+    if cfg.norm == "noise":
+        return Noise(cfg.noise)
+    if cfg.norm == "layer":
+        return LayerNorm(*args)
+    raise ValueError(f"unknown norm {cfg.norm!r}")
+
+
+@torch.no_grad()
+def population_statistics(
+    model, x: torch.Tensor, batch_size: int, n_batches: int, lower: str = "batch", seed: int = 0
+) -> int:
+    """Ioffe & Szegedy 2015, Algorithm 2: set every batch-statistics norm layer's population
+    mean E[mu_B] and variance m/(m-1) E[var_B] over `n_batches` training batches of size m.
+
+    The batches are drawn once (seeded, without replacement) and shared by all members; dropout
+    and noise are off. lower='batch': lower norm layers normalise with each batch's own
+    statistics, as in training; lower='inference': layer l's statistics are gathered with the
+    layers below it already using their population statistics (one pass per layer).
+    Returns the number of batches used.
+    """
+    names = [n for n in model.order if isinstance(getattr(model, n), BatchStatNorm)]
+    if not names:
+        return 0
+    n_batches = max(1, min(n_batches, len(x) // batch_size))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(x), generator=g)[: n_batches * batch_size].to(x.device)
+    batches = x[idx].view(n_batches, batch_size, -1)
+    was_training, modes = model.training, {n: getattr(model, n).eval_stats for n in names}
+    model.eval()
+    groups = [names] if lower == "batch" else [[n] for n in names]
+    for group in groups:
+        done = names[: names.index(group[0])]
+        for n in names:
+            getattr(model, n).eval_stats = "population" if n in done else "batch"
+        sums = {n: [0.0, 0.0] for n in group}
+        for xb in batches:
+            record = {}
+            model(xb, record=record)
+            for n in group:
+                inp = record[model.order[model.order.index(n) - 1]]  # the norm layer's input
+                sums[n][0] += inp.mean(1)
+                sums[n][1] += inp.var(1, unbiased=False)
+        for n in group:
+            layer = getattr(model, n)
+            layer.population_mean.copy_(sums[n][0] / n_batches)
+            layer.population_var.copy_(sums[n][1] / n_batches * batch_size / (batch_size - 1))
+    for n in names:
+        getattr(model, n).eval_stats = modes[n]
+    model.train(was_training)
+    return n_batches

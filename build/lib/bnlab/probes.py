@@ -1,0 +1,579 @@
+"""Probes: measurements of every mechanism credited to BN, on the same runs, per member.
+
+Each probe is a plain function returning rows (split, metric, layer, values) with values a
+(K,) tensor, one number per ensemble member. The training loop calls them on the schedule
+`probes.<name>.every` (0 = off; a probe fires at steps that are multiples of it, step 0
+included where it makes sense). State probes look at the model after step t on a fixed probe
+batch drawn once per run; step probes look at step t itself (its batch, its gradient, its
+update). Probes observe and never steer: state probes run in eval mode, which changes nothing,
+and every extra training-mode pass of a step probe restores BN buffers, counters and random
+streams (capture/restore), so the loss history is bit-for-bit what it is with probes off
+(tested). Each probe's docstring cites the paper and section it implements.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .layers import Activation, Linear
+from .norms import BatchStatNorm, LayerNorm
+
+SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95
+TANH_SAT = math.log(19) / 2  # the same output band for tanh = 2 sigmoid(2x) - 1: |tanh| > 0.9
+JAC_BINS = torch.linspace(-4.0, 2.0, 25)  # edges of the log10(s) histogram (24 bins)
+JAC_TINY = 1e-6
+
+
+def capture(model) -> tuple:
+    """Everything a training-mode pass changes besides parameters: buffers (BN statistics),
+    BN counters, Batch Renorm clip statistics, and the dropout/noise random streams."""
+    buffers = [b.clone() for b in model.buffers()]
+    counters = [
+        (m, m.batches_seen, getattr(m, "clip_sum", None), getattr(m, "clip_batches", 0))
+        for m in model.modules()
+        if isinstance(m, BatchStatNorm)
+    ]
+    streams = [(g, g.get_state()) for m in model.modules() for g in getattr(m, "generators", [])]
+    return buffers, counters, streams
+
+
+@torch.no_grad()
+def restore(model, state: tuple) -> None:
+    buffers, counters, streams = state
+    for b, saved in zip(model.buffers(), buffers):
+        b.copy_(saved)
+    for m, seen, clip_sum, clip_batches in counters:
+        m.batches_seen = seen
+        if clip_sum is not None:
+            m.clip_sum, m.clip_batches = clip_sum.clone(), clip_batches
+    for g, s in streams:
+        g.set_state(s)
+
+
+def linears(model) -> list[tuple[str, Linear]]:
+    return [(n, getattr(model, n)) for n in model.order if isinstance(getattr(model, n), Linear)]
+
+
+def norms(model, kind=BatchStatNorm) -> list[tuple[str, object]]:
+    return [(n, getattr(model, n)) for n in model.order if isinstance(getattr(model, n), kind)]
+
+
+# --------------------------------------------------------------------------- 1. weights
+@torch.no_grad()
+def weight_stats(model) -> list:
+    """Per linear layer: mean |W| (the 2017 study's Fig. 1 quantity), Frobenius and spectral
+    norm; per norm layer: ||gamma||, ||beta||. Parameters only, no batch."""
+    out = []
+    for name, lin in linears(model):
+        w = lin.weight  # (K, fan_out, fan_in)
+        out += [
+            ("train", "w_mean_abs", name, w.abs().mean((1, 2))),
+            ("train", "w_fro", name, w.flatten(1).norm(dim=1)),
+            ("train", "w_spec", name, spectral_norm(w)),
+        ]
+    for name, layer in norms(model, (BatchStatNorm, LayerNorm)):
+        out += [
+            ("train", "gamma_norm", name, layer.weight.norm(dim=1)),
+            ("train", "beta_norm", name, layer.bias.norm(dim=1)),
+        ]
+    return out
+
+
+def spectral_norm(w: torch.Tensor) -> torch.Tensor:
+    """Largest singular value per member of w (K, m, n): the square root of the largest
+    eigenvalue of its smaller Gram matrix, in float64 (_sv). A third of the time of float32 SVD
+    (torch.linalg.matrix_norm(w, 2)) here, and more accurate; NaN for a non-finite w."""
+    d = w.double()
+    gram = d @ d.transpose(1, 2) if w.shape[1] <= w.shape[2] else d.transpose(1, 2) @ d
+    return _sv(gram)[..., 0].to(w.dtype)
+
+
+@torch.no_grad()
+def update_stats(model, old: dict, lr: float) -> list:
+    """Effective learning rate of scale-invariant rows: for each linear layer
+    without bias that feeds a batch-statistics norm, per unit j with incoming weights w_j:
+    relative update ||dw_j||/||w_j||, angular step angle(w_j, w_j + dw_j) in radians, and
+    lr/||w_j||^2; each averaged over units. Uses the weights before and after the step."""
+    out = []
+    for name, lin in linears(model):
+        if lin.bias is not None or name == model.order[-1]:
+            continue
+        if not isinstance(getattr(model, model.order[model.order.index(name) + 1]), BatchStatNorm):
+            continue
+        w0, w1 = old[f"{name}.weight"], lin.weight  # (K, fan_out, fan_in): row j is w_j
+        n0, n1 = w0.norm(dim=2), w1.norm(dim=2)  # (K, fan_out)
+        cos = ((w0 * w1).sum(2) / (n0 * n1)).clamp(-1.0, 1.0)
+        out += [
+            ("train", "rel_update", name, ((w1 - w0).norm(dim=2) / n0).mean(1)),
+            ("train", "angular_step", name, torch.arccos(cos).mean(1)),
+            ("train", "lr_over_w2", name, (lr / n0**2).mean(1)),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------- 2. gradients
+@torch.no_grad()
+def grad_stats(model) -> list:
+    """Gradients of the step just taken (current training batch, the run's loss reduction):
+    per linear layer mean |dL/dW| (the study's Fig. 2 quantity), Frobenius norm and
+    ||grad W||/||W||; per norm layer the backprop signal ||dL/dxhat|| = ||dL/dy * gamma||
+    over the batch (y = gamma * xhat + beta)."""
+    out = []
+    for name, lin in linears(model):
+        g, w = lin.weight.grad, lin.weight
+        fro = g.flatten(1).norm(dim=1)
+        out += [
+            ("train", "grad_mean_abs", name, g.abs().mean((1, 2))),
+            ("train", "grad_fro", name, fro),
+            ("train", "grad_rel", name, fro / w.flatten(1).norm(dim=1)),
+        ]
+    for name, layer in norms(model, (BatchStatNorm, LayerNorm)):
+        dy = layer.saved.get("dy")
+        if dy is not None:
+            dxhat = dy * layer.weight.unsqueeze(1)
+            out.append(("train", "grad_xhat_norm", name, dxhat.flatten(1).norm(dim=1)))
+    return out
+
+
+# --------------------------------------------------------------------------- 3./4. activations
+def _inputs_of(model, record, name):
+    """The input of layer `name` in a recorded forward pass."""
+    return record[model.order[model.order.index(name) - 1]]
+
+
+@torch.no_grad()
+def activation_stats(model, x: torch.Tensor, unit: int = 0) -> tuple[list, dict]:
+    """On the fixed probe batch x (N, 784), model in eval mode (BN as at evaluation): per hidden
+    layer, the pre-activation (input of act{i}): 15/50/85th percentiles over examples of unit
+    `unit` and the median over units of each unit's percentiles (Ioffe & Szegedy Fig. 1b,c);
+    mean over units of the per-unit mean and variance; the saturated fraction (sigmoid:
+    |x| > ln 19; tanh: |x| > ln(19)/2) and for relu the dead fraction (units never active).
+    Also returns the per-unit moments of every linear layer's input, for distributional ICS."""
+    was = model.training
+    model.eval()
+    record = {}
+    model(x, record=record)
+    model.train(was)
+    out, q = [], torch.tensor([0.15, 0.50, 0.85], device=x.device)
+    for name in model.order:
+        layer = getattr(model, name)
+        if not isinstance(layer, Activation):
+            continue
+        z = _inputs_of(model, record, name)  # (K, N, C)
+        pct = torch.quantile(z, q, dim=1)  # (3, K, C)
+        for i, p in enumerate((15, 50, 85)):
+            out.append(("test", f"preact_p{p}", name, pct[i, :, unit]))
+            out.append(("test", f"preact_med_p{p}", name, pct[i].quantile(0.5, dim=1)))
+        out += [
+            ("test", "preact_mean", name, z.mean(1).mean(1)),
+            ("test", "preact_var", name, z.var(1).mean(1)),
+        ]
+        if layer.name in ("sigmoid", "tanh"):
+            limit = SIGMOID_SAT if layer.name == "sigmoid" else TANH_SAT
+            out.append(("test", "saturated_frac", name, (z.abs() > limit).float().mean((1, 2))))
+        if layer.name == "relu":
+            out.append(("test", "dead_frac", name, (z <= 0).all(1).float().mean(1)))
+    moments = {
+        name: (_inputs_of(model, record, name).mean(1), _inputs_of(model, record, name).var(1))
+        for name, _ in linears(model)[1:]
+    }
+    return out, moments
+
+
+def gaussian_kl(m0, v0, m1, v1, eps: float = 1e-8):
+    """KL(N(m0, v0) || N(m1, v1)), elementwise."""
+    v0, v1 = v0 + eps, v1 + eps
+    return 0.5 * (torch.log(v1 / v0) + (v0 + (m0 - m1) ** 2) / v1 - 1.0)
+
+
+def ics_distribution(moments: dict, previous: dict, initial: dict) -> list:
+    """Distributional internal covariate shift: for the input of every linear
+    layer after the first, on the probe batch, the change of its per-unit moments since the
+    previous probe (`ics_*`) and since step 0 (`ics0_*`): mean |delta mean|, mean
+    |log(var/var_ref)| and mean Gaussian KL(reference || now), averaged over units."""
+    out = []
+    for tag, ref in (("ics", previous), ("ics0", initial)):
+        for name, (m, v) in moments.items():
+            if name not in ref:
+                continue
+            m0, v0 = ref[name]
+            out += [
+                ("test", f"{tag}_mean_shift", name, (m - m0).abs().mean(1)),
+                (
+                    "test",
+                    f"{tag}_logvar_shift",
+                    name,
+                    (torch.log(v + 1e-8) - torch.log(v0 + 1e-8)).abs().mean(1),
+                ),
+                ("test", f"{tag}_kl", name, gaussian_kl(m0, v0, m, v).mean(1)),
+            ]
+    return out
+
+
+# --------------------------------------------------------------------------- 7. Jacobians
+def _eval_scale(layer: BatchStatNorm, x: torch.Tensor) -> torch.Tensor:
+    """The per-unit multiplier of a batch-statistics norm at evaluation, (K, C)."""
+    if layer.eval_stats == "batch":
+        std = (x.var(1, unbiased=False) + layer.eps).sqrt()
+    elif layer.eval_stats == "population":
+        std = (layer.population_var + layer.eps).sqrt()
+    else:
+        std = layer.running_moments()[1]
+    return layer.weight / std
+
+
+_ACT_GRAD = {
+    "relu": lambda z: (z > 0).to(z.dtype),
+    "lrelu": lambda z: torch.where(z > 0, 1.0, 0.2).to(z.dtype),
+    "sigmoid": lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
+    "tanh": lambda z: 1 - torch.tanh(z) ** 2,
+    "softplus": torch.sigmoid,
+}
+
+
+@torch.no_grad()
+def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) -> list:
+    """Per hidden block l, the diagonal d_l (K, N, C) with J_l = diag(d_l) W_l for each
+    sample: act'(pre-activation) times the norm layer's per-unit scale (BN at
+    evaluation is a per-unit affine map). None for a block whose norm is not per-unit (layer
+    norm).
+
+    batch_sum=True gives instead the 2017 study's quantity: the Jacobian of the batch sum of
+    the block's outputs with respect to sample i's input, BN normalising with the batch's own
+    statistics (call with eval_stats='batch'). With xhat the normalised input, s = gamma/sigma_B
+    and a' = act'(gamma xhat + beta), BN before the activation gives
+    d_i = s (a'_i - mean_j a'_j - xhat_i mean_j(a'_j xhat_j)) (cross-sample terms); a BN
+    output sums to N beta whatever the input, so with BN after the activation d = 0.
+    """
+    was = model.training
+    model.eval()
+    record = {}
+    model(x, record=record)
+    model.train(was)
+    out, block, d = [], None, None
+    for name in model.order[:-1]:
+        layer = getattr(model, name)
+        z = None if isinstance(layer, Linear) else _inputs_of(model, record, name)
+        if isinstance(layer, Linear):
+            if block is not None:
+                out.append((block, d))
+            block, d, pending = name, torch.ones_like(record[name]), None
+        elif d is None:
+            continue
+        elif isinstance(layer, Activation):
+            grad = _ACT_GRAD[layer.name](z)
+            if pending is not None:  # batch sum through BN before the activation
+                s, xhat = pending
+                corr = grad.mean(1, keepdim=True) + xhat * (grad * xhat).mean(1, keepdim=True)
+                d, pending = d * s * (grad - corr), None
+            else:
+                d = d * grad
+        elif isinstance(layer, BatchStatNorm):
+            s = _eval_scale(layer, z).unsqueeze(1)
+            if batch_sum:
+                xhat = (z - z.mean(1, keepdim=True)) / (
+                    z.var(1, False, keepdim=True) + layer.eps
+                ).sqrt()
+                nxt = model.order[model.order.index(name) + 1]
+                if isinstance(getattr(model, nxt), Activation):
+                    pending = s, xhat
+                else:
+                    d = torch.zeros_like(d)
+            else:
+                d = d * s
+        elif isinstance(layer, LayerNorm):
+            d = None
+    out.append((block, d))
+    return out
+
+
+@torch.no_grad()
+def singular_values(model, x: torch.Tensor, batch_sum: bool = False) -> dict:
+    """Singular values (K, N, C) of every per-sample layer Jacobian J_l = diag(d_l) W_l (W_l
+    the layer's (C, fan_in) weight) and, unless batch_sum, of the end-to-end hidden Jacobian
+    (key 'hidden'), via the eigenvalues of J J^T (C x C)."""
+    out, gram_e2e = {}, None
+    for name, d in layer_jacobian_diagonals(model, x, batch_sum):
+        if d is None:
+            return out  # not per-unit: no well-defined analytic product (layer norm)
+        w = getattr(model, name).weight  # (K, C, fan_in)
+        wtw = w @ w.transpose(1, 2)  # (K, C, C) = W W^T
+        gram = d.unsqueeze(-1) * wtw.unsqueeze(1) * d.unsqueeze(-2)  # (K, N, C, C) = J J^T
+        out[name] = _sv(gram)
+        if batch_sum:
+            continue
+        if gram_e2e is None:
+            gram_e2e = gram
+        else:  # J_e2e J_e2e^T = D W (J_prev J_prev^T) W^T D
+            inner = w.unsqueeze(1) @ gram_e2e @ w.transpose(1, 2).unsqueeze(1)
+            gram_e2e = d.unsqueeze(-1) * inner * d.unsqueeze(-2)
+    if gram_e2e is not None:
+        out["hidden"] = _sv(gram_e2e)
+    return out
+
+
+def _sv(gram: torch.Tensor) -> torch.Tensor:
+    """Singular values from Gram matrices (..., C, C), descending; NaN for a matrix that is not
+    finite or that LAPACK cannot decompose (a member blowing up must not stop the run)."""
+    g = gram.double()
+    bad = ~torch.isfinite(g.sum((-2, -1)))  # float32 entries cannot overflow a float64 sum
+    if bad.any():
+        g = torch.where(bad[..., None, None], 0.0, g)
+    try:
+        ev = torch.linalg.eigvalsh(g)
+    except torch.linalg.LinAlgError:
+        flat = g.flatten(0, -3)
+        ev = torch.stack([_eigvalsh_or_nan(m) for m in flat]).view(g.shape[:-1])
+    ev = torch.where(bad[..., None], float("nan"), ev.clamp_min(0.0))
+    return ev.sqrt().flip(-1).to(gram.dtype)
+
+
+def _eigvalsh_or_nan(m: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.linalg.eigvalsh(m)
+    except torch.linalg.LinAlgError:
+        return torch.full(m.shape[:-1], float("nan"), dtype=m.dtype)
+
+
+def jacobian_summaries(svs: dict, prefix: str = "jac") -> list:
+    """Summaries of singular values s, per member, pooled over samples and
+    values: mean s, mean s^2, var s^2, s_max, s_min, mean over samples of log10(s_max/s_min)
+    over s > 1e-6, fraction of s < 1e-6, fraction in [1/2, 2], and counts in the log10(s)
+    bins JAC_BINS (metric {prefix}_hist_BB)."""
+    out = []
+    for name, s in svs.items():
+        flat = s.flatten(1)  # (K, N*C)
+        smin = torch.where(s > JAC_TINY, s, torch.inf).amin(-1)  # smallest s > 1e-6 per sample
+        cond = torch.log10(s.amax(-1) / smin)  # -inf where no s > 1e-6: left out below
+        cond = torch.where(torch.isfinite(cond), cond, torch.nan)
+        out += [
+            ("test", f"{prefix}_s_mean", name, flat.mean(1)),
+            ("test", f"{prefix}_s2_mean", name, (flat**2).mean(1)),
+            ("test", f"{prefix}_s2_var", name, (flat**2).var(1)),
+            ("test", f"{prefix}_s_max", name, flat.amax(1)),
+            ("test", f"{prefix}_s_min", name, flat.amin(1)),
+            ("test", f"{prefix}_log10_cond", name, cond.nanmean(1)),
+            ("test", f"{prefix}_frac_tiny", name, (flat < JAC_TINY).float().mean(1)),
+            ("test", f"{prefix}_frac_iso", name, ((flat >= 0.5) & (flat <= 2)).float().mean(1)),
+        ]
+        logs = torch.log10(flat.clamp_min(1e-12))
+        idx = torch.bucketize(logs, JAC_BINS.to(logs.device)) - 1  # bin i: [edge i, edge i+1)
+        for b in range(len(JAC_BINS) - 1):
+            out.append(("test", f"{prefix}_hist_{b:02d}", name, (idx == b).sum(1).to(flat.dtype)))
+    return out
+
+
+@torch.no_grad()
+def jacobian_stats(model, x: torch.Tensor, variants: bool = False) -> list:
+    """Layer-Jacobian singular values on the probe images x.
+
+    jac_*: per-sample Jacobians, BN in eval mode (the well-defined quantity). With
+    `variants`, also jac_batchstat_*: the train-mode variant, BN normalising with the probe
+    batch's statistics held constant; and jacsum_*: the 2017 study's batch-sum quantity (its
+    Fig. 3), which with BN is not a per-sample Jacobian."""
+    out = jacobian_summaries(singular_values(model, x), "jac")
+    if not variants:
+        return out
+    layers = [layer for _, layer in norms(model)]
+    modes = [layer.eval_stats for layer in layers]
+    try:
+        for layer in layers:
+            layer.eval_stats = "batch"
+        if layers:
+            out += jacobian_summaries(singular_values(model, x), "jac_batchstat")
+        out += jacobian_summaries(singular_values(model, x, batch_sum=True), "jacsum")
+    finally:
+        for layer, mode in zip(layers, modes):
+            layer.eval_stats = mode
+    return out
+
+
+# --------------------------------------------------------------------------- 8. mismatch
+@torch.no_grad()
+def mismatch_stats(model, x: torch.Tensor) -> list:
+    """BN train/inference mismatch on the training probe batch x, model in eval mode (dropout
+    off): per batch-statistics norm layer, with mu_B, var_B the batch moments of its input and
+    mu_run, sigma_run its running statistics: mean over units of r = sigma_B/sigma_run and of
+    |d| = |mu_B - mu_run|/sigma_run, and the dropout variance-shift ratio
+    max(real_var/moving_var, moving_var/real_var) (Li et al. 2019)."""
+    was = model.training
+    model.eval()
+    record = {}
+    model(x, record=record)
+    model.train(was)
+    out = []
+    for name, layer in norms(model):
+        z = _inputs_of(model, record, name)
+        mu_b, var_b = z.mean(1), z.var(1, unbiased=False)
+        mu_run, sigma_run = layer.running_moments()  # sigma_run = sqrt(moving var + eps)
+        ratio = var_b / (sigma_run**2 - layer.eps)
+        out += [
+            ("train", "mismatch_r", name, ((var_b + layer.eps).sqrt() / sigma_run).mean(1)),
+            ("train", "mismatch_d_abs", name, ((mu_b - mu_run).abs() / sigma_run).mean(1)),
+            ("train", "var_shift", name, torch.maximum(ratio, 1 / ratio).mean(1)),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------- 5./6. step probes
+class StepContext:
+    """What a step probe sees of training step t: its batch, the parameters before and after
+    the optimiser step, the gradient used (G), and the model state before the step's forward
+    (so extra passes see the same BN statistics and dropout masks as the real one)."""
+
+    def __init__(self, model, x, y, reduction, before: dict, state_before: tuple):
+        self.model, self.x, self.y, self.reduction = model, x, y, reduction
+        self.before, self.state_before = before, state_before
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.grad = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def loss_and_grads(self, params: dict) -> tuple[torch.Tensor, dict]:
+        """Per-member loss (K,) and gradients at `params` on the step's batch, in training
+        mode with the step's BN statistics and random masks; the model is left untouched."""
+        from .train import loss_and_grad
+
+        model, state = self.model, capture(self.model)
+        for n, p in model.named_parameters():
+            p.copy_(params[n])
+        restore(model, self.state_before)
+        losses, dlogits = loss_and_grad(model(self.x), self.y, self.reduction)
+        model.backward(dlogits)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        restore(model, state)
+        for n, p in model.named_parameters():
+            p.copy_(self.after[n])
+            p.grad.copy_(self.grad[n])  # in place: backward writes into .grad
+        return losses, grads
+
+
+def _member_norm(tensors) -> torch.Tensor:
+    """Euclidean norm per member over a collection of (K, ...) tensors."""
+    return torch.sqrt(sum(t.flatten(1).pow(2).sum(1) for t in tensors))
+
+
+def ics_gradient(ctx: StepContext) -> list:
+    """Santurkar et al. 2018, Definition 2.1, per linear layer i: G_i = dL/dW_i used at step t,
+    G'_i = dL/dW_i on the same batch after layers 1..i-1 (W, b, gamma, beta) moved to their
+    step t+1 values, layers i..L still at step t. Logs ||G - G'||_F, its ratio to ||G||_F and
+    cos(G, G'). Layer 1 has no earlier layer: its ICS is exactly 0."""
+    out, order = [], ctx.model.order
+    for name, _ in linears(ctx.model):
+        pos = order.index(name)
+        mixed = {
+            n: (ctx.after if order.index(n.split(".")[0]) < pos else ctx.before)[n]
+            for n in ctx.before
+        }
+        _, grads = ctx.loss_and_grads(mixed)
+        g, g2 = ctx.grad[f"{name}.weight"].flatten(1), grads[f"{name}.weight"].flatten(1)
+        diff, norm = (g - g2).norm(dim=1), g.norm(dim=1)
+        cos = (g * g2).sum(1) / (norm * g2.norm(dim=1))
+        out += [
+            ("train", "ics_grad_l2", name, diff),
+            ("train", "ics_grad_rel", name, diff / norm),
+            ("train", "ics_grad_cos", name, cos),
+        ]
+    return out
+
+
+def landscape(ctx: StepContext, lr: float, multipliers: list[float], realised: bool) -> list:
+    """Santurkar et al. 2018, Sec. 3, at step t on its batch, BN in training mode with the
+    step's statistics (buffers restored): along -g (g the step's gradient) for step sizes
+    eta = m * lr, m in `multipliers`: loss range (min and max of L(theta - eta g)), gradient
+    predictiveness (min and max of ||grad L(theta - eta g) - g||) and effective beta-smoothness
+    (max of ||grad L(theta - eta g) - g|| / (eta ||g||)); layer column 'grad'. With
+    `realised`, also along the update actually taken, u = theta_{t+1} - theta_t, at
+    theta + m u (layer column 'update'; smoothness divides by m ||u||)."""
+    names = list(ctx.before)
+    g = [ctx.grad[n] for n in names]
+    directions = [("grad", [-t for t in g], lr)]
+    if realised:
+        directions.append(("update", [ctx.after[n] - ctx.before[n] for n in names], 1.0))
+    out = []
+    for label, d, scale in directions:
+        dnorm = _member_norm(d)
+        losses, diffs, betas = [], [], []
+        for m in multipliers:
+            step = m * scale
+            point = {n: ctx.before[n] + step * t for n, t in zip(names, d)}
+            loss, grads = ctx.loss_and_grads(point)
+            diff = _member_norm([grads[n] - t for n, t in zip(names, g)])
+            losses.append(loss)
+            diffs.append(diff)
+            betas.append(diff / (step * dnorm))
+        losses, diffs, betas = map(torch.stack, (losses, diffs, betas))  # (M, K)
+        out += [
+            ("train", "landscape_loss_min", label, losses.amin(0)),
+            ("train", "landscape_loss_max", label, losses.amax(0)),
+            ("train", "landscape_grad_diff_min", label, diffs.amin(0)),
+            ("train", "landscape_grad_diff_max", label, diffs.amax(0)),
+            ("train", "landscape_beta", label, betas.amax(0)),
+        ]
+    return out
+
+
+# --------------------------------------------------------------------------- the schedule
+class Prober:
+    """Runs the probes of `cfg.probes` on their schedules for one training run."""
+
+    def __init__(self, cfg, model, x_train: torch.Tensor, x_test: torch.Tensor):
+        self.cfg, self.p, self.model = cfg, cfg.probes, model
+        g = torch.Generator().manual_seed(0)  # the same probe batch for every run and member
+        n = self.p.batch
+        self.x_train = x_train[torch.randperm(len(x_train), generator=g)[:n].to(x_train.device)]
+        self.x_test = x_test[torch.randperm(len(x_test), generator=g)[:n].to(x_test.device)]
+        self.previous: dict = {}
+        self.initial: dict | None = None
+        self.realised = cfg.optim.name == "adam" or cfg.optim.momentum > 0
+
+    def due(self, name: str, step: int) -> bool:
+        every = getattr(self.p, name).every
+        return every > 0 and step % every == 0
+
+    def before_step(self, step: int):
+        """Call before training step `step`: what the step probes need, or None if none due."""
+        if step == 0 or not any(
+            self.due(n, step) for n in ("weights", "grads", "ics_grad", "landscape")
+        ):
+            return None
+        params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        return params, capture(self.model)
+
+    def step_rows(self, step: int, before, x, y) -> list:
+        """Probes of training step `step` (after its optimiser step)."""
+        if before is None:
+            return []
+        params, state = before
+        out = []
+        if self.due("grads", step):
+            out += grad_stats(self.model)
+        if self.due("weights", step):
+            out += update_stats(self.model, params, self.cfg.optim.lr)
+        if self.due("ics_grad", step) or self.due("landscape", step):
+            ctx = StepContext(self.model, x, y, self.cfg.train.loss, params, state)
+            if self.due("ics_grad", step):
+                out += ics_gradient(ctx)
+            if self.due("landscape", step):
+                out += landscape(
+                    ctx, self.cfg.optim.lr, list(self.p.landscape_steps), self.realised
+                )
+        return out
+
+    def state_rows(self, step: int) -> list:
+        """Probes of the model as it is after step `step` (step 0: at initialisation)."""
+        out = []
+        if self.due("weights", step):
+            out += weight_stats(self.model)
+        if self.due("activations", step):
+            rows_, moments = activation_stats(self.model, self.x_test)
+            self.initial = moments if self.initial is None else self.initial
+            out += rows_ + ics_distribution(moments, self.previous, self.initial)
+            self.previous = moments
+        if self.due("mismatch", step):
+            out += mismatch_stats(self.model, self.x_train)
+        if self.due("jacobian", step):
+            x = self.x_test[: self.p.jacobian_samples]
+            out += jacobian_stats(self.model, x, self.p.jacobian_variants)
+        return out

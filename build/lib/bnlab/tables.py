@@ -1,0 +1,183 @@
+"""Compact per-member tables from collected sweeps: `bnlab tables`.
+
+For every sweep under RESULTS/sweeps with a runs.parquet, writes RESULTS/tables/SWEEP.csv: one
+row per member with the settings that vary in the sweep, its status, its final metrics and the
+measures the claims report uses (below), each a single number per member. The bulky per-step
+history stays in the sweep folder. Also writes running_stats.csv (C17: how much the learned BN
+running statistics differ between members, from their model.pt files).
+
+Measures (NaN where the sweep did not record what they need):
+  gap                      final train accuracy - test accuracy
+  steps_to_T               first evaluated step with test accuracy >= T (T = 0.9, 0.95, 0.97);
+                           members that never reach it get steps_done + 1 and reached_T=False
+  w2_mean_abs_start/_final mean |W2| at step 0 / at the last probe (the 2017 study's Fig. 1)
+  grad1_mean_abs_1k        mean over steps 1-1000 of mean |dL/dW1| (Fig. 2)
+  jac_{s2_mean,frac_iso,log10_cond}_{fc1,fc2,hidden}   mean over probes after step 0
+  ics_grad_{rel,cos}_{fc2,fc3}, ics_{kl,mean_shift}_{fc2,fc3}   mean over probes after step 0
+  ics0_mean_shift_fc3_final                            drift of the layer-3 input since step 0
+  landscape_{beta,loss_range,grad_diff_max}[_early]    mean over probes (first quarter of the
+                           run for _early), along the gradient
+  var_shift_{bn1,bn2}_final                            dropout variance shift (Li et al.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import reproduce
+from .collect import read_tables
+from .records import atomic_path, member_dir
+
+TARGETS = (0.9, 0.95, 0.97)
+ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
+RESULT_COLUMNS = [
+    "status",
+    "steps_done",
+    "test_acc",
+    "train_acc",
+    "best_test_acc",
+    "test_loss",
+    "train_loss",
+]
+
+
+def _mean_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str, upto=None):
+    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
+    rows = rows[rows["step"] > 0]
+    if upto is not None:
+        rows = rows[rows["step"] <= upto]
+    return rows.groupby(["run", "seed"])["value"].mean()
+
+
+def _at(h: pd.DataFrame, metric: str, layer: str, split: str, last: bool):
+    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
+    rows = rows.sort_values("step")
+    g = rows.groupby(["run", "seed"])["value"]
+    return g.last() if last else g.first()
+
+
+def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """One row per member of `runs`: varying settings, results and the measures above."""
+    varying = [
+        c
+        for c in runs.columns
+        if "." in c and c != "data.root" and runs[c].astype(str).nunique() > 1
+    ]
+    config = list(dict.fromkeys([c for c in ALWAYS if c in runs] + varying))
+    modes = [c for c in runs.columns if c.startswith(("test_acc_", "test_loss_"))]
+    out = runs[["run", "seed", *config, *RESULT_COLUMNS, *modes]].copy()
+    out["gap"] = out["train_acc"] - out["test_acc"]
+    out = out.set_index(["run", "seed"])
+    h = history
+    acc = h[(h["metric"] == "acc") & (h["split"] == "test") & (h["layer"] == "")]
+    for t in TARGETS:
+        first = acc[acc["value"] >= t].groupby(["run", "seed"])["step"].min()
+        out[f"reached_{t}"] = first.reindex(out.index).notna()
+        out[f"steps_to_{t}"] = first.reindex(out.index).fillna(out["steps_done"] + 1)
+    cols = {
+        "w2_mean_abs_start": _at(h, "w_mean_abs", "fc2", "train", last=False),
+        "w2_mean_abs_final": _at(h, "w_mean_abs", "fc2", "train", last=True),
+        "grad1_mean_abs_1k": _mean_over_probes(h, "grad_mean_abs", "fc1", "train", upto=1000),
+        "ics0_mean_shift_fc3_final": _at(h, "ics0_mean_shift", "fc3", "test", last=True),
+    }
+    for stat in ("s2_mean", "frac_iso", "log10_cond"):
+        for layer in ("fc1", "fc2", "hidden"):
+            cols[f"jac_{stat}_{layer}"] = _mean_over_probes(h, f"jac_{stat}", layer, "test")
+    for layer in ("fc2", "fc3"):
+        for m in ("rel", "cos"):
+            cols[f"ics_grad_{m}_{layer}"] = _mean_over_probes(h, f"ics_grad_{m}", layer, "train")
+        for m in ("kl", "mean_shift"):
+            cols[f"ics_{m}_{layer}"] = _mean_over_probes(h, f"ics_{m}", layer, "test")
+    for layer in ("bn1", "bn2"):
+        cols[f"var_shift_{layer}_final"] = _at(h, "var_shift", layer, "train", last=True)
+    quarter = (runs["steps_done"].max() or 0) / 4
+    for suffix, upto in (("", None), ("_early", quarter)):
+        lmax = _mean_over_probes(h, "landscape_loss_max", "grad", "train", upto)
+        lmin = _mean_over_probes(h, "landscape_loss_min", "grad", "train", upto)
+        cols[f"landscape_loss_range{suffix}"] = lmax - lmin
+        for m in ("beta", "grad_diff_max"):
+            cols[f"landscape_{m}{suffix}"] = _mean_over_probes(
+                h, f"landscape_{m}", "grad", "train", upto
+            )
+    for name, series in cols.items():
+        if len(series):
+            out[name] = series.reindex(out.index)
+    return out.reset_index()
+
+
+def running_stats(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run and BN layer: how much the final running mean and variance differ between the
+    run's finished members (the members of the runs table), relative to how much they differ
+    between units.
+
+    member_sd: mean over units of the SD across members; unit_sd: SD across units of the
+    members' average. Variances are compared on a log scale."""
+    rows = []
+    finished = runs[runs["status"] == "finished"]
+    for run, members in finished.groupby("run"):
+        run_dir = sweep_dir / run
+        paths = [member_dir(run_dir, int(s)) / "model.pt" for s in sorted(members["seed"])]
+        states = [torch.load(p, weights_only=True) for p in paths if p.exists()]
+        if len(states) < 2:
+            continue
+        for key in sorted(k for k in states[0] if k.endswith("running_mean")):
+            layer = key.split(".")[0]
+            for stat, name in (("mean", key), ("log_var", key.replace("mean", "var"))):
+                if name not in states[0]:
+                    continue
+                v = torch.stack([s[name] for s in states]).double()  # (members, units)
+                v = v.log() if stat == "log_var" else v
+                member_sd = v.std(0).mean().item()
+                unit_sd = v.mean(0).std().item()
+                rows.append(
+                    {
+                        "run": run,
+                        "layer": layer,
+                        "stat": stat,
+                        "members": len(states),
+                        "member_sd": member_sd,
+                        "unit_sd": unit_sd,
+                        "ratio": member_sd / unit_sd if unit_sd > 0 else np.nan,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bnlab tables", description=__doc__)
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("sweeps", nargs="*", help="sweep names (default: the reproduction's)")
+    args = p.parse_args(argv)
+    out_dir = args.results / "tables"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stats = []
+    for name in args.sweeps or reproduce.sweeps():
+        sweep = args.results / "sweeps" / name
+        try:
+            runs, history = read_tables(sweep)
+        except FileNotFoundError as e:
+            print(f"{name}: skipped: {e}", file=sys.stderr)
+            continue
+        runs = runs[runs["seed"].notna()]
+        table = measures(runs, history)
+        with atomic_path(out_dir / f"{sweep.name}.csv") as tmp:
+            table.to_csv(tmp, index=False, float_format="%.6g")
+        rs = running_stats(sweep, runs)
+        if len(rs):
+            stats.append(rs.assign(sweep=sweep.name))
+        print(f"{sweep.name}: {len(table)} members -> {out_dir / sweep.name}.csv")
+    if stats:
+        cols = ["sweep", "run", "layer", "stat", "members", "member_sd", "unit_sd", "ratio"]
+        with atomic_path(out_dir / "running_stats.csv") as tmp:
+            pd.concat(stats)[cols].to_csv(tmp, index=False, float_format="%.6g")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""bnlab as a real package: the wheel carries its configs and sweeper, installs into a fresh
+virtual environment, and its `bnlab` command trains a sweep and collects it from a folder
+outside the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, **kw):
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+    assert out.returncode == 0, f"{cmd}\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+def test_wheel_installs_and_trains_outside_the_checkout(tmp_path, mnist_root):
+    wheels = tmp_path / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+          "-w", str(wheels), str(REPO)])  # fmt: skip
+    wheel = next(wheels.glob("bnlab-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {p.relative_to(REPO).as_posix() for p in (REPO / "bnlab" / "conf").rglob("*.yaml")}
+    assert configs and configs <= names  # every config ships, experiments included
+    assert "hydra_plugins/bnlab_sweeper/bnlab_sweeper.py" in names
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", str(venv)])
+    py = venv / "bin" / "python"
+    _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)])
+    # torch and the other dependencies come from this environment (gigabytes to reinstall):
+    # its site-packages goes on the path after the new environment's own, so bnlab itself is
+    # imported from the wheel and never from the checkout
+    site = _run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    (Path(site.stdout.strip()) / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(BNLAB_DATA_ROOT=str(mnist_root), HYDRA_FULL_ERROR="0")
+    where = _run([str(py), "-c", "import bnlab; print(bnlab.__file__)"], cwd=work, env=env)
+    assert where.stdout.startswith(str(venv))
+
+    bnlab = str(venv / "bin" / "bnlab")
+    sweep = work / "sweep"
+    out = _run(
+        [bnlab, "train", "-m", "model.norm=none,batch", "seeds=[0,1]", "train.steps=20",
+         "train.eval_every=10", "data.eval_train_size=500", f"hydra.sweep.dir={sweep}"],
+        cwd=work, env=env,
+    )  # fmt: skip
+    assert "sweep finished: 4/4 members done" in out.stderr + out.stdout
+    assert len(list(sweep.glob("*/bnlab.log"))) == 2  # Hydra's job is named bnlab
+    out = _run([bnlab, "collect", str(sweep)], cwd=work, env=env)
+    assert "4/4 members done (finished 4)" in out.stdout
+    runs = pd.read_parquet(sweep / "runs.parquet")
+    assert set(runs["status"]) == {"finished"} and (runs["steps_done"] == 20).all()
+    # an installed package is not a checkout: no commit is claimed for it
+    assert runs["git_commit"].isna().all() and runs["torch_version"].notna().all()
