@@ -4,15 +4,17 @@
 #   make test   set up .venv with the dev extras and run the tests, notebooks included
 #               (about 15 minutes on 2 cores)
 #   make reproduce   every experiment, figure and the claims report (about 65 minutes, 2 cores)
-# Data: MNIST is read from $BNLAB_DATA_ROOT when set; `make demo` otherwise downloads it to
-# ./data, and `make test` uses ../shared/data (the genuine files, offline).
+# Data: MNIST is read from $BNLAB_DATA_ROOT when set, else from ../shared/data when that
+# holds it (offline), else `make demo` downloads it to ./data (tests never download).
 
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-TEST_DATA := $(if $(BNLAB_DATA_ROOT),$(BNLAB_DATA_ROOT),$(abspath ../shared/data))
+SHARED := $(abspath ../shared/data)
+DATA := $(or $(BNLAB_DATA_ROOT),$(if $(wildcard $(SHARED)/MNIST/raw),$(SHARED),$(abspath data)))
+TEST_DATA := $(or $(BNLAB_DATA_ROOT),$(SHARED))
 
-.PHONY: demo test lint docs bench reproduce
+.PHONY: demo test lint bench reproduce
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +23,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/bnlab train -m experiment=demo
+	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab train -m experiment=demo
 	$(BIN)/bnlab collect results/sweeps/demo
 	$(BIN)/bnlab figures demo --out results/demo
 
@@ -29,10 +31,10 @@ test: $(BIN)/.installed
 	BNLAB_DATA_ROOT=$(TEST_DATA) $(BIN)/python -m pytest -q
 
 reproduce: $(BIN)/.installed
-	$(BIN)/bnlab reproduce
+	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab reproduce
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check bnlab tests notebooks hydra_plugins
 
 bench: $(BIN)/.installed
-	$(BIN)/bnlab bench
+	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab bench
