@@ -19,6 +19,10 @@ TEST_DATA := $(or $(BNLAB_DATA_ROOT),$(SHARED))
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e .
+	touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
@@ -27,13 +31,13 @@ demo: $(BIN)/.installed
 	$(BIN)/bnlab collect results/sweeps/demo
 	$(BIN)/bnlab figures demo --out results/demo
 
-test: $(BIN)/.installed
+test: $(BIN)/.installed-dev
 	BNLAB_DATA_ROOT=$(TEST_DATA) $(BIN)/python -m pytest -q
 
 reproduce: $(BIN)/.installed
 	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab reproduce
 
-lint: $(BIN)/.installed
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check bnlab tests notebooks hydra_plugins
 
 bench: $(BIN)/.installed

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import hydra
@@ -87,13 +88,16 @@ def _train(cfg: DictConfig) -> float | None:
 
 def _die_with_parent() -> None:
     """In a joblib worker: exit when the sweep's parent process dies (a SIGKILLed parent
-    would otherwise leave its workers training and writing into the sweep folder)."""
+    would otherwise leave its workers training and writing into the sweep folder). One
+    watcher per worker process, however many jobs it runs."""
+    if any(t.name == "bnlab-parent-watch" for t in threading.enumerate()):
+        return
     parent = os.getppid()
 
     def watch() -> None:
-        while not threading.Event().wait(1.0):
-            if os.getppid() != parent:
-                os.kill(os.getpid(), signal.SIGKILL)
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True, name="bnlab-parent-watch").start()
 
