@@ -88,6 +88,7 @@ def test_shipped_launchers_and_sweeper_compose():
         cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
         assert "SlurmLauncher" in cfg.hydra.launcher._target_
         assert cfg.hydra.launcher.cpus_per_task == 1 and cfg.hydra.launcher.tasks_per_node == 1
+        assert cfg.hydra.launcher.name == "bnlab"  # the SLURM job name (was __main__)
         assert "BnlabSweeper" in cfg.hydra.sweeper._target_
         cfg = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
         assert "JoblibLauncher" in cfg.hydra.launcher._target_
