@@ -121,7 +121,7 @@ def test_a_second_process_waits_for_the_folder_lock(mnist_root, tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_on_one_run_folder_train_it_once(mnist_root, tmp_path):
-    args = ["train", "model.norm=batch", "seeds=[0,1]", "train.steps=2000", "train.eval_every=100",
+    args = ["train", "model.norm=batch", "seeds=[0,1]", "train.steps=1000", "train.eval_every=100",
             "data.eval_train_size=1000", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     first = _bnlab(*args, root=mnist_root, cwd=tmp_path)
     while not (tmp_path / "run" / "seed0" / "history.csv").exists():
@@ -135,7 +135,7 @@ def test_two_processes_on_one_run_folder_train_it_once(mnist_root, tmp_path):
     for seed in (0, 1):
         text = (member_dir(tmp_path / "run", seed) / "history.csv").read_text()
         assert "\0" not in text
-        assert read_history(tmp_path / "run", seed)["step"].max() == 2000
+        assert read_history(tmp_path / "run", seed)["step"].max() == 1000
 
 
 @pytest.mark.slow
