@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from .collect import acc_or_zero, select
-from .records import write_atomic
+from .records import verify, write_atomic
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, MIXED = (
     "supported",
@@ -141,8 +141,28 @@ class Tables:
         path = self.folder / f"{sweep}.csv"
         if not path.exists():
             raise MissingTable(sweep)
-        t = pd.read_csv(path)
+        t = read_table(path)
         return diverged_rule(t[t["status"].isin(["finished", "diverged"])])
+
+
+class TableError(ValueError):
+    """A table that is not what bnlab tables wrote: the report is not written."""
+
+
+def read_table(path: Path, members: bool = True) -> pd.DataFrame:
+    """A table of RESULTS/tables, verified against the manifest written with it (and, for a
+    per-member table, holding members)."""
+    try:
+        verify(path)
+        table = pd.read_csv(path)
+        if members and (table.empty or "status" not in table):
+            raise ValueError("no members")
+    except (ValueError, pd.errors.ParserError) as e:  # EmptyDataError is a ValueError
+        raise TableError(
+            f"{path}: {' '.join(str(e).split())}; rerun `bnlab tables` (or `bnlab reproduce "
+            "--stage report`) to write it again"
+        ) from None
+    return table
 
 
 def diverged_rule(table: pd.DataFrame) -> pd.DataFrame:
@@ -673,7 +693,7 @@ def build_claims(tables: Tables) -> list[Claim]:
         )
         path = tables.folder / "running_stats.csv"
         if path.exists():
-            rs = pd.read_csv(path)
+            rs = read_table(path, members=False)
             rs = rs[rs["sweep"] == "study_order"]
             for _, r in rs.iterrows():
                 c.notes.append(
@@ -859,7 +879,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    claims = build_claims(Tables(args.results / "tables"))
+    try:
+        claims = build_claims(Tables(args.results / "tables"))
+    except TableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = args.results / "CLAIMS.md"
     write_atomic(out, render(claims))
     for c in claims:

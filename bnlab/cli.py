@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -27,8 +28,10 @@ from .data import DataError
 from .records import write_config
 from .train import ResumeError, run, write_failure
 
+PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
+
 # a full disk, a quota, a read-only or forbidden folder: the user's to fix, in one line
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 # command -> (module with main(argv) -> int, one line of help)
 COMMANDS = {
@@ -55,25 +58,24 @@ def _train(cfg: DictConfig) -> float | None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     if multirun and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
         _die_with_parent()
+    fresh = {p.name for p in out_dir.iterdir()} <= {"bnlab.log"}  # Hydra made it just now
     try:
         summaries = run(load_config(cfg), out_dir)
     except Exception as e:
         disk = isinstance(e, OSError) and e.errno in DISK_ERRORS
-        if not disk and not isinstance(e, ResumeError):
-            # leave a record the collector can read: the config as composed, failed summaries
-            if not (out_dir / "config.yaml").exists():
-                write_config(out_dir, OmegaConf.to_container(cfg, resolve=True))
-            seeds = OmegaConf.to_container(cfg).get("seeds")
-            valid = isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)
-            write_failure(out_dir, seeds if valid else None, e)
+        user = isinstance(e, (ConfigError, DataError)) or disk
         if disk:
             e = OSError(
                 f"cannot write {e.filename or out_dir}: {e.strerror}; free some space or "
                 "choose another results folder (BNLAB_RESULTS=DIR or hydra.run.dir=DIR)"
             )
-        if isinstance(e, (ConfigError, DataError, OSError)) and not multirun:
-            print(f"error: {e}", file=sys.stderr)  # bad input: the message, not a traceback
+        if user and not multirun:
+            if fresh:  # bad input leaves no run folder behind
+                shutil.rmtree(out_dir, ignore_errors=True)
+            print(f"error: {e}", file=sys.stderr)  # the message, not a traceback
             raise SystemExit(2) from None
+        if not disk and not isinstance(e, ResumeError):
+            _record_failure(cfg, out_dir, e)
         raise
     done = [s["test_acc"] for s in summaries if "test_acc" in s]
     print(
@@ -86,13 +88,28 @@ def _train(cfg: DictConfig) -> float | None:
     return sum(done) / len(done) if done else None
 
 
+def _record_failure(cfg: DictConfig, out_dir: Path, error: Exception) -> None:
+    """Leave a record the collector can read: the config as composed, failed summaries (on
+    a full disk there is nothing to be done)."""
+    try:
+        if not (out_dir / "config.yaml").exists():
+            write_config(out_dir, OmegaConf.to_container(cfg, resolve=True))
+        seeds = OmegaConf.to_container(cfg).get("seeds")
+        valid = isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)
+        write_failure(out_dir, seeds if valid else None, error)
+    except OSError:
+        pass
+
+
 def _die_with_parent() -> None:
-    """In a joblib worker: exit when the sweep's parent process dies (a SIGKILLed parent
-    would otherwise leave its workers training and writing into the sweep folder). One
-    watcher per worker process, however many jobs it runs."""
+    """In a joblib worker: exit when the sweep's parent process is gone (a SIGKILLed parent
+    would otherwise leave its workers training and writing into the sweep folder), also when
+    it died before this job started. One watcher per worker process."""
+    parent = int(os.environ.get(PARENT_ENV, os.getppid()))
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGKILL)
     if any(t.name == "bnlab-parent-watch" for t in threading.enumerate()):
         return
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -163,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] == "train":
         return train(argv[1:])
     if argv[0] in COMMANDS:
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `bnlab status DIR | head` ends quietly
         module = importlib.import_module(COMMANDS[argv[0]][0])
         return module.main(argv[1:]) or 0
     if "=" in argv[0] or argv[0].startswith("-"):

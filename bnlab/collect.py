@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .records import JOBS_FILE, atomic_path, flatten, member_dir, read_history
+from .records import DONE_STATUSES, JOBS_FILE, atomic_path, flatten, member_dir, read_history
 
 SUMMARY_COLUMNS = [
     "status",
@@ -77,6 +77,16 @@ def _read_dict(path: Path, read) -> dict:
     return value
 
 
+def _check_summary(summary: dict) -> None:
+    """ValueError unless a summary's status is known and its numbers are numbers."""
+    if summary.get("status") not in STATUSES:
+        raise ValueError(f"status {summary.get('status')!r} is not one of {', '.join(STATUSES)}")
+    for key in [*FLOAT_COLUMNS, "steps_done"]:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{key}={value!r} is not a number")
+
+
 def missing_members(root: Path, present: set[str]) -> list[dict]:
     """Rows (status 'missing') for the members of jobs the sweeper planned (jobs.json) whose
     run folder does not exist yet: not started, or killed before writing anything."""
@@ -85,9 +95,11 @@ def missing_members(root: Path, present: set[str]) -> list[dict]:
         return []
     try:
         jobs = _read_dict(jobs_file, lambda p: json.loads(p.read_text()))["jobs"]
-        planned = [(job["dir"], seed) for job in jobs for seed in job["seeds"]]
-    except (ValueError, KeyError, TypeError) as e:
-        return [_corrupt(JOBS_FILE, None, jobs_file, e)]
+        planned = [(str(job["dir"]), int(seed)) for job in jobs for seed in job["seeds"]]
+    except KeyError as e:
+        return [_corrupt(JOBS_FILE, None, jobs_file, f"malformed (no key {e})")]
+    except (ValueError, TypeError) as e:
+        return [_corrupt(JOBS_FILE, None, jobs_file, f"malformed ({e})")]
     return [
         {"run": run, "seed": seed, "status": "missing"}
         for run, seed in planned
@@ -96,9 +108,14 @@ def missing_members(root: Path, present: set[str]) -> list[dict]:
 
 
 def find_runs(sweep_dir: str | Path) -> list[Path]:
-    """Run folders (those holding a bnlab config.yaml) under sweep_dir, sorted."""
+    """Run folders (those holding a bnlab config.yaml) under sweep_dir, sorted; not Hydra's
+    records, nor members set aside when a folder was retrained with another config."""
     root = Path(sweep_dir)
-    runs = [p.parent for p in root.rglob("config.yaml") if ".hydra" not in p.parts]
+    runs = [
+        p.parent
+        for p in root.rglob("config.yaml")
+        if not any(part == ".hydra" or part.startswith("replaced-") for part in p.parts)
+    ]
     return sorted(runs)
 
 
@@ -114,7 +131,10 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
     seeds = config.get("seeds")
     if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         failure = run_dir / "failure.json"  # a config too broken to name its members
-        summary = json.loads(failure.read_text()) if failure.exists() else {}
+        if not failure.exists():
+            reason = f"seeds={seeds!r} is not a list of integers"
+            return [{**fields, **_corrupt(name, None, run_dir / "config.yaml", reason)}], []
+        summary = json.loads(failure.read_text())
         row = {"run": name, "seed": None, **fields, "status": "failed"}
         return [{**row, **{c: summary.get(c) for c in SUMMARY_COLUMNS[1:]}}], []
     rows, histories = [], []
@@ -126,10 +146,13 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
                 if (folder / "summary.json").exists()
                 else {"status": "unfinished"}
             )
+            _check_summary(summary)
         except ValueError as e:
             rows.append({**fields, **_corrupt(name, seed, folder / "summary.json", e)})
             continue
         try:
+            if summary["status"] in DONE_STATUSES and not (folder / "history.csv").exists():
+                raise ValueError("missing, though the member's summary says it is done")
             hist = read_history(run_dir, seed)
         except ValueError as e:
             rows.append({**fields, **_corrupt(name, seed, folder / "history.csv", e)})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import ConfigError, RunConfig, load_config
 
 CONFIG_MODULE = "bnlab.conf"
+MIN_FREE_BYTES = 20 * 2**20  # a run's histories and model files need a few MB
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # the same configs, as a folder
 
 
@@ -31,6 +33,14 @@ def groups() -> list[str]:
     """The config groups users choose from (data, experiment, optim, protocol)."""
     conf = resources.files(CONFIG_MODULE)
     return sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name[0].isalnum())
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group (the experiment names for 'experiment')."""
+    folder = resources.files(CONFIG_MODULE) / group
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def _keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -53,7 +63,18 @@ def check_keys(overrides: Sequence[str]) -> None:
         key = override.split("=", 1)[0]
         if "=" not in override or re.match(r"^(\+|~|hydra[./]|-)", override) or "@" in key:
             continue
-        if key in known_groups or key in keys:
+        if key in known_groups:
+            options = group_options(key)
+            for value in override.split("=", 1)[1].split(","):  # a sweep lists several
+                if value.strip() not in options and not value.strip().startswith(
+                    ("choice(", "null")
+                ):
+                    raise ConfigError(
+                        f"{key}={value.strip()} is not an option of the config group {key}; "
+                        f"choose one of: {', '.join(options)}"
+                    )
+            continue
+        if key in keys:
             continue
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         siblings = [
@@ -76,11 +97,17 @@ def compose_dict(overrides: Sequence[str] = (), hydra: bool = False) -> DictConf
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as e:
-        text = str(e).split("Config search path")[0].replace("In 'config': ", "")
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        if len(lines) > 1 and lines[1].startswith("Available options"):  # a missing option
-            lines = [f"{lines[0]}; {lines[1].lower()} {', '.join(lines[2:])}"]
-        raise ConfigError(f"{' '.join(lines)} (overrides: {' '.join(overrides)})") from None
+        raise ConfigError(f"{hydra_message(e)} (overrides: {' '.join(overrides)})") from None
+
+
+def hydra_message(error: Exception) -> str:
+    """Hydra's composition error on one line ('Could not find 'optim/adamw'; available
+    options in 'optim': adam, sgd'), without its search path."""
+    text = str(error).split("Config search path")[0].replace("In 'config': ", "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Available options"):  # a missing option
+        lines = [f"{lines[0]}; {lines[1].lower()} {', '.join(lines[2:])}"]
+    return " ".join(lines)
 
 
 def unwritable(folder: str | Path) -> str | None:
@@ -92,6 +119,9 @@ def unwritable(folder: str | Path) -> str | None:
         return f"{existing} is a file, not a folder"
     if not os.access(existing, os.W_OK | os.X_OK):
         return f"{existing} is not writable"
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        return f"only {free // 1024} KiB free on its disk"
     return None
 
 

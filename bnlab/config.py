@@ -328,6 +328,12 @@ def validate(rc: RunConfig) -> None:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout={m.dropout!r} must be a probability in [0, 1)")
     _choice("model.dropout_at", m.dropout_at, DROPOUT_AT)
+    n_train = (60000 if d.name == "mnist" else 4000) - d.holdout  # before train_classes
+    if d.batch_size > n_train // 2:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} leaves fewer than two batches in the {n_train} "
+            f"training examples of data={d.name} (holdout={d.holdout}); use a smaller batch"
+        )
     min_batch = 2 if m.norm != "none" else 1
     if d.batch_size < min_batch:
         raise ConfigError(

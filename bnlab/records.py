@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -105,6 +106,32 @@ def write_json(path: str | Path, obj: dict) -> None:
 def write_config(run_dir: str | Path, config: dict) -> None:
     """Write a run's resolved config (plain nested dicts) to RUN/config.yaml, atomically."""
     write_atomic(Path(run_dir) / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+MANIFEST = "manifest.json"  # beside written tables: each file's SHA-256, to verify on read
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def update_manifest(folder: str | Path, names: list[str]) -> None:
+    """Record the SHA-256 of these files of `folder` in its manifest.json (others kept)."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    entries = json.loads(path.read_text()) if path.exists() else {}
+    entries.update({name: _sha256(folder / name) for name in names})
+    write_json(path, entries)
+
+
+def verify(path: str | Path) -> None:
+    """ValueError when the manifest beside `path` records another content for it (a table
+    cut short or edited after it was written); files it does not list pass."""
+    path = Path(path)
+    manifest = path.parent / MANIFEST
+    expected = json.loads(manifest.read_text()).get(path.name) if manifest.exists() else None
+    if expected is not None and _sha256(path) != expected:
+        raise ValueError(f"{path} is not the file that was written (cut short or edited)")
 
 
 def read_config(run_dir: str | Path) -> dict:

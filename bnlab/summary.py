@@ -31,6 +31,7 @@ def seed_stats(runs: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.Data
     stats = done.groupby(by)[metrics].agg(["mean", "std", "min", "max"])
     stats.columns = [f"{m}_{s}" for m, s in stats.columns]
     stats.insert(0, "seeds", done.groupby(by)["seed"].nunique())
+    stats.insert(1, "diverged", done.assign(d=done["status"] == "diverged").groupby(by)["d"].sum())
     return stats.reset_index()
 
 

@@ -32,7 +32,7 @@ import torch
 
 from . import reproduce
 from .collect import read_tables
-from .records import atomic_path, member_dir
+from .records import atomic_path, member_dir, update_manifest
 
 TARGETS = (0.9, 0.95, 0.97)
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out_dir = args.results / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats = []
+    stats, written = [], []
     for name in args.sweeps or reproduce.sweeps():
         sweep = args.results / "sweeps" / name
         try:
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         table = measures(runs, history)
         with atomic_path(out_dir / f"{sweep.name}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
+        written.append(f"{sweep.name}.csv")
         rs = running_stats(sweep, runs)
         if len(rs):
             stats.append(rs.assign(sweep=sweep.name))
@@ -176,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         cols = ["sweep", "run", "layer", "stat", "members", "member_sd", "unit_sd", "ratio"]
         with atomic_path(out_dir / "running_stats.csv") as tmp:
             pd.concat(stats)[cols].to_csv(tmp, index=False, float_format="%.6g")
+        written.append("running_stats.csv")
+    update_manifest(out_dir, written)  # bnlab claims verifies each table against it
     return 0
 
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import sys
 import time
@@ -24,6 +25,7 @@ from .probes import Prober
 from .records import (
     DONE_STATUSES,
     History,
+    atomic_path,
     flatten,
     locked,
     member_dir,
@@ -300,7 +302,12 @@ def _members(cfg: RunConfig, out_dir: Path) -> list[int]:
             "resume continues only the same config: train into another folder "
             "(hydra.run.dir=DIR, hydra.sweep.dir=DIR) or retrain here with train.resume=false"
         )
-    if diff:  # train.resume=false with another config: the folder now holds these seeds
+    if diff:  # train.resume=false with another config: the folder starts over
+        aside = out_dir / f"replaced-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
+        aside.mkdir()
+        for name in ["config.yaml", *(member_dir(out_dir, s).name for s in started)]:
+            (out_dir / name).rename(aside / name)
+        print(f"{out_dir}: members of the earlier config moved to {aside}", file=sys.stderr)
         return list(cfg.seeds)
     return [*earlier, *(s for s in cfg.seeds if s not in earlier)]
 
@@ -486,9 +493,11 @@ def member_state(model: MLP, k: int) -> dict[str, torch.Tensor]:
 
 def save_member(model: MLP, k: int, path: Path) -> None:
     """Write member_state(model, k) to path atomically (torch.save)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(member_state(model, k), tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(member_state(model, k), tmp)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) this way
+            raise OSError(errno.EIO, f"torch.save failed ({e})", str(path)) from None
 
 
 def write_failure(out_dir: str | Path, seeds, error: BaseException) -> None:

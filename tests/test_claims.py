@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO
 from scipy import stats
 
 from bnlab.claims import (
@@ -19,6 +21,7 @@ from bnlab.claims import (
     build_claims,
     combine,
     diverged_rule,
+    main,
     render,
     verdict,
 )
@@ -149,3 +152,18 @@ def test_one_rule_for_diverged_members_and_non_finite_numbers():
     assert t["steps_to_0.9"].isna().tolist() == [False, True, False]
     assert t["landscape_beta"].isna().tolist() == [False, True, True]  # never +inf
     assert t["optim.lr"].tolist() == [0.1] * 3 and t["seed"].tolist() == [0, 1, 2]
+
+
+def test_the_committed_report_regenerates_and_damaged_tables_are_refused(tmp_path, capsys):
+    shutil.copytree(REPO / "results" / "tables", tmp_path / "tables")
+    assert main(["--results", str(tmp_path)]) == 0
+    assert (tmp_path / "CLAIMS.md").read_text() == (REPO / "results" / "CLAIMS.md").read_text()
+    table = tmp_path / "tables" / "mlds2017.csv"
+    good = table.read_text()
+    for damaged in ("\n".join(good.splitlines()[:50]) + "\n", good[: len(good) // 2], ""):
+        table.write_text(damaged)  # what a kill mid-write or an edit would leave
+        capsys.readouterr()
+        assert main(["--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {table}") and err.count("\n") == 1, err
+    assert main(["--results", str(tmp_path / "absent")]) == 2

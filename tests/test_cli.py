@@ -123,7 +123,9 @@ def test_user_mistakes_get_one_line_and_leave_no_folder(mnist_root, tmp_path, ca
     run_dir = tmp_path / "run"
     cases = {
         ("model.activaton=relu",): "did you mean 'model.activation'?",
-        ("optim=adamw",): "available options in 'optim': adam, sgd",
+        (
+            "optim=adamw",
+        ): "optim=adamw is not an option of the config group optim; choose one of: adam, sgd",
         ("train.epochs=inf",): "train.epochs=inf must be a finite number",
         ("optim.lr=nan",): "optim.lr=nan must be a finite number",
         ("seeds=[-1,0]",): "seeds=[-1, 0] must be integers >= 0",
@@ -189,3 +191,25 @@ def test_a_figure_without_its_runs_says_what_to_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bnlab reproduce --only mlds2017_fig2 mlds2017_fig3 (about 2 min on 2 cores)" in err
     assert "not the per-step curves" in err
+
+
+def test_sweep_and_data_mistakes_are_one_line_and_leave_nothing(mnist_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    for args, message in {
+        ("optim=sgd,adamw",): "optim=adamw is not an option of the config group optim; choose",
+        ("experiment=nosuch",): "experiment=nosuch is not an option of the config group",
+        ("data.batch_size=100000,64",): "data.batch_size=100000 leaves fewer than two batches",
+        ("model.norm=none,batch", f"data.root={tmp_path / 'absent'}"): "MNIST is not available",
+    }.items():
+        out = _bnlab_in(tmp_path, "train", "-m", *args, f"hydra.sweep.dir={sweep}", root=mnist_root)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert message in out.stderr, (args, out.stderr)
+        assert not list(sweep.glob("*/config.yaml"))
+    # data that turns out to be missing only when the run loads it (download=true, offline)
+    run_dir = tmp_path / "run"
+    out = _bnlab_in(
+        tmp_path, "train", f"data.root={tmp_path / 'absent'}", f"hydra.run.dir={run_dir}",
+        root=mnist_root, env={"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error: MNIST is not available")
+    assert not run_dir.exists()

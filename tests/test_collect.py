@@ -147,6 +147,10 @@ BAD_FILES = {
     "broken config": ("1/config.yaml", "model: [unclosed\n"),
     "list config": ("1/config.yaml", "- 1\n- 2\n"),
     "truncated jobs.json": ("jobs.json", '{"jobs": [{"dir": "0", "se'),
+    "malformed jobs.json": ("jobs.json", '{"jobs": [{"dir": 5}]}'),
+    "text in a number": ("0/seed0/summary.json", '{"status": "finished", "test_acc": "high"}'),
+    "unknown status": ("0/seed0/summary.json", '{"status": "done"}'),
+    "seeds not a list": ("1/config.yaml", "seeds: oops\n"),
 }
 
 
@@ -164,6 +168,14 @@ def test_one_bad_file_is_reported_and_the_rest_collected(tmp_path, capsys, bad):
     out = capsys.readouterr().out
     assert "corrupt 1" in out and str(tmp_path / path) in out
     assert main([str(tmp_path)]) == 0
+
+
+def test_a_finished_member_without_its_history_is_corrupt(tmp_path):
+    _sweep(tmp_path)
+    (tmp_path / "0" / "seed0" / "history.csv").unlink()
+    runs, _ = collect(tmp_path)
+    row = runs[(runs["run"] == "0") & (runs["seed"] == 0)].iloc[0]
+    assert row["status"] == "corrupt" and "history.csv: missing" in row["error"]
 
 
 def test_tables_from_two_collects_are_refused(tmp_path):

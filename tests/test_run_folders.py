@@ -44,6 +44,13 @@ def test_resume_refuses_a_folder_trained_with_another_config(tmp_path):
     assert run(again, tmp_path, data=data)[0]["status"] == "finished"
     saved = read_config(tmp_path)
     assert saved["optim"]["lr"] == 0.5 and saved["seeds"] == [0]
+    # the earlier members are set aside, not mistaken for this config's later
+    (aside,) = tmp_path.glob("replaced-*")
+    assert read_config(aside)["optim"]["lr"] == 0.01 and (aside / "seed1" / "summary.json").exists()
+    assert not (tmp_path / "seed1").exists()
+    assert sorted(collect(tmp_path)[0]["seed"]) == [0]
+    more = make_cfg("optim.lr=0.5", "seeds=[0,1]", *TINY)
+    assert [s["members"] for s in run(more, tmp_path, data=data)] == [1, 1]  # seed 1 trained
 
 
 def test_the_folder_holds_every_seed_ever_run_in_it(tmp_path):

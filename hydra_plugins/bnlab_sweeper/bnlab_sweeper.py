@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -29,10 +30,13 @@ from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
-from bnlab.compose import unwritable
+from bnlab.cli import PARENT_ENV
+from bnlab.compose import hydra_message, unwritable
 from bnlab.config import ConfigError, load_config, to_dict
+from bnlab.data import DataError, load_mnist
 from bnlab.records import JOBS_FILE, count_done, write_json
 from bnlab.train import estimated_seconds
 
@@ -47,6 +51,12 @@ class BnlabSweeper(BasicSweeper):
     def points(self, arguments: list[str]) -> list[list[str]]:
         """Every sweep point (its list of overrides), experiment by experiment when the
         command line sweeps `experiment`."""
+        try:
+            return self._points(arguments)
+        except HydraException as e:
+            _refuse(f"cannot compose {' '.join(arguments)}: {hydra_message(e)}")
+
+    def _points(self, arguments: list[str]) -> list[list[str]]:
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
         parsed = parser.parse_overrides(arguments)
@@ -67,14 +77,17 @@ class BnlabSweeper(BasicSweeper):
         """Compose and validate every point; one job per run folder, longest first. Writes each
         sweep folder's jobs.json (so status and collect can name members not started yet; jobs
         of other sweeps sharing the folder are kept)."""
-        errors, jobs = [], {}
+        errors, jobs, data = [], {}, {}
         for overrides in points:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             try:
+                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
                 rc = load_config({k: v for k, v in cfg.items() if k != "hydra"})
-            except ConfigError as e:
-                errors.append(f"  {' '.join(overrides)}\n    -> {e}")
+            except (ConfigError, HydraException) as e:
+                message = hydra_message(e) if isinstance(e, HydraException) else e
+                errors.append(f"  {' '.join(overrides)}\n    -> {message}")
                 continue
+            if rc.data.name == "mnist":
+                data.setdefault((rc.data.root, rc.data.download), overrides)
             sweep, sub = str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)
             if problem := unwritable(sweep):
                 errors.append(f"  {' '.join(overrides)}\n    -> cannot write {sweep}: {problem}")
@@ -87,13 +100,16 @@ class BnlabSweeper(BasicSweeper):
                     f"build {Path(sweep) / sub} with different configs; give one experiment "
                     "its own hydra.sweep.dir"
                 )
-        if errors:  # the user's input: the message, without Hydra's traceback
-            print(
-                f"error: {len(errors)} of {len(points)} sweep points are invalid; no job "
-                "was started:\n" + "\n".join(errors),
-                file=sys.stderr,
+        for (root, download), overrides in data.items():  # once here, not in every job
+            try:
+                load_mnist(root, download)
+            except DataError as e:
+                errors.append(f"  {' '.join(overrides)}\n    -> {' '.join(str(e).split())}")
+        if errors:
+            _refuse(
+                f"{len(errors)} of {len(points)} sweep points are invalid; no job "
+                "was started:\n" + "\n".join(errors)
             )
-            raise SystemExit(2)
         for sweep in dict.fromkeys(s for s, _ in jobs):
             path = Path(sweep) / JOBS_FILE
             new = [job for (s, _), (job, _) in jobs.items() if s == sweep]
@@ -108,6 +124,7 @@ class BnlabSweeper(BasicSweeper):
         # and every point composed from it (here and in the launcher's workers) gets the same
         # timestamp, so a sweep without hydra.sweep.dir stays in one folder.
         str(self.config.hydra.sweep.dir)
+        os.environ[PARENT_ENV] = str(os.getpid())  # workers exit when this process dies
         jobs = self.plan(self.points(arguments))
         folders = [j["folder"] for j in jobs]
         with open_dict(self.config):  # launchers create the master sweep folder: use a real one
@@ -158,6 +175,12 @@ class BnlabSweeper(BasicSweeper):
             f"sweep {word}: {done}/{total} members done ({before} skipped as already "
             f"done, {new} trained), {_fmt(elapsed)} elapsed{eta}"
         )
+
+
+def _refuse(message: str):
+    """The user's input is wrong: the message, without Hydra's traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _fmt(seconds: float) -> str:
