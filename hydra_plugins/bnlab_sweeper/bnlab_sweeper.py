@@ -173,7 +173,7 @@ class BnlabSweeper(BasicSweeper):
         word = "finished" if final else "progress"
         log.info(
             f"sweep {word}: {done}/{total} members done ({before} skipped as already "
-            f"done, {new} trained), {_fmt(elapsed)} elapsed{eta}"
+            f"done, {new} done since it started), {_fmt(elapsed)} elapsed{eta}"
         )
 
 
