@@ -57,6 +57,12 @@ def tag(split: str, metric: str, layer: str, sep: str) -> str:
     return sep.join(p for p in (split, metric, layer) if p)
 
 
+def _rows(history: pd.DataFrame):
+    """(step, split, metric, layer, value) tuples of a member's history, as Python values."""
+    columns = ["step", "split", "metric", "layer", "value"]
+    return zip(*(history[c].tolist() for c in columns))
+
+
 def _member_history(history: pd.DataFrame) -> dict:
     """{(run, seed): its history rows, in step order} (TensorBoard drops earlier-step events)."""
     return {
@@ -103,13 +109,7 @@ def export_tensorboard(root: Path, members: pd.DataFrame, history: pd.DataFrame,
         run, seed = row.run, int(row.seed)
         g = hist.get((run, seed), _empty_history())
         with SummaryWriter(log_dir=str(out / run / f"seed{seed}")) as w:
-            for step, split, metric, layer, value in zip(
-                g["step"].tolist(),
-                g["split"].tolist(),
-                g["metric"].tolist(),
-                g["layer"].tolist(),
-                g["value"].tolist(),
-            ):
+            for step, split, metric, layer, value in _rows(g):
                 w.add_scalar(tag(split, metric, layer, "/"), value, int(step))
             hp = {k: _hparam(v) for k, v in params[run].items()}
             hp["seed"] = seed
@@ -187,13 +187,7 @@ def export_mlflow(root: Path, members: pd.DataFrame, history: pd.DataFrame, out:
             g = hist.get((run, seed), _empty_history())
             metrics = [
                 Metric(_mlflow_key(tag(split, metric, layer, ".")), float(value), end, int(step))
-                for step, split, metric, layer, value in zip(
-                    g["step"].tolist(),
-                    g["split"].tolist(),
-                    g["metric"].tolist(),
-                    g["layer"].tolist(),
-                    g["value"].tolist(),
-                )
+                for step, split, metric, layer, value in _rows(g)
             ]
             log(child, params=[Param("seed", str(seed))], metrics=metrics)
             client.set_terminated(child, "FINISHED", end_time=end)

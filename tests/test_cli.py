@@ -27,11 +27,11 @@ SHORT = [
 ]
 
 
-def bnlab(*args: str, root) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0"}
+def bnlab(*args: str, root, cwd=REPO, env=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "bnlab", *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -93,25 +93,13 @@ def test_unknown_key_and_missing_data_fail_before_training(tmp_path):
     assert not list((tmp_path / "b").glob("seed*/history.csv"))  # nothing trained
 
 
-def _bnlab_in(cwd, *args, root, env=None):
-    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "bnlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_the_readme_sweep_without_a_sweep_folder_stays_in_one_folder(mnist_root, tmp_path):
     """The quickstart line, typed outside the checkout, with both launchers: one timestamp
     folder per sweep and every member counted (it used to split across folders)."""
     for launcher in (["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], []):
         cwd = tmp_path / ("joblib" if launcher else "basic")
         cwd.mkdir()
-        out = _bnlab_in(cwd, "-m", *launcher, "model.norm=none,batch", *SHORT, root=mnist_root)
+        out = bnlab("-m", *launcher, "model.norm=none,batch", *SHORT, root=mnist_root, cwd=cwd)
         assert out.returncode == 0, out.stderr
         assert "sweep finished: 6/6 members done" in out.stdout + out.stderr
         folders = list((cwd / "results" / "sweeps" / "default").iterdir())
@@ -140,23 +128,23 @@ def test_user_mistakes_get_one_line_and_leave_no_folder(mnist_root, tmp_path, ca
         assert err.startswith("error: ") and err.count("\n") == 1, err
         assert message in err, (args, err)
         assert not run_dir.exists()
-    out = _bnlab_in(tmp_path, "train", "-m", "model.activation=sigmoid,swish", root=mnist_root)
+    out = bnlab("train", "-m", "model.activation=sigmoid,swish", root=mnist_root, cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "1 of 2 sweep points are invalid" in out.stderr
 
 
 def test_bnlab_command_help_and_completion(mnist_root, tmp_path):
-    out = _bnlab_in(tmp_path, "train", "--help", root=mnist_root)
+    out = bnlab("train", "--help", root=mnist_root, cwd=tmp_path)
     assert out.returncode == 0 and "bnlab train -m" in out.stdout
     assert "experiment: " in out.stdout and "mlds2017_fig4" in out.stdout
     assert "protocol: mlds2017, studies" in out.stdout  # bases apart from the experiments
-    out = _bnlab_in(tmp_path, "train", "--shell-completion", "install=bash", root=mnist_root)
+    out = bnlab("train", "--shell-completion", "install=bash", root=mnist_root, cwd=tmp_path)
     assert out.returncode == 0 and "complete -o nospace -o default -F hydra_bash_completion" in (
         out.stdout
     )
     line = "bnlab train model.nor"
     env = {"COMP_LINE": line, "COMP_POINT": str(len(line))}
-    out = _bnlab_in(tmp_path, "-sc", "query=bash", root=mnist_root, env=env)
+    out = bnlab("-sc", "query=bash", root=mnist_root, env=env, cwd=tmp_path)
     assert out.returncode == 0 and "model.norm=" in out.stdout.split()
 
 
@@ -173,7 +161,7 @@ def test_compose_is_what_the_cli_builds(mnist_root, tmp_path, monkeypatch):
     the config the CLI saves for the same overrides."""
     overrides = ["experiment=demo", "optim=adam", "model.norm=batch", "seeds=[0]", *SHORT]
     run_dir = tmp_path / "run"
-    out = _bnlab_in(tmp_path, "train", *overrides, f"hydra.run.dir={run_dir}", root=mnist_root)
+    out = bnlab("train", *overrides, f"hydra.run.dir={run_dir}", root=mnist_root, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert (run_dir / "bnlab.log").exists()  # Hydra's job is named bnlab, not __main__
     monkeypatch.setenv("BNLAB_DATA_ROOT", str(mnist_root))
@@ -195,21 +183,20 @@ def test_a_figure_without_its_runs_says_what_to_train(tmp_path, capsys):
 
 def test_sweep_and_data_mistakes_are_one_line_and_leave_nothing(mnist_root, tmp_path):
     sweep = tmp_path / "sweep"
+    offline = {"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"}
     for args, message in {
         ("optim=sgd,adamw",): "optim=adamw is not an option of the config group optim; choose",
         ("experiment=nosuch",): "experiment=nosuch is not an option of the config group",
         ("data.batch_size=100000,64",): "data.batch_size=100000 leaves fewer than two batches",
         ("model.norm=none,batch", f"data.root={tmp_path / 'absent'}"): "MNIST is not available",
     }.items():
-        out = _bnlab_in(tmp_path, "train", "-m", *args, f"hydra.sweep.dir={sweep}", root=mnist_root)
+        out = bnlab("train", "-m", *args, f"hydra.sweep.dir={sweep}", root=mnist_root, env=offline)
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert message in out.stderr, (args, out.stderr)
         assert not list(sweep.glob("*/config.yaml"))
     # data that turns out to be missing only when the run loads it (download=true, offline)
     run_dir = tmp_path / "run"
-    out = _bnlab_in(
-        tmp_path, "train", f"data.root={tmp_path / 'absent'}", f"hydra.run.dir={run_dir}",
-        root=mnist_root, env={"https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9"},
-    )  # fmt: skip
+    args = ["train", f"data.root={tmp_path / 'absent'}", f"hydra.run.dir={run_dir}"]
+    out = bnlab(*args, root=mnist_root, env=offline, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("error: MNIST is not available")
     assert not run_dir.exists()
