@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import stats
 
 from .collect import acc_or_zero, select
-from .records import verify, write_atomic
+from .records import MANIFEST, manifest, verify, write_atomic
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, MIXED = (
     "supported",
@@ -140,6 +140,9 @@ class Tables:
         MissingTable if absent."""
         path = self.folder / f"{sweep}.csv"
         if not path.exists():
+            listed = (self.folder / MANIFEST).exists() and path.name in manifest(self.folder)
+            if listed:  # written, then lost
+                raise TableError(f"{path} is missing but was written; rerun `bnlab tables`")
             raise MissingTable(sweep)
         t = read_table(path)
         return diverged_rule(t[t["status"].isin(["finished", "diverged"])])
@@ -160,7 +163,7 @@ def read_table(path: Path, members: bool = True) -> pd.DataFrame:
     except (ValueError, pd.errors.ParserError) as e:  # EmptyDataError is a ValueError
         raise TableError(
             f"{path}: {' '.join(str(e).split())}; rerun `bnlab tables` (or `bnlab reproduce "
-            "--stage report`) to write it again"
+            "--stage report`) to write the tables again"
         ) from None
     return table
 

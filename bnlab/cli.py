@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import logging
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from .data import DataError
 from .records import write_config
 from .train import ResumeError, run, write_failure
 
+log = logging.getLogger("bnlab")
 PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
 
 # a full disk, a quota, a read-only or forbidden folder: the user's to fix, in one line
@@ -78,7 +80,7 @@ def _train(cfg: DictConfig) -> float | None:
             _record_failure(cfg, out_dir, e)
         raise
     done = [s["test_acc"] for s in summaries if "test_acc" in s]
-    print(
+    log.info(  # to the terminal and the run's bnlab.log
         f"{out_dir}: "
         + ", ".join(
             f"seed {s['seed']} {s['status']} test_acc {s.get('test_acc', float('nan')):.4f}"

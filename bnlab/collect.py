@@ -284,7 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     if runs.empty:
         print(f"error: no bnlab runs (folders with config.yaml) under {root}", file=sys.stderr)
         return 1
-    write_tables(root, runs, history)
+    try:
+        write_tables(root, runs, history)
+    except OSError as e:
+        print(f"error: cannot write the tables into {root}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(
         f"{root}: {counts_line(runs)}; "
         f"wrote runs.parquet ({len(runs)} rows), history.parquet ({len(history)} rows)"

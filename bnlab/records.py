@@ -124,14 +124,29 @@ def update_manifest(folder: str | Path, names: list[str]) -> None:
     write_json(path, entries)
 
 
+def manifest(folder: str | Path) -> dict:
+    """{file name: SHA-256} of the files written into `folder`; ValueError if unreadable."""
+    path = Path(folder) / MANIFEST
+    try:
+        entries = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e})") from None
+    if not isinstance(entries, dict):
+        raise ValueError(f"{path} holds no file list")
+    return entries
+
+
 def verify(path: str | Path) -> None:
-    """ValueError when the manifest beside `path` records another content for it (a table
-    cut short or edited after it was written); files it does not list pass."""
+    """ValueError unless `path` is listed in the manifest beside it with its current content
+    (a table cut short, edited or not written by bnlab fails)."""
     path = Path(path)
-    manifest = path.parent / MANIFEST
-    expected = json.loads(manifest.read_text()).get(path.name) if manifest.exists() else None
-    if expected is not None and _sha256(path) != expected:
-        raise ValueError(f"{path} is not the file that was written (cut short or edited)")
+    expected = manifest(path.parent).get(path.name)
+    if expected is None:
+        raise ValueError(f"not listed in {path.parent / MANIFEST}")
+    if _sha256(path) != expected:
+        raise ValueError("not the file that was written (cut short or edited)")
 
 
 def read_config(run_dir: str | Path) -> dict:

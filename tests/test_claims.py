@@ -25,6 +25,7 @@ from bnlab.claims import (
     render,
     verdict,
 )
+from bnlab.records import update_manifest
 
 
 @pytest.mark.parametrize(
@@ -78,7 +79,9 @@ def _members(settings: dict, values, **columns) -> list[dict]:
 
 
 def _write(folder, name, rows):
+    """A table as bnlab tables writes it: the CSV and its manifest entry."""
     pd.DataFrame(rows).to_csv(folder / f"{name}.csv", index=False)
+    update_manifest(folder, [f"{name}.csv"])
 
 
 def test_claims_on_known_tables(tmp_path):
@@ -127,7 +130,7 @@ def test_claims_on_known_tables(tmp_path):
     t = pd.read_csv(tmp_path / "mlds2017.csv")
     hurt = (t["model.activation"] == "relu") & (t["model.norm"] == "batch")
     t.loc[hurt, "test_acc"] -= 0.05
-    t.to_csv(tmp_path / "mlds2017.csv", index=False)
+    _write(tmp_path, "mlds2017", t)
     c4 = next(c for c in build_claims(Tables(tmp_path)) if c.key == "C4")
     assert c4.verdict == MIXED
     assert [c.verdict() for c in c4.comparisons][0] == NOT_SUPPORTED
@@ -167,3 +170,10 @@ def test_the_committed_report_regenerates_and_damaged_tables_are_refused(tmp_pat
         err = capsys.readouterr().err
         assert err.startswith(f"error: {table}") and err.count("\n") == 1, err
     assert main(["--results", str(tmp_path / "absent")]) == 2
+    table.write_text(good)
+    assert main(["--results", str(tmp_path)]) == 0
+    for damage in ("study_dropout.csv", "manifest.json"):  # a written table lost; no manifest
+        (tmp_path / "tables" / damage).unlink()
+        capsys.readouterr()
+        assert main(["--results", str(tmp_path)]) == 2
+        assert damage in capsys.readouterr().err

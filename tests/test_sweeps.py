@@ -135,12 +135,14 @@ def test_a_job_killed_mid_write_shows_as_unfinished_until_rerun(mnist_root, tmp_
 
 def test_diverging_and_crashing_points_are_isolated_and_reported(tmp_path):
     sweep = tmp_path / "sweep"
-    # batch 3000 leaves mnist5k's 4,000 training digits less than two batches: that job raises
-    # at run time (validation cannot know the data size); lr 1e6 diverges
+    # batch 2000 leaves the 3,600 training digits of classes 0-8 (mnist5k) less than two
+    # batches: that job raises at run time (validation knows only the whole training set,
+    # 4,000); lr 1e6 diverges
     out = _run(
         "-m",
         "data=mnist5k",
-        "data.batch_size=64,3000",
+        "data.train_classes=[0,1,2,3,4,5,6,7,8]",
+        "data.batch_size=64,2000",
         "optim.lr=0.01,1e6",
         "seeds=[0]",
         "train.steps=200",
@@ -154,8 +156,8 @@ def test_diverging_and_crashing_points_are_isolated_and_reported(tmp_path):
     assert by.loc[(64, 0.01), "status"] == "finished" and by.loc[(64, 0.01), "test_acc"] > 0.5
     assert by.loc[(64, 1e6), "status"] == "diverged"
     for lr in (0.01, 1e6):
-        assert by.loc[(3000, lr), "status"] == "failed"
-        assert "fewer than two batches" in by.loc[(3000, lr), "error"]
+        assert by.loc[(2000, lr), "status"] == "failed"
+        assert "fewer than two batches" in by.loc[(2000, lr), "error"]
 
 
 def test_submitit_local_launcher_runs_and_collects(tmp_path):
