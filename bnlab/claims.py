@@ -140,7 +140,10 @@ class Tables:
         MissingTable if absent."""
         path = self.folder / f"{sweep}.csv"
         if not path.exists():
-            listed = (self.folder / MANIFEST).exists() and path.name in manifest(self.folder)
+            try:
+                listed = (self.folder / MANIFEST).exists() and path.name in manifest(self.folder)
+            except ValueError as e:  # an unreadable manifest: a report, not a traceback
+                raise TableError(str(e)) from None
             if listed:  # written, then lost
                 raise TableError(f"{path} is missing but was written; rerun `bnlab tables`")
             raise MissingTable(sweep)

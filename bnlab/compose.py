@@ -32,7 +32,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # the same configs, 
 def groups() -> list[str]:
     """The config groups users choose from (data, experiment, optim, protocol)."""
     conf = resources.files(CONFIG_MODULE)
-    return sorted(p.name for p in conf.iterdir() if p.is_dir() and p.name[0].isalnum())
+    return sorted(
+        p.name for p in conf.iterdir() if p.is_dir() and p.name[0].isalnum() and p.name != "hydra"
+    )
 
 
 def group_options(group: str) -> list[str]:
@@ -65,12 +67,11 @@ def check_keys(overrides: Sequence[str]) -> None:
             continue
         if key in known_groups:
             options = group_options(key)
-            for value in override.split("=", 1)[1].split(","):  # a sweep lists several
-                if value.strip() not in options and not value.strip().startswith(
-                    ("choice(", "null")
-                ):
+            values = [v.strip() for v in override.split("=", 1)[1].split(",")]  # a sweep: several
+            for value in values:
+                if value not in options and not value.startswith(("choice(", "null")):
                     raise ConfigError(
-                        f"{key}={value.strip()} is not an option of the config group {key}; "
+                        f"{key}={value} is not an option of the config group {key}; "
                         f"choose one of: {', '.join(options)}"
                     )
             continue
