@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from . import experiments
 from .collect import acc_or_zero, select
 from .records import MANIFEST, manifest, verify, write_atomic
 
@@ -130,14 +131,15 @@ class MissingTable(LookupError):
 
 
 class Tables:
-    """The per-member tables of RESULTS/tables, by sweep name."""
+    """The per-member tables of RESULTS/tables, asked for by experiment (bnlab.experiments)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
 
-    def get(self, sweep: str) -> pd.DataFrame:
-        """The members of SWEEP.csv that finished or diverged (diverged_rule applied);
-        MissingTable if absent."""
+    def get(self, experiment: str) -> pd.DataFrame:
+        """The members of the experiment's sweep table that finished or diverged
+        (diverged_rule applied); MissingTable if absent."""
+        sweep = experiments.sweep(experiment)
         path = self.folder / f"{sweep}.csv"
         if not path.exists():
             try:
@@ -223,7 +225,7 @@ def build_claims(tables: Tables) -> list[Claim]:
         claims.append(c)
 
     def c1(c):
-        t = tables.get("mlds2017")
+        t = tables.get("mlds2017_fig1")
         c.comparisons = _bn_vs_none(
             t, "w2_mean_abs_final", math.log(1.1), flip=True, log=True, optim__name="sgd"
         )
@@ -246,7 +248,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c2(c):
-        t = tables.get("mlds2017_early")
+        t = tables.get("mlds2017_fig2")
         c.comparisons = _bn_vs_none(
             t, "grad1_mean_abs_1k", math.log(1.25), acts=["sigmoid", "relu"], log=True
         )
@@ -263,7 +265,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c3(c):
-        t = tables.get("mlds2017")
+        t = tables.get("mlds2017_fig4")
         for layer in ("fc1", "fc2", "hidden"):
             for cmp in _bn_vs_none(t, f"jac_frac_iso_{layer}", 0.05, optim__name="sgd"):
                 cmp.label = f"{cmp.label.split(':')[0]}, {layer}: BN > no BN"
@@ -281,7 +283,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c4(c):
-        t = tables.get("mlds2017")
+        t = tables.get("mlds2017_fig4")
         c.comparisons = _bn_vs_none(t, "test_acc", ACC_MARGIN, optim__name="sgd")
         gains = {x.label.split(":")[0]: x.diff()[0] for x in c.comparisons}
         if gains:
@@ -304,7 +306,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c5(c):
-        t = tables.get("mlds2017")
+        t = tables.get("mlds2017_fig5")
         a = arm(t, "test_acc", model__activation="relu", optim__name="sgd", model__norm="batch")
         b = arm(t, "test_acc", model__activation="relu", optim__name="adam", model__norm="none")
         c.comparisons.append(
@@ -338,7 +340,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c6(c):
-        t = tables.get("mlds2017_batch")
+        t = tables.get("mlds2017_fig6")
         for col, what in (
             ("test_acc_running", "running statistics"),
             ("test_acc_batch", "batch statistics"),
@@ -349,7 +351,7 @@ def build_claims(tables: Tables) -> list[Claim]:
                 Comparison(f"batch 4, faithful, BN with {what}: no BN > BN", no, bn, ACC_MARGIN)
             )
         try:
-            e = tables.get("mlds2017_batch_epochs")
+            e = tables.get("mlds2017_fig6_epochs")
             no = arm(e, "test_acc", model__norm="none", data__batch_size=4)
             bn = arm(e, "test_acc", model__norm="batch", data__batch_size=4)
             c.comparisons.append(
@@ -380,7 +382,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c7(c):
-        t = tables.get("mlds2017_batch")
+        t = tables.get("mlds2017_fig9")
         no = arm(t, "test_acc", model__norm="none", data__batch_size=4)
         bn = arm(t, "test_acc_running", model__norm="batch", data__batch_size=4)
         rn = arm(t, "test_acc_running", model__norm="renorm", data__batch_size=4)
@@ -430,7 +432,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c9(c):
-        t = tables.get("mlds2017")
+        t = tables.get("santurkar2018_ics")
         measures = (
             ("ics_kl", "distributional ICS (Gaussian KL), input of"),
             ("ics_mean_shift", "distributional ICS (mean shift), input of"),
@@ -473,7 +475,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c10(c):
-        t = tables.get("mlds2017")
+        t = tables.get("santurkar2018_landscape")
         for measure, what in (
             ("landscape_beta", "beta-smoothness"),
             ("landscape_grad_diff_max", "gradient change"),
@@ -720,7 +722,7 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c18(c):
-        t = tables.get("mlds2017")
+        t = tables.get("mlds2017_fig4")
         c.comparisons = _bn_vs_none(t, "gap", 0.002, flip=True, optim__name="sgd")
         for cmp in c.comparisons:
             cmp.label = cmp.label.replace("no BN > BN", "gap without BN > gap with BN")
@@ -736,14 +738,14 @@ def build_claims(tables: Tables) -> list[Claim]:
     )
 
     def c19(c):
-        t = tables.get("mlds2017")
+        t = tables.get("mlds2017_fig4")
         c.comparisons = _bn_vs_none(
             t, "steps_to_0.9", math.log(1.5), flip=True, log=True, optim__name="sgd"
         )
         for cmp in c.comparisons:
             cmp.label = cmp.label.replace("no BN > BN", "steps to 90% without BN > with BN")
         try:
-            i = tables.get("ioffe2015")
+            i = tables.get("ioffe2015_fig1")
             no = arm(i, "steps_to_0.97", model__norm="none")
             bn = arm(i, "steps_to_0.97", model__norm="batch")
             c.comparisons.append(

@@ -2,7 +2,8 @@
 
 Each figure reads the sweeps it needs from RESULTS/sweeps (collecting a sweep first when its
 runs.parquet is missing) and writes RESULTS/figures/NAME.png and NAME.svg (the Fig. 3
-animation also NAME.gif). Figures whose sweeps have no runs yet are skipped with a message.
+animation also NAME.gif). A figure that cannot be drawn (its sweep has no runs, a measure it
+shows is missing) is named with the reason, and the command exits 1.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import pandas as pd
 from . import plots
 from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
+from .experiments import EXPERIMENTS, REPRODUCTION, experiments_of, figures_of, sweep
 from .records import atomic_path
-from .reproduce import EXPERIMENTS
 
 DONE = ("finished", "diverged")
 
@@ -31,30 +32,31 @@ class Results:
         self.root = Path(root)
         self._cache: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
 
-    def load(self, sweep: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """(runs, history) of a sweep, members that finished or diverged only."""
-        if sweep not in self._cache:
-            folder = self.root / "sweeps" / sweep
+    def load(self, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(runs, history) of an experiment's sweep, members that finished or diverged only."""
+        name = sweep(experiment)
+        if name not in self._cache:
+            folder = self.root / "sweeps" / name
             if not folder.is_dir():
                 raise FileNotFoundError(
-                    f"no sweep folder {folder}; {how_to_train(sweep, self.root)}"
+                    f"no sweep folder {folder}; {how_to_train(name, self.root)}"
                 )
             try:
                 runs, history = read_tables(folder)
             except FileNotFoundError:
                 if collect_main([str(folder)]) != 0:
                     raise FileNotFoundError(
-                        f"no runs in {folder}; {how_to_train(sweep, self.root)}"
+                        f"no runs in {folder}; {how_to_train(name, self.root)}"
                     ) from None
                 runs, history = read_tables(folder)
-            self._cache[sweep] = (runs[runs["status"].isin(DONE)], history)
-        return self._cache[sweep]
+            self._cache[name] = (runs[runs["status"].isin(DONE)], history)
+        return self._cache[name]
 
 
 def how_to_train(sweep: str, root: Path) -> str:
     """What to run to get a sweep's runs, and how long it took in the last reproduction (the
     committed tables hold one row per member, not the per-step curves figures draw)."""
-    names = [e for e, s in EXPERIMENTS.items() if s == sweep] or [sweep]
+    names = [e for e in experiments_of(sweep) if EXPERIMENTS[e].reproduce] or [sweep]
     times = root / "tables" / "reproduction_times.csv"
     took = ""
     if times.exists():
@@ -75,7 +77,7 @@ def _steps(history: pd.DataFrame, metric: str, wanted: list[int]) -> list[int]:
 
 def mlds2017_fig1(res: Results):
     """Mean |W2| vs step, sigmoid, SGD, BN vs no BN (the 2017 study's Fig. 1)."""
-    runs, hist = res.load("mlds2017")
+    runs, hist = res.load("mlds2017_fig1")
     runs = select(runs, optim__name="sgd", model__activation="sigmoid")
     return plots.curves(
         runs,
@@ -90,7 +92,7 @@ def mlds2017_fig1(res: Results):
 
 def mlds2017_fig2(res: Results):
     """Mean |dL/dW1| at every step of the first 1,000, relu and sigmoid (Fig. 2)."""
-    runs, hist = res.load("mlds2017_early")
+    runs, hist = res.load("mlds2017_fig2")
     return plots.curves(
         runs,
         hist,
@@ -110,7 +112,7 @@ FIG3_PANELS = [("relu", "fc1"), ("sigmoid", "fc2")]
 def mlds2017_fig3(res: Results):
     """Layer-Jacobian singular-value histograms at steps 100-900, per-sample and the study's
     batch-sum variant (Fig. 3)."""
-    runs, hist = res.load("mlds2017_early")
+    runs, hist = res.load("mlds2017_fig3")
     steps = _steps(hist, "jac_hist_00", [100, 300, 700, 900])
     fig = plt.figure(figsize=(3.2 * len(steps), 11.5), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1])
@@ -124,13 +126,13 @@ def mlds2017_fig3(res: Results):
 
 def mlds2017_fig3_gif(res: Results):
     """Fig. 3's histograms over every probed step, as an animation."""
-    runs, hist = res.load("mlds2017_early")
+    runs, hist = res.load("mlds2017_fig3")
     return plots.jacobian_animation(runs, hist, FIG3_PANELS)
 
 
 def mlds2017_fig4(res: Results):
     """Test accuracy vs step, 5 activations x BN on/off, SGD (Fig. 4)."""
-    runs, hist = res.load("mlds2017")
+    runs, hist = res.load("mlds2017_fig4")
     return plots.curves(
         select(runs, optim__name="sgd"),
         hist,
@@ -145,7 +147,7 @@ def mlds2017_fig4(res: Results):
 
 def mlds2017_fig5(res: Results):
     """Test accuracy over the first 5,000 steps, relu/sigmoid x SGD/Adam x BN (Fig. 5)."""
-    runs, hist = res.load("mlds2017")
+    runs, hist = res.load("mlds2017_fig5")
     return plots.curves(
         select(runs, model__activation=["relu", "sigmoid"]),
         hist,
@@ -173,7 +175,7 @@ def _final_modes(runs: pd.DataFrame, modes=("running", "batch")) -> pd.DataFrame
 def mlds2017_fig6(res: Results):
     """Batch size x BN: faithful curves, endpoints by BN evaluation mode, and the corrected equal-
     epochs companion (Fig. 6)."""
-    runs, hist = res.load("mlds2017_batch")
+    runs, hist = res.load("mlds2017_fig6")
     runs = select(runs, model__norm=["none", "batch"])
     fig = plt.figure(figsize=(17, 8.5), layout="constrained")
     top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.0])
@@ -200,7 +202,7 @@ def mlds2017_fig6(res: Results):
     )
     left.suptitle("Faithful runs, end of training: BN evaluated two ways")
     try:
-        eruns, _ = res.load("mlds2017_batch_epochs")
+        eruns, _ = res.load("mlds2017_fig6_epochs")
         plots.final_points(
             eruns,
             "data.batch_size",
@@ -220,7 +222,7 @@ def mlds2017_fig6(res: Results):
 def mlds2017_fig9(res: Results):
     """Batch 4: no BN vs BN vs Batch Renorm vs layer norm, curves and endpoints by evaluation mode
     (Fig. 9)."""
-    runs, hist = res.load("mlds2017_batch")
+    runs, hist = res.load("mlds2017_fig9")
     runs = select(runs, **{"data.batch_size": 4})
     fig = plt.figure(figsize=(12, 4.6), layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[1.2, 1])
@@ -257,7 +259,7 @@ def mlds2017_mismatch(res: Results):
 def ioffe2015_fig1(res: Results):
     """Ioffe & Szegedy Fig. 1: accuracy, and the 15/50/85th percentiles of a last-layer unit's
     input."""
-    runs, hist = res.load("ioffe2015")
+    runs, hist = res.load("ioffe2015_fig1")
     fig = plt.figure(figsize=(13, 4.4), layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[1, 2])
     plots.curves(runs, hist, "acc", ylabel="test accuracy", ylim=(0.85, 1.0), fig=left)
@@ -271,7 +273,7 @@ def ioffe2015_fig1(res: Results):
 
 def santurkar2018_ics(res: Results):
     """Gradient ICS (relative l2, cosine) and distributional ICS of the layer-2 input vs step."""
-    runs, hist = res.load("mlds2017")
+    runs, hist = res.load("santurkar2018_ics")
     runs = select(runs, optim__name="sgd", model__activation=["relu", "sigmoid"])
     fig = plt.figure(figsize=(13, 12), layout="constrained")
     subs = fig.subfigures(3, 1)
@@ -300,7 +302,7 @@ def santurkar2018_ics(res: Results):
 
 def santurkar2018_landscape(res: Results):
     """Loss range, gradient predictiveness and beta-smoothness along the gradient vs step."""
-    runs, hist = res.load("mlds2017")
+    runs, hist = res.load("santurkar2018_landscape")
     runs = select(runs, model__activation=["relu", "sigmoid"])
     keys = ["run", "seed", "step", "split", "layer"]
     lmax = hist[hist["metric"] == "landscape_loss_max"].set_index(keys)["value"]
@@ -357,9 +359,9 @@ def santurkar2018_noisy_bn(res: Results):
     return fig
 
 
-def _sensitivity(res: Results, sweep: str, x: str, xlabel: str, title: str):
+def _sensitivity(res: Results, experiment: str, x: str, xlabel: str, title: str):
     """Final accuracy (diverged = 0) against a swept setting on a log axis, BN vs no BN."""
-    runs, _ = res.load(sweep)
+    runs, _ = res.load(experiment)
     return plots.final_points(
         runs.assign(test_acc=acc_or_zero(runs)),
         x,
@@ -484,9 +486,24 @@ FIGURES = {
 }
 
 
+def empty_panels(fig) -> list[str]:
+    """Titles of the figure's visible axes that show no data (no line, marker, bar or image)."""
+    return [
+        ax.get_title() or f"panel {i + 1}"
+        for i, ax in enumerate(fig.get_axes())
+        if ax.get_visible()
+        and ax.axison
+        and not (ax.lines or ax.collections or ax.patches or ax.images)
+    ]
+
+
 def draw(name: str, res: Results, out: Path) -> list[Path]:
     """Draw one figure and write it; return the files written."""
     made = FIGURES[name](res)
+    empty = [] if isinstance(made, plots.animation.Animation) else empty_panels(made)
+    if empty:
+        plt.close(made)
+        raise ValueError(f"panels without data: {'; '.join(empty)} (a measure it shows is missing)")
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(made, plots.animation.Animation):
         path = out / f"{name}.gif"
@@ -506,24 +523,26 @@ def draw(name: str, res: Results, out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bnlab figures", description=__doc__)
-    p.add_argument("name", choices=[*FIGURES, "all"], help="figure to draw, or all")
+    p.add_argument("names", nargs="+", choices=[*FIGURES, "all"], help="figures, or all")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     p.add_argument("--out", type=Path, help="output folder (default RESULTS/figures)")
     args = p.parse_args(argv)
     matplotlib.use("Agg")  # files only (the plot functions leave the backend to the caller)
     out = args.out or args.results / "figures"
     res = Results(args.results)
-    names = [n for n in FIGURES if n != "demo"] if args.name == "all" else [args.name]
-    failed = 0
+    names = figures_of(REPRODUCTION) if "all" in args.names else args.names
+    failed = []
     for name in names:
         try:
             paths = draw(name, res, out)
-        except (FileNotFoundError, ValueError) as e:
-            print(f"{name}: skipped: {e}", file=sys.stderr)
-            failed += args.name != "all"
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            print(f"{name}: not drawn: {str(e).strip(chr(34) + chr(39))}", file=sys.stderr)
+            failed.append(name)
             continue
         print(f"{name}: wrote {', '.join(str(p) for p in paths)}")
-    return int(failed > 0)
+    if failed:
+        print(f"bnlab figures: {len(failed)} of {len(names)} not drawn", file=sys.stderr)
+    return int(bool(failed))
 
 
 if __name__ == "__main__":

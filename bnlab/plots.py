@@ -18,7 +18,7 @@ from matplotlib import animation
 from matplotlib.figure import SubFigure
 from matplotlib.lines import Line2D
 
-from .probes import JAC_BINS
+from .records import JAC_BINS
 
 # One colour per normalization, reused by every figure.
 NORM_COLORS = {
@@ -310,7 +310,7 @@ def _hist_table(runs, history, prefix: str) -> pd.DataFrame:
 
 
 def _draw_hist(ax, rows: pd.DataFrame, norms: list) -> None:
-    edges = JAC_BINS.numpy()
+    edges = np.array(JAC_BINS)
     for n in norms:
         part = rows[rows["model.norm"] == n]
         if part.empty:

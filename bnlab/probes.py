@@ -17,12 +17,13 @@ import math
 
 import torch
 
+from . import records
 from .layers import Activation, Linear
 from .norms import BatchStatNorm, LayerNorm
 
 SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95
 TANH_SAT = math.log(19) / 2  # the same output band for tanh = 2 sigmoid(2x) - 1: |tanh| > 0.9
-JAC_BINS = torch.linspace(-4.0, 2.0, 25)  # edges of the log10(s) histogram (24 bins)
+JAC_BINS = torch.tensor(records.JAC_BINS)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
 
 

@@ -26,6 +26,8 @@ import yaml
 
 HISTORY_COLUMNS = ["step", "split", "metric", "layer", "value"]
 DONE_STATUSES = ("finished", "diverged")
+# metric {prefix}_hist_BB counts singular values s with log10(s) in [JAC_BINS[BB], JAC_BINS[BB+1])
+JAC_BINS = tuple(-4.0 + 0.25 * i for i in range(25))
 JOBS_FILE = "jobs.json"  # a sweep's full job list, written by the sweeper before any job starts
 
 

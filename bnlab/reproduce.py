@@ -26,31 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .experiments import REPRODUCTION, experiments_of, figures_of, sweeps
 from .records import JOBS_FILE, read_summary
-
-# experiment (configs/experiment/NAME.yaml) -> its sweep folder under RESULTS/sweeps. Cheap
-# experiments first; experiments sharing a folder reuse each other's finished runs.
-EXPERIMENTS = {
-    "mlds2017_fig2": "mlds2017_early",
-    "mlds2017_fig3": "mlds2017_early",
-    "mlds2017_mismatch": "mlds2017_mismatch",
-    "santurkar2018_noisy_bn": "santurkar2018_noisy_bn",
-    "study_lr": "study_lr",
-    "study_init_scale": "study_init_scale",
-    "study_placement": "study_placement",
-    "study_dropout": "study_dropout",
-    "study_bias": "study_bias",
-    "study_order": "study_order",
-    "mlds2017_fig4": "mlds2017",
-    "mlds2017_fig5": "mlds2017",
-    "mlds2017_fig1": "mlds2017",
-    "santurkar2018_ics": "mlds2017",
-    "santurkar2018_landscape": "mlds2017",
-    "mlds2017_fig6": "mlds2017_batch",
-    "mlds2017_fig9": "mlds2017_batch",
-    "mlds2017_fig6_epochs": "mlds2017_batch_epochs",
-    "ioffe2015_fig1": "ioffe2015",
-}
 
 # every point of every experiment shortened to a smoke test (CI, `--tiny`)
 TINY = [
@@ -67,11 +44,6 @@ TINY = [
     *(f"probes.{p}.every=12" for p in ("ics_grad", "landscape")),
     "probes.grads.every=4",
 ]
-
-
-def sweeps() -> list[str]:
-    """The sweep folders, in first-use order."""
-    return list(dict.fromkeys(EXPERIMENTS.values()))
 
 
 def train(names: list[str], results: Path, jobs: int, extra: list[str]) -> tuple[int, float]:
@@ -107,7 +79,7 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
     spent evaluating (eval_s; main() adds eval_pct = 100 eval_s / job_s)."""
     zero = {"runs": 0, "members": 0, "member_steps": 0, "job_s": 0.0, "eval_s": 0.0}
     rows = {n: {"experiment": n, **zero} for n in names}
-    for sweep in sweeps():
+    for sweep in sweeps(names):
         path = results / "sweeps" / sweep / JOBS_FILE
         for job in json.loads(path.read_text())["jobs"] if path.exists() else []:
             name = next(
@@ -126,18 +98,20 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def report(results: Path) -> int:
-    """Collect every sweep, write the compact tables, the figures and the claims report."""
+def report(names: list[str], results: Path) -> int:
+    """Collect the experiments' sweeps, write their compact tables and figures, then the claims
+    report; nonzero if any stage fails (a figure or a measure that cannot be made included)."""
     from . import claims, figures, tables
     from .collect import main as collect_main
 
     failed = 0
-    for sweep in sweeps():
+    for sweep in sweeps(names):
         folder = results / "sweeps" / sweep
         if folder.is_dir():
             failed |= collect_main([str(folder)]) != 0
-    failed |= tables.main(["--results", str(results)]) != 0
-    failed |= figures.main(["all", "--results", str(results)]) != 0
+    failed |= tables.main(["--results", str(results), *sweeps(names)]) != 0
+    drawn = figures_of([e for s in sweeps(names) for e in experiments_of(s)])  # runs exist
+    failed |= figures.main([*drawn, "--results", str(results)]) != 0
     failed |= claims.main(["--results", str(results)]) != 0
     return int(failed)
 
@@ -148,14 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--only", nargs="+", choices=list(EXPERIMENTS), help="these experiments only")
+    p.add_argument("--only", nargs="+", choices=REPRODUCTION, help="these experiments only")
     p.add_argument("--stage", choices=["all", "train", "report"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (default 2)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     p.add_argument("--tiny", action="store_true", help="a few steps and 2 seeds per point")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every point")
     args = p.parse_args(argv)
-    names = args.only or list(EXPERIMENTS)
+    names = args.only or REPRODUCTION
     rc = 0
     if args.stage in ("all", "train"):
         rc, wall = train(
@@ -174,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         times.to_csv(out, index=False, float_format="%.1f")
         print(f"training: exit {rc}, {wall:.0f} s wall, {total['job_s']:.0f} job-seconds; {out}")
     if args.stage in ("all", "report"):
-        rc |= report(args.results)
+        rc |= report(names, args.results)
     return rc
 
 

@@ -6,7 +6,9 @@ measures the claims report uses (below), each a single number per member. The bu
 history stays in the sweep folder. Also writes running_stats.csv (C17: how much the learned BN
 running statistics differ between members, from their model.pt files).
 
-Measures (NaN where the sweep did not record what they need):
+Measures (NaN where a member did not record what they need; a sweep whose runs had a probe
+on but recorded none of a metric the measures read is refused: a renamed metric must not
+turn a claim inconclusive):
   gap                      final train accuracy - test accuracy
   steps_to_T               first evaluated step with test accuracy >= T (T = 0.9, 0.95, 0.97);
                            members that never reach it get steps_done + 1 and reached_T=False
@@ -30,8 +32,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import reproduce
+from . import experiments
 from .collect import read_tables
+from .norms import BATCH_STAT_NORMS
 from .records import atomic_path, member_dir, update_manifest
 
 TARGETS = (0.9, 0.95, 0.97)
@@ -45,6 +48,53 @@ RESULT_COLUMNS = [
     "test_loss",
     "train_loss",
 ]
+
+
+class MissingMeasure(ValueError):
+    """A sweep's runs should have recorded a metric that a measure reads, and did not."""
+
+
+def _every_run(runs: pd.DataFrame) -> pd.Series:
+    return pd.Series(True, index=runs.index)
+
+
+def _norms(*names: str):
+    return lambda runs: runs["model.norm"].isin(names)
+
+
+# history metric a measure reads -> (the probe recording it, the runs that record it)
+SOURCES = {
+    "w_mean_abs": ("weights", _every_run),
+    "grad_mean_abs": ("grads", _every_run),
+    **{f"ics{t}_{m}": ("activations", _every_run) for t in ("", "0") for m in ("kl", "mean_shift")},
+    **{
+        f"jac_{s}": ("jacobian", _norms("none", *BATCH_STAT_NORMS, "noise"))
+        for s in ("s2_mean", "frac_iso", "log10_cond")
+    },
+    **{f"ics_grad_{m}": ("ics_grad", _every_run) for m in ("rel", "cos")},
+    "var_shift": ("mismatch", _norms(*BATCH_STAT_NORMS)),
+    **{
+        f"landscape_{m}": ("landscape", _every_run)
+        for m in ("loss_max", "loss_min", "beta", "grad_diff_max")
+    },
+}
+
+
+def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None:
+    """Raise MissingMeasure for a metric of SOURCES that no member recorded although some
+    member ran its probe (on, and due within the steps it trained)."""
+    recorded = set(history["metric"].unique()) if len(history) else set()
+    for metric, (probe, records) in SOURCES.items():
+        every = runs.get(f"probes.{probe}.every")
+        if every is None or metric in recorded:
+            continue
+        due = (every > 0) & (every <= runs["steps_done"]) & records(runs)
+        if due.any():
+            raise MissingMeasure(
+                f"{sweep}: no member recorded metric {metric!r} although probes.{probe} was on "
+                f"in {int(due.sum())} members; the probe or the measure was renamed: make "
+                "bnlab/tables.py and bnlab/probes.py agree"
+            )
 
 
 def _mean_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str, upto=None):
@@ -157,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.results / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     stats, written = [], []
-    for name in args.sweeps or reproduce.sweeps():
+    for name in args.sweeps or experiments.sweeps():
         sweep = args.results / "sweeps" / name
         try:
             runs, history = read_tables(sweep)
@@ -165,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {e}", file=sys.stderr)
             continue
         runs = runs[runs["seed"].notna()]
+        try:
+            check_sources(runs, history, name)
+        except MissingMeasure as e:
+            print(f"bnlab tables: {e}", file=sys.stderr)
+            return 1
         table = measures(runs, history)
         with atomic_path(out_dir / f"{sweep.name}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")

@@ -1,5 +1,5 @@
-"""Every experiment config composes and validates at every sweep point; the reproduction's
-table of experiments matches the configs; a tiny reproduction runs end to end."""
+"""Every experiment config composes and validates at every sweep point; the experiments
+registry matches the configs and the figures; a tiny reproduction runs end to end."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from bnlab.config import load_config
+from bnlab.experiments import EXPERIMENTS, REPRODUCTION, figures_of
 from bnlab.figures import FIGURES
-from bnlab.reproduce import EXPERIMENTS
 
 CONFIGS = REPO / "bnlab" / "conf"
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -40,15 +40,15 @@ def test_every_sweep_point_validates(name):
     sweep_dir, points = _points(name)
     assert points
     configs = [load_config({k: v for k, v in c.items() if k != "hydra"}) for c in points]
-    if name in EXPERIMENTS:
-        assert sweep_dir == f"results/sweeps/{EXPERIMENTS[name]}"
+    assert sweep_dir == f"results/sweeps/{EXPERIMENTS[name].sweep}"  # the registry's folder
+    if name in REPRODUCTION:
         assert all(len(c.seeds) == 5 for c in configs)  # the reproduction runs 5 seeds
 
 
-def test_reproduction_covers_every_figure_experiment():
-    sweeps = set(EXPERIMENTS)
-    assert sweeps == set(EXPERIMENT_FILES) - {"demo", "bn_small_batch_demo"}
-    assert {f.removesuffix("_anim") for f in FIGURES} - {"demo"} <= sweeps
+def test_registry_lists_every_experiment_and_figure_once():
+    assert set(EXPERIMENTS) == set(EXPERIMENT_FILES)
+    drawn = figures_of(list(EXPERIMENTS))
+    assert sorted(drawn) == sorted(FIGURES)  # every figure has one experiment, and exists
 
 
 def test_shared_sweep_folders_give_identical_configs():
@@ -104,3 +104,17 @@ def test_tiny_reproduction_end_to_end(mnist_root, tmp_path):
     assert "| [C8](#c8) |" in report and "**Verdict: not run** (table mlds2017.csv" in report
     c8 = report.split("## C8")[1].split("## C9")[0]
     assert "1:0 = 99:1, BN with running statistics" in c8 and "n=2" in c8
+
+    # a metric renamed in the probes: the tables and the figure refuse instead of going quiet
+    from bnlab import figures, tables
+    from bnlab.collect import read_tables
+
+    runs, hist = read_tables(tmp_path / "sweeps" / "mlds2017_early")
+    renamed = hist.assign(metric=hist["metric"].astype(str).replace("grad_mean_abs", "grad_abs"))
+    tables.check_sources(runs, hist, "mlds2017_early")
+    with pytest.raises(tables.MissingMeasure, match="'grad_mean_abs'.*probes.grads"):
+        tables.check_sources(runs, renamed, "mlds2017_early")
+    res = figures.Results(tmp_path)
+    res._cache["mlds2017_early"] = (runs, renamed)
+    with pytest.raises(ValueError, match="grad_mean_abs|panels without data"):
+        figures.draw("mlds2017_fig2", res, tmp_path / "redrawn")

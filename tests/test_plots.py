@@ -7,7 +7,7 @@ import pytest
 
 from bnlab.figures import draw
 from bnlab.plots import NORM_COLORS, accuracy_curves, curves, final_points, jacobian_histograms
-from bnlab.probes import JAC_BINS
+from bnlab.records import JAC_BINS
 
 
 def _tables():

@@ -1,0 +1,70 @@
+"""The registry of experiments: which sweep folder each one trains into and which figures it
+draws. `bnlab reproduce`, `bnlab tables`, `bnlab figures` and `bnlab claims` all ask it.
+
+An experiment is a config, bnlab/conf/experiment/NAME.yaml, whose sweep writes to
+RESULTS/sweeps/SWEEP (the YAML's `hydra.sweep.dir`; a test keeps the two equal). Experiments
+that share a protocol share a sweep folder and so reuse each other's runs: the 2017 study's
+Fig. 4, Fig. 5, Fig. 1 and the ICS and landscape summaries are one set of runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str  # bnlab/conf/experiment/NAME.yaml
+    sweep: str  # its sweep folder under RESULTS/sweeps
+    figures: tuple[str, ...] = ()  # figures drawn from its runs (bnlab.figures.FIGURES)
+    reproduce: bool = True  # part of `bnlab reproduce`
+
+
+# In reproduction order: cheap experiments first, so an interrupted reproduction has results.
+_ALL = (
+    Experiment("mlds2017_fig2", "mlds2017_early", ("mlds2017_fig2",)),
+    Experiment("mlds2017_fig3", "mlds2017_early", ("mlds2017_fig3", "mlds2017_fig3_anim")),
+    Experiment("mlds2017_mismatch", "mlds2017_mismatch", ("mlds2017_mismatch",)),
+    Experiment("santurkar2018_noisy_bn", "santurkar2018_noisy_bn", ("santurkar2018_noisy_bn",)),
+    Experiment("study_lr", "study_lr", ("study_lr",)),
+    Experiment("study_init_scale", "study_init_scale", ("study_init_scale",)),
+    Experiment("study_placement", "study_placement", ("study_placement",)),
+    Experiment("study_dropout", "study_dropout", ("study_dropout",)),
+    Experiment("study_bias", "study_bias", ("study_bias",)),
+    Experiment("study_order", "study_order", ("study_order",)),
+    Experiment("mlds2017_fig4", "mlds2017", ("mlds2017_fig4",)),
+    Experiment("mlds2017_fig5", "mlds2017", ("mlds2017_fig5",)),
+    Experiment("mlds2017_fig1", "mlds2017", ("mlds2017_fig1",)),
+    Experiment("santurkar2018_ics", "mlds2017", ("santurkar2018_ics",)),
+    Experiment("santurkar2018_landscape", "mlds2017", ("santurkar2018_landscape",)),
+    Experiment("mlds2017_fig6", "mlds2017_batch", ("mlds2017_fig6",)),
+    Experiment("mlds2017_fig9", "mlds2017_batch", ("mlds2017_fig9",)),
+    Experiment("mlds2017_fig6_epochs", "mlds2017_batch_epochs"),  # Fig. 6's companion panel
+    Experiment("ioffe2015_fig1", "ioffe2015", ("ioffe2015_fig1",)),
+    Experiment("demo", "demo", ("demo",), reproduce=False),
+    Experiment("bn_small_batch_demo", "bn_small_batch_demo", reproduce=False),
+)
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _ALL}
+REPRODUCTION: list[str] = [e.name for e in _ALL if e.reproduce]
+
+
+def sweep(name: str) -> str:
+    """The sweep folder of experiment `name`; KeyError naming the known ones if unknown."""
+    if name not in EXPERIMENTS:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(EXPERIMENTS)}")
+    return EXPERIMENTS[name].sweep
+
+
+def sweeps(names: list[str] | None = None) -> list[str]:
+    """The sweep folders of these experiments (default: the reproduction's), first-use order."""
+    return list(dict.fromkeys(sweep(n) for n in (REPRODUCTION if names is None else names)))
+
+
+def experiments_of(sweep_name: str) -> list[str]:
+    """The experiments that train into a sweep folder."""
+    return [e.name for e in _ALL if e.sweep == sweep_name]
+
+
+def figures_of(names: list[str]) -> list[str]:
+    """The figures these experiments draw, in registry order."""
+    return [f for n in names for f in EXPERIMENTS[n].figures]
