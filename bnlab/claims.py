@@ -1,119 +1,56 @@
-"""The claims report: `bnlab claims` reads RESULTS/tables/*.csv (bnlab.tables) and
-writes RESULTS/CLAIMS.md, one section per claim C1-C19 (the claims made by the 2017 study, the BN
+"""The claims report: `bnlab claims` reads RESULTS/tables/*.csv (bnlab.tables) and writes
+RESULTS/CLAIMS.md, one section per claim C1-C19 (the claims made by the 2017 study, the BN
 explainers and the papers they cite).
 
-Each claim is split into comparisons between two arms (sets of members, one value per seed).
-A comparison's verdict comes from the 95% t-interval of the mean difference (paired by seed
-when both arms have the same seeds: BN and no-BN members of one seed start from the same
-weights) and a smallest effect that matters, `margin`:
+The claims are a ledger: one function per claim, registered in order by the @claim decorator,
+which carries what is claimed, its source, the experiments whose tables it reads, its figure
+and its margins and thresholds. The claim's texts are built from those same numbers, and the
+function gets them as arguments, so the report states what the code tests. The function splits
+the claim into comparisons between two arms (sets of members, one value per seed), judged by
+the rules of bnlab.verdicts.
 
-  directional claim "A > B":   supported       the interval lies above 0 and the mean
-                                               difference is at least the margin
-                               not supported   the interval lies below 0 (the opposite holds),
-                                               or entirely below the margin (too small to matter)
-                               inconclusive    otherwise: the interval does not decide (the
-                                               seeds spread too much, or it straddles the margin)
-  equivalence claim "A ~ B":   supported       the interval lies within +-margin
-                               not supported   the interval lies entirely outside +-margin
-                               inconclusive    otherwise
-
-A claim's verdict combines its comparisons: all alike -> that verdict; otherwise "mixed".
+A claim whose experiment has not been run says "not run". A claim that reads a column its
+table lacks, or one that is NaN for every trained member it selects, is an error naming the
+claim, the table and the column: the report is not written.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import string
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from . import experiments
+from . import experiments, verdicts
 from .collect import acc_or_zero, select
 from .records import MANIFEST, manifest, verify, write_atomic
+from .verdicts import Comparison, combine
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, MIXED = (
-    "supported",
-    "not supported",
-    "inconclusive",
-    "mixed",
-)
 ACC_MARGIN = 0.005  # single-seed accuracy differences under ~0.005 are noise on MNIST
-
-
-@dataclass
-class Comparison:
-    """Arm a vs arm b on one measure; claim: a > b (kind 'greater') or a ~ b ('equivalent')."""
-
-    label: str
-    a: pd.Series  # values indexed by seed
-    b: pd.Series
-    margin: float
-    kind: str = "greater"
-    log: bool = False  # compare log values (ratios) instead of differences
-    unit: str = ""
-
-    def diff(self) -> tuple[float, float, float, bool]:
-        """Mean difference a - b (of logs if self.log) and its 95% t-interval; paired?"""
-        a, b = self.a.dropna(), self.b.dropna()
-        if self.log:
-            a, b = np.log(a.clip(lower=1e-300)), np.log(b.clip(lower=1e-300))
-        paired = len(a) > 1 and sorted(a.index) == sorted(b.index)
-        if paired:
-            d = (a - b.reindex(a.index)).to_numpy()
-            n, mean, se = len(d), d.mean(), d.std(ddof=1) / math.sqrt(len(d))
-            dof = n - 1
-        else:
-            if len(a) < 2 or len(b) < 2:
-                return (float(a.mean() - b.mean()), -math.inf, math.inf, False)
-            va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-            mean, se = a.mean() - b.mean(), math.sqrt(va + vb)
-            dof = (va + vb) ** 2 / ((va**2) / (len(a) - 1) + (vb**2) / (len(b) - 1) or 1e-300)
-        if se == 0:
-            return float(mean), float(mean), float(mean), paired
-        t = stats.t.ppf(0.975, dof)
-        return float(mean), float(mean - t * se), float(mean + t * se), paired
-
-    def verdict(self) -> str:
-        """This comparison's verdict (see the module docstring)."""
-        return verdict(*self.diff()[:3], margin=self.margin, kind=self.kind)
-
-
-def verdict(mean: float, lo: float, hi: float, margin: float, kind: str = "greater") -> str:
-    """The verdict of one comparison from its mean difference and 95% interval [lo, hi]."""
-    if kind == "equivalent":
-        if -margin <= lo and hi <= margin:
-            return SUPPORTED
-        if lo > margin or hi < -margin:
-            return NOT_SUPPORTED
-        return INCONCLUSIVE
-    if lo > 0 and mean >= margin:
-        return SUPPORTED
-    if hi < 0 or hi < margin:
-        return NOT_SUPPORTED
-    return INCONCLUSIVE
-
-
-def combine(verdicts: list[str]) -> str:
-    """A claim's verdict from its comparisons' verdicts."""
-    if not verdicts:
-        return INCONCLUSIVE
-    return verdicts[0] if len(set(verdicts)) == 1 else MIXED
+ACTS = ["relu", "lrelu", "sigmoid", "softplus", "tanh"]
+RELU_SIGMOID = ["relu", "sigmoid"]
 
 
 @dataclass
 class Claim:
-    """One claim of the ledger: what is claimed, how bnlab tests it, and the comparisons."""
+    """One claim of the ledger: what is claimed, how bnlab tests it and what it reads; once
+    built on the tables (build_claims), its comparisons and notes."""
 
     key: str
     statement: str
     source: str
     test: str
     figure: str | None
+    experiments: tuple[str, ...] = ()  # the tables it needs, by experiment (bnlab.experiments)
+    optional: tuple[str, ...] = ()  # tables it uses if present (Tables.find)
+    numbers: dict = field(default_factory=dict)  # its margins and thresholds, by name
+    compare: Callable[..., list[Comparison]] | None = None
     comparisons: list[Comparison] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     missing: str | None = None
@@ -126,8 +63,73 @@ class Claim:
         return combine([c.verdict() for c in self.comparisons])
 
 
+class _Text(string.Formatter):
+    """str.format, writing a tuple comma-separated: '{ratios:g}' -> '9, 19, 99'."""
+
+    def format_field(self, value, format_spec):
+        if isinstance(value, tuple):
+            return ", ".join(format(v, format_spec) for v in value)
+        return format(value, format_spec)
+
+
+_TEXT = _Text()
+LEDGER: dict[str, Claim] = {}  # key -> claim, in report order
+
+
+def claim(key, *, statement, source, test, experiment, figure=None, optional=(), **numbers):
+    """Register the decorated function as claim `key` of LEDGER.
+
+    experiment: the experiment (or list of them) whose tables the claim needs; optional: the
+    tables it uses if present (Tables.find); figure: the one the report links (default: the
+    first experiment's first, bnlab.experiments). The function is called as fn(claim, *needed,
+    *optional, **numbers), None for an absent optional table, and returns the comparisons (it
+    may add notes to claim.notes). `numbers` are the claim's margins and thresholds; the
+    `statement` and `test` texts are str.format templates over them that state each one."""
+    stated = {
+        name.split("[")[0].split(".")[0]
+        for text in (statement, test)
+        for _, name, _, _ in _TEXT.parse(text)
+        if name
+    }
+    if key in LEDGER:
+        raise ValueError(f"claim {key} is registered twice")
+    if set(numbers) - stated:
+        raise ValueError(f"claim {key}: {sorted(set(numbers) - stated)} not in its texts")
+
+    needed = (experiment,) if isinstance(experiment, str) else tuple(experiment)
+    for name in (*needed, *optional):
+        if not name.endswith(".csv"):
+            experiments.sweep(name)  # KeyError naming the known experiments
+    figure = figure or experiments.EXPERIMENTS[needed[0]].figures[0]
+
+    def register(fn):
+        LEDGER[key] = Claim(
+            key,
+            _TEXT.format(statement, **numbers),
+            source,
+            _TEXT.format(test, **numbers),
+            figure,
+            needed,
+            tuple(optional),
+            numbers,
+            fn,
+        )
+        return fn
+
+    return register
+
+
 class MissingTable(LookupError):
     """A sweep's table is not in RESULTS/tables (its experiment has not been run)."""
+
+
+class TableError(ValueError):
+    """A table that is not what bnlab tables wrote: the report is not written."""
+
+
+class ClaimError(ValueError):
+    """A claim reads a column that its table lacks, or that no member it selects recorded:
+    the report is not written (a renamed measure must not turn a claim inconclusive)."""
 
 
 class Tables:
@@ -150,11 +152,20 @@ class Tables:
                 raise TableError(f"{path} is missing but was written; rerun `bnlab tables`")
             raise MissingTable(sweep)
         t = read_table(path)
-        return diverged_rule(t[t["status"].isin(["finished", "diverged"])])
+        t = diverged_rule(t[t["status"].isin(["finished", "diverged"])])
+        t.attrs["table"] = str(path)  # for arm's errors
+        return t
 
-
-class TableError(ValueError):
-    """A table that is not what bnlab tables wrote: the report is not written."""
+    def find(self, name: str) -> pd.DataFrame | None:
+        """get(name), or a file of RESULTS/tables that is not a sweep's ('running_stats.csv');
+        None if absent (not run, or not written)."""
+        if name.endswith(".csv"):
+            path = self.folder / name
+            return read_table(path, members=False) if path.exists() else None
+        try:
+            return self.get(name)
+        except MissingTable:
+            return None
 
 
 def read_table(path: Path, members: bool = True) -> pd.DataFrame:
@@ -186,597 +197,618 @@ def diverged_rule(table: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def require(table: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The table, if it has these columns; ClaimError naming the table and the first absent."""
+    for col in columns:
+        if col not in table:
+            name = table.attrs.get("table", "the table")
+            raise ClaimError(
+                f"{name} has no column {col!r}; bnlab/claims.py and bnlab/tables.py must agree "
+                "on the measures' names (or rerun `bnlab tables`)"
+            )
+    return table
+
+
 def arm(table: pd.DataFrame, measure: str, **where) -> pd.Series:
-    """One value of `measure` per seed among the members matching `where` ('__' for '.')."""
-    if measure not in table:  # not recorded by these runs: an empty arm (inconclusive)
-        return pd.Series(dtype=float)
-    rows = select(table, **where)
+    """One value of `measure` per seed among the members matching `where` ('__' for '.').
+
+    No member matches: an empty arm (that setting was not run). ClaimError if a column is
+    absent, or if `measure` is NaN for every matching member that did not diverge."""
+    rows = select(require(table, measure, *(k.replace("__", ".") for k in where)), **where)
+    what = ", ".join(f"{k.replace('__', '.')}={v}" for k, v in where.items())
+    name = table.attrs.get("table", "the table")
     if rows["seed"].duplicated().any():
-        raise ValueError(f"arm {where} of {measure} matches several members per seed")
-    return rows.set_index("seed")[measure]
+        raise ClaimError(f"{name}: {what} matches several members per seed")
+    values = rows.set_index("seed")[measure]
+    trained = (rows["status"] != "diverged").to_numpy()
+    if trained.any() and values[trained].isna().all():
+        raise ClaimError(
+            f"{name}: column {measure!r} is NaN for every member with {what}; did their runs "
+            "record it (its probe on)?"
+        )
+    return values
 
 
-ACTS = ["relu", "lrelu", "sigmoid", "softplus", "tanh"]
+def with_acc0(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with acc0: final test accuracy, diverged members counting as 0 (acc_or_zero)."""
+    return table.assign(acc0=acc_or_zero(require(table, "test_acc")))
 
 
-def _bn_vs_none(t, measure, margin, acts=ACTS, flip=False, log=False, unit="", **where):
-    """Per activation: BN > no BN (or no BN > BN with flip)."""
+def _bn_vs_none(t, measure, margin, acts=ACTS, flip=False, log=False, label=None, **where):
+    """Per activation with members: BN > no BN (or no BN > BN with flip), labelled
+    label.format(act=...)."""
+    label = label or ("{act}: no BN > BN" if flip else "{act}: BN > no BN")
     out = []
     for act in acts:
         bn = arm(t, measure, model__norm="batch", model__activation=act, **where)
         no = arm(t, measure, model__norm="none", model__activation=act, **where)
         if bn.empty or no.empty:
             continue
-        a, b, lab = (no, bn, f"{act}: no BN > BN") if flip else (bn, no, f"{act}: BN > no BN")
-        out.append(Comparison(lab, a, b, margin, log=log, unit=unit))
+        a, b = (no, bn) if flip else (bn, no)
+        out.append(Comparison(label.format(act=act), a, b, margin, log=log))
     return out
 
 
-def build_claims(tables: Tables) -> list[Claim]:
-    """Every claim with its comparisons on the tables (claims whose runs are missing say so)."""
-    claims = []
-
-    def claim(key, statement, source, test, figure, make):
-        c = Claim(key, statement, source, test, figure)
-        try:
-            make(c)
-        except MissingTable as e:
-            c.missing = f"table {e.args[0]}.csv not found: run its experiment"
-        claims.append(c)
-
-    def c1(c):
-        t = tables.get("mlds2017_fig1")
-        c.comparisons = _bn_vs_none(
-            t, "w2_mean_abs_final", math.log(1.1), flip=True, log=True, optim__name="sgd"
-        )
-        for n in ("none", "batch"):  # the figure's setting: sigmoid
-            where = dict(model__norm=n, model__activation="sigmoid", optim__name="sgd")
-            s, f = arm(t, "w2_mean_abs_start", **where), arm(t, "w2_mean_abs_final", **where)
-            c.notes.append(
-                f"sigmoid, {'BN' if n == 'batch' else 'no BN'}: mean |W2| "
-                f"{s.mean():.4f} at step 0 -> {f.mean():.4f} at the end"
-            )
-
-    claim(
-        "C1",
-        "BN limits the growth of weight magnitude ('BN regularises').",
-        "2017 study, Fig. 1",
-        "mean |W2| at the end of the 40,000-step SGD runs (lr 1e-4, summed loss), no BN > BN, "
-        "per activation; compared as a ratio, margin 10%.",
-        "mlds2017_fig1",
-        c1,
+def _smaller_with_bn(t, measure, ratio, label=None, acts=ACTS):
+    """The SGD runs per activation: no BN > BN as a ratio, margin `ratio`."""
+    return _bn_vs_none(
+        t, measure, math.log(ratio), acts, flip=True, log=True, label=label, optim__name="sgd"
     )
 
-    def c2(c):
-        t = tables.get("mlds2017_fig2")
-        c.comparisons = _bn_vs_none(
-            t, "grad1_mean_abs_1k", math.log(1.25), acts=["sigmoid", "relu"], log=True
-        )
 
-    claim(
-        "C2",
-        "BN enlarges first-layer gradients and so fights vanishing gradients (sigmoid ~0.1 vs "
-        "~0.02 in the study).",
-        "2017 study, Fig. 2",
-        "mean |dL/dW1| of the summed loss averaged over steps 1-1,000, BN > no BN, sigmoid and "
-        "relu; ratio, margin 25%.",
-        "mlds2017_fig2",
-        c2,
-    )
+def _bn(norm: str) -> str:
+    """'BN' or 'no BN', for notes."""
+    return "BN" if norm == "batch" else "no BN"
 
-    def c3(c):
-        t = tables.get("mlds2017_fig4")
-        for layer in ("fc1", "fc2", "hidden"):
-            for cmp in _bn_vs_none(t, f"jac_frac_iso_{layer}", 0.05, optim__name="sgd"):
-                cmp.label = f"{cmp.label.split(':')[0]}, {layer}: BN > no BN"
-                c.comparisons.append(cmp)
 
-    claim(
-        "C3",
-        "BN pushes layer-Jacobian singular values toward 1 (better isometry).",
-        "2017 study; Ioffe & Szegedy Sec. 3.3 (conjecture)",
-        "fraction of per-sample Jacobian singular values in [1/2, 2] (BN in eval mode, 100 test "
-        "images), averaged over the probes of the 40,000-step SGD runs, BN > no BN, per "
-        "activation, for layer 1, layer 2 and the end-to-end hidden Jacobian; margin 0.05.",
-        "mlds2017_fig3",
-        c3,
-    )
+def build_claims(tables: Tables, keys: list[str] | None = None) -> list[Claim]:
+    """The claims of the ledger (or those of `keys`) on the tables; claims whose runs are
+    missing say so. ClaimError, naming the claim, if one reads a column that its table lacks."""
+    return [_build(LEDGER[k], tables) for k in (LEDGER if keys is None else keys)]
 
-    def c4(c):
-        t = tables.get("mlds2017_fig4")
-        c.comparisons = _bn_vs_none(t, "test_acc", ACC_MARGIN, optim__name="sgd")
-        gains = {x.label.split(":")[0]: x.diff()[0] for x in c.comparisons}
-        if gains:
-            best = max(gains, key=gains.get)
-            c.notes.append(
-                "gain from BN (mean test accuracy difference): "
-                + ", ".join(f"{k} {v:+.4f}" for k, v in gains.items())
-                + f"; largest for {best}"
-                + (" (as claimed)" if best == "sigmoid" else " (the claim says sigmoid)")
-            )
 
-    claim(
-        "C4",
-        "BN improves accuracy for every activation, and helps sigmoid the most.",
-        "2017 study, Fig. 4",
-        "final test accuracy (40,000 steps, SGD lr 1e-4, BN with running statistics), BN > no "
-        "BN per activation; margin 0.005.",
-        "mlds2017_fig4",
-        c4,
-    )
+def _build(spec: Claim, tables: Tables) -> Claim:
+    """A copy of the claim with its comparisons and notes on the tables, or 'not run'."""
+    c = replace(spec, comparisons=[], notes=[])
+    try:
+        needed = [tables.get(e) for e in c.experiments]
+    except MissingTable as e:
+        c.missing = f"table {e.args[0]}.csv not found: run its experiment"
+        return c
+    optional = [tables.find(name) for name in c.optional]
+    try:
+        c.comparisons = c.compare(c, *needed, *optional, **c.numbers)
+    except ClaimError as e:
+        raise ClaimError(f"claim {c.key}: {e}") from None
+    return c
 
-    def c5(c):
-        t = tables.get("mlds2017_fig5")
-        a = arm(t, "test_acc", model__activation="relu", optim__name="sgd", model__norm="batch")
-        b = arm(t, "test_acc", model__activation="relu", optim__name="adam", model__norm="none")
-        c.comparisons.append(
-            Comparison("relu+SGD+BN ~ relu+Adam, no BN", a, b, ACC_MARGIN, "equivalent")
-        )
-        bn = (
-            t[t["model.norm"] == "batch"]
-            .groupby(["model.activation", "optim.name"])["test_acc"]
-            .mean()
-        )
-        if {("relu", "sgd"), ("sigmoid", "sgd"), ("relu", "adam"), ("sigmoid", "adam")} <= set(
-            bn.index
-        ):
-            act = abs(bn["relu"].mean() - bn["sigmoid"].mean())
-            opt = abs(bn.xs("adam", level=1).mean() - bn.xs("sgd", level=1).mean())
-            c.notes.append(
-                f"with BN: activation effect |relu - sigmoid| = {act:.4f}, optimiser effect "
-                f"|Adam - SGD| = {opt:.4f} (mean final test accuracy): the "
-                f"{'activation' if act > opt else 'optimiser'} matters more"
-            )
 
-    claim(
-        "C5",
-        "With BN the activation matters more than the optimiser; relu+SGD+BN is about as good as "
-        "relu+Adam without BN.",
-        "2017 study, Fig. 5",
-        "final test accuracy after 40,000 steps (lr 1e-4): relu+SGD+BN equivalent to relu+Adam "
-        "without BN within 0.005; the activation and optimiser effects under BN as a note.",
-        "mlds2017_fig5",
-        c5,
-    )
-
-    def c6(c):
-        t = tables.get("mlds2017_fig6")
-        for col, what in (
-            ("test_acc_running", "running statistics"),
-            ("test_acc_batch", "batch statistics"),
-        ):
-            no = arm(t, "test_acc", model__norm="none", data__batch_size=4)
-            bn = arm(t, col, model__norm="batch", data__batch_size=4)
-            c.comparisons.append(
-                Comparison(f"batch 4, faithful, BN with {what}: no BN > BN", no, bn, ACC_MARGIN)
-            )
-        try:
-            e = tables.get("mlds2017_fig6_epochs")
-            no = arm(e, "test_acc", model__norm="none", data__batch_size=4)
-            bn = arm(e, "test_acc", model__norm="batch", data__batch_size=4)
-            c.comparisons.append(
-                Comparison(
-                    "batch 4, corrected (mean loss, 5 epochs): no BN > BN", no, bn, ACC_MARGIN
-                )
-            )
-        except MissingTable:
-            c.notes.append("corrected companion (mlds2017_batch_epochs) not run")
-        for bs in (16, 64, 256):
-            no = arm(t, "test_acc", model__norm="none", data__batch_size=bs)
-            bn = arm(t, "test_acc_running", model__norm="batch", data__batch_size=bs)
-            if len(no) and len(bn):
-                c.notes.append(
-                    f"batch {bs}: BN - no BN = {bn.mean() - no.mean():+.4f} "
-                    "(faithful, running statistics)"
-                )
-
-    claim(
-        "C6",
-        "BN hurts at very small batch sizes (batch 4).",
-        "2017 study, Fig. 6",
-        "final test accuracy at batch 4, no BN > BN: faithful runs (sigmoid, SGD lr 0.01 on the "
-        "summed loss, 40,000 steps) with BN evaluated with running and with batch statistics, "
-        "and the corrected companion (mean loss, equal 5 epochs); margin 0.005.",
-        "mlds2017_fig6",
-        c6,
-    )
-
-    def c7(c):
-        t = tables.get("mlds2017_fig9")
-        no = arm(t, "test_acc", model__norm="none", data__batch_size=4)
-        bn = arm(t, "test_acc_running", model__norm="batch", data__batch_size=4)
-        rn = arm(t, "test_acc_running", model__norm="renorm", data__batch_size=4)
-        c.comparisons.append(Comparison("batch 4: Batch Renorm > BN", rn, bn, ACC_MARGIN))
-        penalty = no.mean() - bn.mean()
+@claim(
+    "C1",
+    statement="BN limits the growth of weight magnitude ('BN regularises').",
+    source="2017 study, Fig. 1",
+    experiment="mlds2017_fig1",
+    growth=0.1,
+    test="mean |W2| at the end of the 40,000-step SGD runs (lr 1e-4, summed loss), no BN > BN, "
+    "per activation; compared as a ratio, margin {growth:.0%}.",
+)
+def c1(c, t, growth):
+    """Layer 2's final mean |W|, larger without BN: BN makes a layer invariant to its weights'
+    scale, and the study reads its Fig. 1 as BN keeping the weights small."""
+    out = _smaller_with_bn(t, "w2_mean_abs_final", 1 + growth)
+    for n in ("none", "batch"):  # the figure's setting: sigmoid
+        where = dict(model__norm=n, model__activation="sigmoid", optim__name="sgd")
+        s, f = arm(t, "w2_mean_abs_start", **where), arm(t, "w2_mean_abs_final", **where)
         c.notes.append(
-            f"small-batch penalty of BN (no BN - BN) = {penalty:+.4f}; Batch Renorm - BN = "
-            f"{rn.mean() - bn.mean():+.4f}; Batch Renorm - no BN = {rn.mean() - no.mean():+.4f}"
+            f"sigmoid, {_bn(n)}: mean |W2| {s.mean():.4f} at step 0 -> {f.mean():.4f} at the end"
         )
-        ln = arm(t, "test_acc", model__norm="layer", data__batch_size=4)
-        if len(ln):
-            c.notes.append(f"layer norm (batch-independent): {ln.mean():.4f} vs BN {bn.mean():.4f}")
+    return out
 
-    claim(
-        "C7",
-        "Batch Renorm removes most of the small-batch penalty.",
-        "2017 study, Fig. 9; Ioffe 2017",
-        "final test accuracy at batch 4 (faithful Fig. 6 protocol; Batch Renorm with the paper's "
-        "r_max/d_max schedule), both evaluated with running statistics: Batch Renorm > BN, "
-        "margin 0.005; the size of the penalty it removes as a note.",
-        "mlds2017_fig9",
-        c7,
+
+@claim(
+    "C2",
+    statement="BN enlarges first-layer gradients and so fights vanishing gradients (sigmoid "
+    "~0.1 vs ~0.02 in the study).",
+    source="2017 study, Fig. 2",
+    experiment="mlds2017_fig2",
+    growth=0.25,
+    test="mean |dL/dW1| of the summed loss averaged over steps 1-1,000, BN > no BN, sigmoid and "
+    "relu; ratio, margin {growth:.0%}.",
+)
+def c2(c, t, growth):
+    """Early first-layer gradients, larger with BN (the study's Fig. 2: without BN, sigmoid
+    saturates and its gradients vanish)."""
+    return _bn_vs_none(
+        t, "grad1_mean_abs_1k", math.log(1 + growth), acts=["sigmoid", "relu"], log=True
     )
 
-    def c8(c):
-        t = tables.get("mlds2017_mismatch")
-        for col, what in (
-            ("test_acc_batch", "test-batch statistics (the study's)"),
-            ("test_acc_running", "running statistics"),
-        ):
-            for ratio in (9.0, 19.0, 99.0):
-                no = arm(t, "test_acc", model__norm="none", data__test_ratio=ratio)
-                bn = arm(t, col, model__norm="batch", data__test_ratio=ratio)
-                c.comparisons.append(
-                    Comparison(f"1:0 = {ratio:g}:1, BN with {what}: no BN > BN", no, bn, ACC_MARGIN)
-                )
 
-    claim(
-        "C8",
-        "BN degrades under train/test distribution mismatch.",
-        "2017 study (mismatch experiment)",
-        "test accuracy after 1,000 steps on digits 0/1 (sigmoid, SGD lr 1e-4), test sets with "
-        "1:0 ratios 9, 19, 99: no BN > BN, with BN evaluated on the test batch's statistics and "
-        "on running statistics; margin 0.005.",
-        "mlds2017_mismatch",
-        c8,
+@claim(
+    "C3",
+    statement="BN pushes layer-Jacobian singular values toward 1 (better isometry).",
+    source="2017 study; Ioffe & Szegedy Sec. 3.3 (conjecture)",
+    experiment="mlds2017_fig4",
+    figure="mlds2017_fig3",
+    margin=0.05,
+    test="fraction of per-sample Jacobian singular values in [1/2, 2] (BN in eval mode, 100 test "
+    "images), averaged over the probes of the 40,000-step SGD runs, BN > no BN, per activation, "
+    "for layer 1, layer 2 and the end-to-end hidden Jacobian; margin {margin:g}.",
+)
+def c3(c, t, margin):
+    """Per layer and activation, more Jacobian singular values near 1 with BN (Ioffe &
+    Szegedy conjecture that BN keeps layer Jacobians close to isometries)."""
+    out = []
+    for layer in ("fc1", "fc2", "hidden"):
+        label = f"{{act}}, {layer}: BN > no BN"
+        out += _bn_vs_none(t, f"jac_frac_iso_{layer}", margin, label=label, optim__name="sgd")
+    return out
+
+
+@claim(
+    "C4",
+    statement="BN improves accuracy for every activation, and helps sigmoid the most.",
+    source="2017 study, Fig. 4",
+    experiment="mlds2017_fig4",
+    margin=ACC_MARGIN,
+    test="final test accuracy (40,000 steps, SGD lr 1e-4, BN with running statistics), BN > no "
+    "BN per activation; margin {margin:g}.",
+)
+def c4(c, t, margin):
+    """Final accuracy, BN > no BN per activation; which one gains most is a note (a ranking
+    of means, not a comparison)."""
+    out = _bn_vs_none(t, "test_acc", margin, optim__name="sgd")
+    gains = {x.label.split(":")[0]: x.diff()[0] for x in out}
+    if gains:
+        best = max(gains, key=gains.get)
+        c.notes.append(
+            "gain from BN (mean test accuracy difference): "
+            + ", ".join(f"{k} {v:+.4f}" for k, v in gains.items())
+            + f"; largest for {best}"
+            + (" (as claimed)" if best == "sigmoid" else " (the claim says sigmoid)")
+        )
+    return out
+
+
+@claim(
+    "C5",
+    statement="With BN the activation matters more than the optimiser; relu+SGD+BN is about as "
+    "good as relu+Adam without BN.",
+    source="2017 study, Fig. 5",
+    experiment="mlds2017_fig5",
+    margin=ACC_MARGIN,
+    test="final test accuracy after 40,000 steps (lr 1e-4): relu+SGD+BN equivalent to relu+Adam "
+    "without BN within {margin:g}; the activation and optimiser effects under BN as a note.",
+)
+def c5(c, t, margin):
+    """relu+SGD+BN ~ relu+Adam without BN (the study: BN buys what Adam buys); the sizes of
+    the activation and optimiser effects under BN as a note."""
+    a = arm(t, "test_acc", model__activation="relu", optim__name="sgd", model__norm="batch")
+    b = arm(t, "test_acc", model__activation="relu", optim__name="adam", model__norm="none")
+    out = [Comparison("relu+SGD+BN ~ relu+Adam, no BN", a, b, margin, "equivalent")]
+    bn = t[t["model.norm"] == "batch"].groupby(["model.activation", "optim.name"])["test_acc"]
+    bn = bn.mean()
+    if {(a, o) for a in ("relu", "sigmoid") for o in ("sgd", "adam")} <= set(bn.index):
+        act = abs(bn["relu"].mean() - bn["sigmoid"].mean())
+        opt = abs(bn.xs("adam", level=1).mean() - bn.xs("sgd", level=1).mean())
+        c.notes.append(
+            f"with BN: activation effect |relu - sigmoid| = {act:.4f}, optimiser effect "
+            f"|Adam - SGD| = {opt:.4f} (mean final test accuracy): the "
+            f"{'activation' if act > opt else 'optimiser'} matters more"
+        )
+    return out
+
+
+@claim(
+    "C6",
+    statement="BN hurts at very small batch sizes (batch {batch}).",
+    source="2017 study, Fig. 6",
+    experiment="mlds2017_fig6",
+    optional=["mlds2017_fig6_epochs"],
+    margin=ACC_MARGIN,
+    batch=4,
+    test="final test accuracy at batch {batch}, no BN > BN: faithful runs (sigmoid, SGD lr 0.01 "
+    "on the summed loss, 40,000 steps) with BN evaluated with running and with batch "
+    "statistics, and the corrected companion (mean loss, equal 5 epochs); margin {margin:g}.",
+)
+def c6(c, t, epochs, margin, batch):
+    """At batch 4, no BN > BN (its batch statistics are noisy), in the faithful runs and in the
+    corrected companion if run; the difference at larger batches as notes."""
+    no = arm(t, "test_acc", model__norm="none", data__batch_size=batch)
+    out = []
+    for col, what in (
+        ("test_acc_running", "running statistics"),
+        ("test_acc_batch", "batch statistics"),
+    ):
+        bn = arm(t, col, model__norm="batch", data__batch_size=batch)
+        label = f"batch {batch}, faithful, BN with {what}: no BN > BN"
+        out.append(Comparison(label, no, bn, margin))
+    if epochs is None:
+        c.notes.append("corrected companion (mlds2017_batch_epochs) not run")
+    else:
+        no = arm(epochs, "test_acc", model__norm="none", data__batch_size=batch)
+        bn = arm(epochs, "test_acc", model__norm="batch", data__batch_size=batch)
+        label = f"batch {batch}, corrected (mean loss, 5 epochs): no BN > BN"
+        out.append(Comparison(label, no, bn, margin))
+    for bs in (16, 64, 256):  # the sweep's larger batches, where it has them
+        no = arm(t, "test_acc", model__norm="none", data__batch_size=bs)
+        bn = arm(t, "test_acc_running", model__norm="batch", data__batch_size=bs)
+        if len(no) and len(bn):
+            c.notes.append(
+                f"batch {bs}: BN - no BN = {bn.mean() - no.mean():+.4f} "
+                "(faithful, running statistics)"
+            )
+    return out
+
+
+@claim(
+    "C7",
+    statement="Batch Renorm removes most of the small-batch penalty.",
+    source="2017 study, Fig. 9; Ioffe 2017",
+    experiment="mlds2017_fig9",
+    margin=ACC_MARGIN,
+    batch=4,
+    test="final test accuracy at batch {batch} (faithful Fig. 6 protocol; Batch Renorm with the "
+    "paper's r_max/d_max schedule), both evaluated with running statistics: Batch Renorm > BN, "
+    "margin {margin:g}; the size of the penalty it removes as a note.",
+)
+def c7(c, t, margin, batch):
+    """At batch 4, Batch Renorm > BN (it corrects batch statistics towards the running ones);
+    the penalty it removes, and layer norm if run, as notes."""
+    no = arm(t, "test_acc", model__norm="none", data__batch_size=batch)
+    bn = arm(t, "test_acc_running", model__norm="batch", data__batch_size=batch)
+    rn = arm(t, "test_acc_running", model__norm="renorm", data__batch_size=batch)
+    c.notes.append(
+        f"small-batch penalty of BN (no BN - BN) = {no.mean() - bn.mean():+.4f}; Batch Renorm - "
+        f"BN = {rn.mean() - bn.mean():+.4f}; Batch Renorm - no BN = {rn.mean() - no.mean():+.4f}"
     )
+    ln = arm(t, "test_acc", model__norm="layer", data__batch_size=batch)
+    if len(ln):
+        c.notes.append(f"layer norm (batch-independent): {ln.mean():.4f} vs BN {bn.mean():.4f}")
+    return [Comparison(f"batch {batch}: Batch Renorm > BN", rn, bn, margin)]
 
-    def c9(c):
-        t = tables.get("santurkar2018_ics")
-        measures = (
+
+@claim(
+    "C8",
+    statement="BN degrades under train/test distribution mismatch.",
+    source="2017 study (mismatch experiment)",
+    experiment="mlds2017_mismatch",
+    margin=ACC_MARGIN,
+    ratios=(9.0, 19.0, 99.0),
+    test="test accuracy after 1,000 steps on digits 0/1 (sigmoid, SGD lr 1e-4), test sets with "
+    "1:0 ratios {ratios:g}: no BN > BN, with BN evaluated on the test batch's statistics and on "
+    "running statistics; margin {margin:g}.",
+)
+def c8(c, t, margin, ratios):
+    """On skewed test sets, no BN > BN, with BN normalising by the test batch (whose statistics
+    shift with its class mix: the study's mechanism) and by running statistics."""
+    out = []
+    for col, what in (
+        ("test_acc_batch", "test-batch statistics (the study's)"),
+        ("test_acc_running", "running statistics"),
+    ):
+        for ratio in ratios:
+            no = arm(t, "test_acc", model__norm="none", data__test_ratio=ratio)
+            bn = arm(t, col, model__norm="batch", data__test_ratio=ratio)
+            label = f"1:0 = {ratio:g}:1, BN with {what}: no BN > BN"
+            out.append(Comparison(label, no, bn, margin))
+    return out
+
+
+@claim(
+    "C9",
+    statement="BN reduces internal covariate shift (Ioffe & Szegedy); in the gradient sense it "
+    "does not (Santurkar et al.).",
+    source="Ioffe & Szegedy 2015; Santurkar et al. 2018",
+    experiment="santurkar2018_ics",
+    growth=0.25,
+    test="averaged over the probes of the 40,000-step SGD runs (relu, sigmoid): distributional "
+    "ICS = Gaussian KL between a layer input's distributions at consecutive probes (every "
+    "1,000 steps, 500 test images); gradient ICS = ||G - G'||/||G|| (Santurkar Def. 2.1, every "
+    "1,000 steps); also the mean absolute shift of the per-unit means. Claim tested: no BN > BN "
+    "(BN reduces ICS); ratio, margin {growth:.0%}. Santurkar's position predicts 'supported' for "
+    "the distributional rows and 'not supported' for the gradient rows.",
+)
+def c9(c, t, growth):
+    """ICS at the inputs of layers 2 and 3, larger without BN: the distributional measures
+    test Ioffe & Szegedy's motivation, the gradient one Santurkar et al.'s definition."""
+    out = []
+    for layer in ("fc2", "fc3"):
+        for measure, what in (
             ("ics_kl", "distributional ICS (Gaussian KL), input of"),
             ("ics_mean_shift", "distributional ICS (mean shift), input of"),
             ("ics_grad_rel", "gradient ICS (relative l2),"),
-        )
-        for layer in ("fc2", "fc3"):
-            for measure, what in measures:
-                for cmp in _bn_vs_none(
-                    t,
-                    f"{measure}_{layer}",
-                    math.log(1.25),
-                    acts=["relu", "sigmoid"],
-                    flip=True,
-                    log=True,
-                    optim__name="sgd",
-                ):
-                    act = cmp.label.split(":")[0]
-                    cmp.label = f"{what} {layer}, {act}: no BN > BN"
-                    c.comparisons.append(cmp)
-        c.notes.append(
-            "the Gaussian KL is averaged over units; a unit whose input barely varies on the probe "
-            "images (a nearly dead relu unit feeding fc3 without BN) makes it explode, which is "
-            "why the mean shift is reported next to it"
-        )
-
-    claim(
-        "C9",
-        "BN reduces internal covariate shift (Ioffe & Szegedy); in the gradient sense it does "
-        "not (Santurkar et al.).",
-        "Ioffe & Szegedy 2015; Santurkar et al. 2018",
-        "averaged over the probes of the 40,000-step SGD runs (relu, sigmoid): distributional "
-        "ICS = Gaussian KL between a layer input's distributions at consecutive probes (every "
-        "1,000 steps, 500 test images); gradient ICS = ||G - G'||/||G|| (Santurkar Def. 2.1, "
-        "every 1,000 steps); also the mean absolute shift of the per-unit means. Claim tested: "
-        "no BN > BN (BN reduces ICS); ratio, margin 25%. "
-        "Santurkar's position predicts 'supported' for the distributional rows and 'not "
-        "supported' for the gradient rows.",
-        "santurkar2018_ics",
-        c9,
-    )
-
-    def c10(c):
-        t = tables.get("santurkar2018_landscape")
-        for measure, what in (
-            ("landscape_beta", "beta-smoothness"),
-            ("landscape_grad_diff_max", "gradient change"),
-            ("landscape_loss_range", "loss range"),
         ):
-            for suffix, when in (("", "whole run"), ("_early", "first quarter")):
-                for cmp in _bn_vs_none(
-                    t,
-                    measure + suffix,
-                    math.log(1.25),
-                    acts=["relu", "sigmoid"],
-                    flip=True,
-                    log=True,
-                    optim__name="sgd",
-                ):
-                    cmp.label = f"{what}, {when}, {cmp.label}"
-                    c.comparisons.append(cmp)
-
-    claim(
-        "C10",
-        "BN makes the loss landscape smoother.",
-        "Santurkar et al. 2018, Sec. 3",
-        "along the gradient at probes every 1,000 steps of the SGD runs (relu, sigmoid; step "
-        "sizes 0.5-4 x lr): effective beta-smoothness, largest gradient change, loss range; "
-        "no BN > BN (BN smoother), over the whole run and its first quarter; ratio, margin 25%.",
-        "santurkar2018_landscape",
-        c10,
+            label = f"{what} {layer}, {{act}}: no BN > BN"
+            out += _smaller_with_bn(t, f"{measure}_{layer}", 1 + growth, label, RELU_SIGMOID)
+    c.notes.append(
+        "the Gaussian KL is averaged over units; a unit whose input barely varies on the probe "
+        "images (a nearly dead relu unit feeding fc3 without BN) makes it explode, which is "
+        "why the mean shift is reported next to it"
     )
+    return out
 
-    def c11(c):
-        t = tables.get("santurkar2018_noisy_bn")
-        for act in ("relu", "sigmoid"):
-            nb = arm(t, "test_acc", model__norm="noisy_batch", model__activation=act)
-            bn = arm(t, "test_acc", model__norm="batch", model__activation=act)
-            c.comparisons.append(Comparison(f"{act}: noisy BN ~ BN", nb, bn, 0.01, "equivalent"))
-            no = arm(t, "test_acc", model__norm="none", model__activation=act)
-            nz = arm(t, "test_acc", model__norm="noise", model__activation=act)
-            c.comparisons.append(
-                Comparison(f"{act}: no BN > noise without BN (noise hurts)", no, nz, 0.05)
-            )
-            for n in ("batch", "noisy_batch", "none", "noise"):
-                d = arm(t, "ics0_mean_shift_fc3_final", model__norm=n, model__activation=act)
-                if len(d):
-                    c.notes.append(
-                        f"{act}, {n}: drift of the layer-3 input mean since step 0 = {d.mean():.3g}"
-                    )
 
-    claim(
-        "C11",
-        "Noisy BN trains about as well as BN; the same noise without BN fails.",
-        "Santurkar et al. 2018, Sec. 2.1",
-        "final test accuracy after 5,000 steps (studies protocol: SGD lr 0.1 on the mean loss, "
-        "batch 64): noisy BN equivalent to BN within 0.01; no BN > noise without BN by at "
-        "least 0.05.",
-        "santurkar2018_noisy_bn",
-        c11,
-    )
+@claim(
+    "C10",
+    statement="BN makes the loss landscape smoother.",
+    source="Santurkar et al. 2018, Sec. 3",
+    experiment="santurkar2018_landscape",
+    growth=0.25,
+    test="along the gradient at probes every 1,000 steps of the SGD runs (relu, sigmoid; step "
+    "sizes 0.5-4 x lr): effective beta-smoothness, largest gradient change, loss range; no BN > "
+    "BN (BN smoother), over the whole run and its first quarter; ratio, margin {growth:.0%}.",
+)
+def c10(c, t, growth):
+    """Santurkar et al.'s three smoothness measures along the gradient, larger without BN,
+    over the whole run and its first quarter."""
+    out = []
+    for measure, what in (
+        ("landscape_beta", "beta-smoothness"),
+        ("landscape_grad_diff_max", "gradient change"),
+        ("landscape_loss_range", "loss range"),
+    ):
+        for suffix, when in (("", "whole run"), ("_early", "first quarter")):
+            label = f"{what}, {when}, {{act}}: no BN > BN"
+            out += _smaller_with_bn(t, measure + suffix, 1 + growth, label, RELU_SIGMOID)
+    return out
 
-    def c12(c):
-        t = tables.get("study_lr")
-        t = t.assign(acc0=acc_or_zero(t))
-        # per member: the highest learning rate of the grid at which it reaches 90%
-        ok = t[t["acc0"] >= 0.9].groupby(["model.norm", "seed"])["optim.lr"].max()
-        bn, no = ok.get("batch", pd.Series(dtype=float)), ok.get("none", pd.Series(dtype=float))
-        c.comparisons.append(
-            Comparison("highest lr reaching 90%: BN > no BN", bn, no, math.log(2), log=True)
-        )
-        bn = arm(t, "acc0", model__norm="batch", optim__lr=3.0)
-        no = arm(t, "acc0", model__norm="none", optim__lr=3.0)
-        c.comparisons.append(Comparison("lr 3: BN > no BN (diverged = 0)", bn, no, ACC_MARGIN))
-        for n in ("none", "batch"):
-            g = t[t["model.norm"] == n].groupby("optim.lr")["acc0"].agg(["mean", "min"])
-            best = g["mean"].idxmax()
-            c.notes.append(
-                f"{'BN' if n == 'batch' else 'no BN'}: best lr {best:g} "
-                f"({g['mean'].max():.4f}); mean accuracy per lr "
-                + ", ".join(f"{lr:g}: {v:.3f}" for lr, v in g["mean"].items())
-            )
-        c.notes.append("the grid ends at lr 3: a highest lr of 3 means 'at least 3'")
 
-    claim(
-        "C12",
-        "BN permits higher learning rates.",
-        "Ioffe & Szegedy 2015; seed explainers",
-        "SGD on the mean loss (relu, batch 64) at learning rates 0.01-3 for 5,000 steps, "
-        "diverged members counting as accuracy 0: the highest learning rate at which a member "
-        "reaches 90% test accuracy, BN > no BN (per seed, ratio, margin 2x); and the test "
-        "accuracy at lr 3, BN > no BN (margin 0.005).",
-        "study_lr",
-        c12,
-    )
-
-    def c13(c):
-        t = tables.get("study_init_scale")
-        t = t.assign(acc0=acc_or_zero(t))
-        for s in (0.1, 0.3, 3.0, 10.0):
-            bn = arm(t, "acc0", model__norm="batch", model__init_scale=s)
-            no = arm(t, "acc0", model__norm="none", model__init_scale=s)
-            c.comparisons.append(Comparison(f"init scale {s:g}: BN > no BN", bn, no, ACC_MARGIN))
-        for n in ("none", "batch"):
-            g = t[t["model.norm"] == n].groupby("model.init_scale")["acc0"].mean()
-            c.notes.append(
-                f"{'BN' if n == 'batch' else 'no BN'}: accuracy range over scales "
-                f"{g.max() - g.min():.4f}"
-            )
-
-    claim(
-        "C13",
-        "BN reduces sensitivity to the weight-initialisation scale.",
-        "seed explainers",
-        "test accuracy after 5,000 steps (studies protocol, relu) with every initial weight "
-        "scaled by 0.1-10: BN > no BN at the scales away from 1; margin 0.005.",
-        "study_init_scale",
-        c13,
-    )
-
-    def c14(c):
-        t = tables.get("study_placement")
-        for act in ACTS:
-            b = arm(t, "test_acc", model__placement="before", model__activation=act)
-            a = arm(t, "test_acc", model__placement="after", model__activation=act)
-            if len(a) and len(b):
-                c.comparisons.append(Comparison(f"{act}: before > after", b, a, ACC_MARGIN))
-        better = {}
-        for cmp in c.comparisons:
-            _, lo, hi, _ = cmp.diff()
-            which = "before" if lo > 0 else "after" if hi < 0 else "no detectable difference"
-            better.setdefault(which, []).append(cmp.label.split(":")[0])
-        c.notes.append(
-            "better placement per activation: "
-            + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(better.items()))
-        )
-
-    claim(
-        "C14",
-        "BN before the activation (the BN paper's placement) is better than after it.",
-        "seed explainers (debated: some recommend after)",
-        "test accuracy after 5,000 steps (studies protocol) with BN before vs after each "
-        "activation: before > after; margin 0.005.",
-        "study_placement",
-        c14,
-    )
-
-    def c15(c):
-        d = tables.get("study_dropout")
-        base = tables.get("study_lr")
-        bn0 = arm(base, "test_acc", model__norm="batch", optim__lr=0.1)
-        no0 = arm(base, "test_acc", model__norm="none", optim__lr=0.1)
-        for where in ("after_act", "before_bn"):
-            bnd = arm(d, "test_acc", model__norm="batch", model__dropout_at=where)
-            nod = arm(d, "test_acc", model__norm="none", model__dropout_at=where)
-            c.comparisons.append(
-                Comparison(
-                    f"dropout {where}: cost of dropout with BN > cost without BN",
-                    (bn0 - bnd).dropna(),
-                    (no0 - nod).dropna(),
-                    ACC_MARGIN,
-                )
-            )
-            vs = arm(d, "var_shift_bn2_final", model__norm="batch", model__dropout_at=where)
-            if len(vs.dropna()):
-                c.notes.append(f"dropout {where} with BN: variance shift at bn2 = {vs.mean():.3g}")
-        fin = arm(d, "test_acc", model__norm="batch", model__dropout_at="final")
-        c.comparisons.append(
-            Comparison(
-                "dropout only after the last BN ~ BN without dropout",
-                fin,
-                bn0,
-                ACC_MARGIN,
-                "equivalent",
-            )
-        )
-
-    claim(
-        "C15",
-        "Dropout combined with BN hurts ('never apply dropout with BN'); dropout only after "
-        "the last BN is harmless.",
-        "seed explainer; Li et al. 2019",
-        "test accuracy after 5,000 steps (studies protocol, relu, dropout 0.5): the accuracy "
-        "lost to dropout is larger with BN than without (per seed, margin 0.005), for dropout "
-        "after the activation and directly before BN; dropout only before the output layer "
-        "with BN equivalent to BN without dropout within 0.005.",
-        "study_dropout",
-        c15,
-    )
-
-    def c16(c):
-        t = tables.get("study_bias")
-        for act in ("relu", "sigmoid"):
-            on = arm(t, "test_acc", model__bias_before_norm=True, model__activation=act)
-            off = arm(t, "test_acc", model__bias_before_norm=False, model__activation=act)
-            c.comparisons.append(
-                Comparison(f"{act}: with bias ~ without bias", on, off, ACC_MARGIN, "equivalent")
-            )
-
-    claim(
-        "C16",
-        "The bias before BN is redundant (beta subsumes it).",
-        "seed explainer",
-        "test accuracy after 5,000 steps (studies protocol) with and without the bias of the "
-        "linear layers feeding BN: equivalent within 0.005.",
-        "study_bias",
-        c16,
-    )
-
-    def c17(c):
-        t = tables.get("study_order")
-        base = tables.get("study_lr")
-        same = arm(t, "test_acc", model__norm="batch")
-        own = arm(base, "test_acc", model__norm="batch", optim__lr=0.1)
-        c.comparisons.append(
-            Comparison(
-                "BN: mean accuracy, same init & own order ~ own init & order",
-                same,
-                own,
-                ACC_MARGIN,
-                "equivalent",
-            )
-        )
-        c.notes.append(
-            f"BN, accuracy SD across members: {same.std():.4f} (same init, data order differs) vs "
-            f"{own.std():.4f} (init and order differ)"
-        )
-        path = tables.folder / "running_stats.csv"
-        if path.exists():
-            rs = read_table(path, members=False)
-            rs = rs[rs["sweep"] == "study_order"]
-            for _, r in rs.iterrows():
+@claim(
+    "C11",
+    statement="Noisy BN trains about as well as BN; the same noise without BN fails.",
+    source="Santurkar et al. 2018, Sec. 2.1",
+    experiment="santurkar2018_noisy_bn",
+    margin=0.01,
+    harm=0.05,
+    test="final test accuracy after 5,000 steps (studies protocol: SGD lr 0.1 on the mean loss, "
+    "batch 64): noisy BN equivalent to BN within {margin:g}; no BN > noise without BN by at "
+    "least {harm:g}.",
+)
+def c11(c, t, margin, harm):
+    """Noisy BN ~ BN (BN's benefit is not stable activation moments) and no BN > the noise
+    without BN, per activation; each norm's drift of the layer-3 input as a note."""
+    out = []
+    for act in RELU_SIGMOID:
+        nb = arm(t, "test_acc", model__norm="noisy_batch", model__activation=act)
+        bn = arm(t, "test_acc", model__norm="batch", model__activation=act)
+        out.append(Comparison(f"{act}: noisy BN ~ BN", nb, bn, margin, "equivalent"))
+        no = arm(t, "test_acc", model__norm="none", model__activation=act)
+        nz = arm(t, "test_acc", model__norm="noise", model__activation=act)
+        out.append(Comparison(f"{act}: no BN > noise without BN (noise hurts)", no, nz, harm))
+        for n in ("batch", "noisy_batch", "none", "noise"):
+            d = arm(t, "ics0_mean_shift_fc3_final", model__norm=n, model__activation=act)
+            if len(d):
                 c.notes.append(
-                    f"{r['layer']} running {r['stat']}: SD across data orders {r['member_sd']:.3g} "
-                    f"= {r['ratio']:.2f} x the SD across units ({r['unit_sd']:.3g})"
+                    f"{act}, {n}: drift of the layer-3 input mean since step 0 = {d.mean():.3g}"
                 )
+    return out
 
-    claim(
-        "C17",
-        "The order of mini-batches changes the learned running statistics, but the effect "
-        "averages out under shuffling.",
-        "seed explainer",
-        "members with the same initial weights and their own data order (BN, studies "
-        "protocol): the spread of the final running statistics across orders (notes), and the "
-        "mean test accuracy equivalent within 0.005 to members that also differ in init.",
-        "study_order",
-        c17,
-    )
 
-    def c18(c):
-        t = tables.get("mlds2017_fig4")
-        c.comparisons = _bn_vs_none(t, "gap", 0.002, flip=True, optim__name="sgd")
-        for cmp in c.comparisons:
-            cmp.label = cmp.label.replace("no BN > BN", "gap without BN > gap with BN")
-
-    claim(
-        "C18",
-        "BN adds a mild regularisation effect: a smaller train/test gap.",
-        "seed explainers",
-        "train accuracy (first 10,000 training images) minus test accuracy at the end of the "
-        "40,000-step SGD runs, per activation: larger without BN; margin 0.002.",
-        "mlds2017_fig4",
-        c18,
-    )
-
-    def c19(c):
-        t = tables.get("mlds2017_fig4")
-        c.comparisons = _bn_vs_none(
-            t, "steps_to_0.9", math.log(1.5), flip=True, log=True, optim__name="sgd"
+@claim(
+    "C12",
+    statement="BN permits higher learning rates.",
+    source="Ioffe & Szegedy 2015; seed explainers",
+    experiment="study_lr",
+    margin=ACC_MARGIN,
+    ratio=2.0,
+    target=0.9,
+    lr=3.0,
+    test="SGD on the mean loss (relu, batch 64) at learning rates 0.01-3 for 5,000 steps, "
+    "diverged members counting as accuracy 0: the highest learning rate at which a member "
+    "reaches {target:.0%} test accuracy, BN > no BN (per seed, ratio, margin {ratio:g}x); and "
+    "the test accuracy at lr {lr:g}, BN > no BN (margin {margin:g}).",
+)
+def c12(c, t, margin, ratio, target, lr):
+    """Per seed, the highest grid lr still reaching the target, BN > no BN as a ratio; at a
+    high lr, BN > no BN in accuracy (diverged = 0). Accuracy per lr as notes."""
+    t = with_acc0(t)
+    ok = t[t["acc0"] >= target].groupby(["model.norm", "seed"])["optim.lr"].max()
+    bn, no = ok.get("batch", pd.Series(dtype=float)), ok.get("none", pd.Series(dtype=float))
+    label = f"highest lr reaching {target:.0%}: BN > no BN"
+    out = [Comparison(label, bn, no, math.log(ratio), log=True)]
+    bn = arm(t, "acc0", model__norm="batch", optim__lr=lr)
+    no = arm(t, "acc0", model__norm="none", optim__lr=lr)
+    out.append(Comparison(f"lr {lr:g}: BN > no BN (diverged = 0)", bn, no, margin))
+    for n in ("none", "batch"):
+        g = t[t["model.norm"] == n].groupby("optim.lr")["acc0"].mean()
+        c.notes.append(
+            f"{_bn(n)}: best lr {g.idxmax():g} ({g.max():.4f}); mean accuracy per lr "
+            + ", ".join(f"{x:g}: {v:.3f}" for x, v in g.items())
         )
-        for cmp in c.comparisons:
-            cmp.label = cmp.label.replace("no BN > BN", "steps to 90% without BN > with BN")
-        try:
-            i = tables.get("ioffe2015_fig1")
-            no = arm(i, "steps_to_0.97", model__norm="none")
-            bn = arm(i, "steps_to_0.97", model__norm="batch")
-            c.comparisons.append(
-                Comparison(
-                    "Ioffe Fig. 1 setting: steps to 97% without BN > with BN",
-                    no,
-                    bn,
-                    math.log(1.5),
-                    log=True,
-                )
-            )
-            reached = i.groupby("model.norm")["reached_0.97"].sum()
-            c.notes.append(
-                f"Ioffe setting: 97% reached by {reached.get('none', 0)} no-BN and "
-                f"{reached.get('batch', 0)} BN members; "
-                f"mean steps {no.mean():.0f} vs {bn.mean():.0f} ({no.mean() / bn.mean():.1f}x)"
-            )
-        except MissingTable:
-            c.notes.append("ioffe2015 not run")
+    top = t["optim.lr"].max()
+    c.notes.append(f"the grid ends at lr {top:g}: a highest lr of {top:g} means 'at least {top:g}'")
+    return out
 
-    claim(
-        "C19",
-        "BN speeds up training: fewer steps to reach a given accuracy.",
-        "Ioffe & Szegedy 2015 (14x on ImageNet; MNIST Fig. 1a)",
-        "first evaluated step with test accuracy >= 0.9 in the 40,000-step SGD runs per "
-        "activation, and >= 0.97 in the Ioffe Fig. 1 setting (members that never reach it "
-        "count as the run length + 1); no BN > BN as a ratio, margin 1.5x.",
-        "mlds2017_fig4",
-        c19,
+
+@claim(
+    "C13",
+    statement="BN reduces sensitivity to the weight-initialisation scale.",
+    source="seed explainers",
+    experiment="study_init_scale",
+    margin=ACC_MARGIN,
+    scales=(0.1, 0.3, 3.0, 10.0),
+    test="test accuracy after 5,000 steps (studies protocol, relu) with every initial weight "
+    "scaled by {scales[0]:g}-{scales[3]:g}: BN > no BN at the scales away from 1; margin "
+    "{margin:g}.",
+)
+def c13(c, t, margin, scales):
+    """At each initial weight scale away from 1, BN > no BN in accuracy (diverged = 0): BN
+    undoes a layer's input scale. Each norm's accuracy range as a note."""
+    t = with_acc0(t)
+    out = []
+    for s in scales:
+        bn = arm(t, "acc0", model__norm="batch", model__init_scale=s)
+        no = arm(t, "acc0", model__norm="none", model__init_scale=s)
+        out.append(Comparison(f"init scale {s:g}: BN > no BN", bn, no, margin))
+    for n in ("none", "batch"):
+        g = t[t["model.norm"] == n].groupby("model.init_scale")["acc0"].mean()
+        c.notes.append(f"{_bn(n)}: accuracy range over scales {g.max() - g.min():.4f}")
+    return out
+
+
+@claim(
+    "C14",
+    statement="BN before the activation (the BN paper's placement) is better than after it.",
+    source="seed explainers (debated: some recommend after)",
+    experiment="study_placement",
+    margin=ACC_MARGIN,
+    test="test accuracy after 5,000 steps (studies protocol) with BN before vs after each "
+    "activation: before > after; margin {margin:g}.",
+)
+def c14(c, t, margin):
+    """Per activation, BN before > BN after it in accuracy; the placement each interval
+    favours as a note (the explainers disagree)."""
+    out = []
+    for act in ACTS:
+        b = arm(t, "test_acc", model__placement="before", model__activation=act)
+        a = arm(t, "test_acc", model__placement="after", model__activation=act)
+        if len(a) and len(b):
+            out.append(Comparison(f"{act}: before > after", b, a, margin))
+    better = {}
+    for cmp in out:
+        _, lo, hi, _ = cmp.diff()
+        which = "before" if lo > 0 else "after" if hi < 0 else "no detectable difference"
+        better.setdefault(which, []).append(cmp.label.split(":")[0])
+    c.notes.append(
+        "better placement per activation: "
+        + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(better.items()))
     )
-    return claims
+    return out
+
+
+@claim(
+    "C15",
+    statement="Dropout combined with BN hurts ('never apply dropout with BN'); dropout only after "
+    "the last BN is harmless.",
+    source="seed explainer; Li et al. 2019",
+    experiment=["study_dropout", "study_lr"],
+    margin=ACC_MARGIN,
+    test="test accuracy after 5,000 steps (studies protocol, relu, dropout 0.5): the accuracy "
+    "lost to dropout is larger with BN than without (per seed, margin {margin:g}), for dropout "
+    "after the activation and directly before BN; dropout only before the output layer with BN "
+    "equivalent to BN without dropout within {margin:g}.",
+)
+def c15(c, d, base, margin):
+    """Per seed, dropout's cost (against study_lr at lr 0.1: no dropout) is larger with BN, whose
+    test-time variance it shifts (Li et al.); dropout after the last BN ~ none."""
+    bn0 = arm(base, "test_acc", model__norm="batch", optim__lr=0.1)
+    no0 = arm(base, "test_acc", model__norm="none", optim__lr=0.1)
+    out = []
+    for where in ("after_act", "before_bn"):
+        bnd = arm(d, "test_acc", model__norm="batch", model__dropout_at=where)
+        nod = arm(d, "test_acc", model__norm="none", model__dropout_at=where)
+        label = f"dropout {where}: cost of dropout with BN > cost without BN"
+        out.append(Comparison(label, (bn0 - bnd).dropna(), (no0 - nod).dropna(), margin))
+        vs = arm(d, "var_shift_bn2_final", model__norm="batch", model__dropout_at=where)
+        if len(vs.dropna()):  # all NaN only if every BN member diverged (arm checks the rest)
+            c.notes.append(f"dropout {where} with BN: variance shift at bn2 = {vs.mean():.3g}")
+    fin = arm(d, "test_acc", model__norm="batch", model__dropout_at="final")
+    label = "dropout only after the last BN ~ BN without dropout"
+    out.append(Comparison(label, fin, bn0, margin, "equivalent"))
+    return out
+
+
+@claim(
+    "C16",
+    statement="The bias before BN is redundant (beta subsumes it).",
+    source="seed explainer",
+    experiment="study_bias",
+    margin=ACC_MARGIN,
+    test="test accuracy after 5,000 steps (studies protocol) with and without the bias of the "
+    "linear layers feeding BN: equivalent within {margin:g}.",
+)
+def c16(c, t, margin):
+    """With ~ without the bias before BN, per activation: BN subtracts the batch mean, which
+    removes any constant the bias adds."""
+    out = []
+    for act in RELU_SIGMOID:
+        on = arm(t, "test_acc", model__bias_before_norm=True, model__activation=act)
+        off = arm(t, "test_acc", model__bias_before_norm=False, model__activation=act)
+        out.append(Comparison(f"{act}: with bias ~ without bias", on, off, margin, "equivalent"))
+    return out
+
+
+@claim(
+    "C17",
+    statement="The order of mini-batches changes the learned running statistics, but the effect "
+    "averages out under shuffling.",
+    source="seed explainer",
+    experiment=["study_order", "study_lr"],
+    optional=["running_stats.csv"],
+    margin=ACC_MARGIN,
+    test="members with the same initial weights and their own data order (BN, studies "
+    "protocol): the spread of the final running statistics across orders (notes), and the mean "
+    "test accuracy equivalent within {margin:g} to members that also differ in init.",
+)
+def c17(c, t, base, running, margin):
+    """BN members sharing their initial weights ~ study_lr's at lr 0.1 (init differs too) in
+    mean accuracy; the running statistics' spread across data orders as notes."""
+    same = arm(t, "test_acc", model__norm="batch")
+    own = arm(base, "test_acc", model__norm="batch", optim__lr=0.1)
+    label = "BN: mean accuracy, same init & own order ~ own init & order"
+    c.notes.append(
+        f"BN, accuracy SD across members: {same.std():.4f} (same init, data order differs) vs "
+        f"{own.std():.4f} (init and order differ)"
+    )
+    # running_stats.csv is written only where members kept their model.pt: notes if present
+    if running is not None:
+        for _, r in running[running["sweep"] == "study_order"].iterrows():
+            c.notes.append(
+                f"{r['layer']} running {r['stat']}: SD across data orders {r['member_sd']:.3g} "
+                f"= {r['ratio']:.2f} x the SD across units ({r['unit_sd']:.3g})"
+            )
+    return [Comparison(label, same, own, margin, "equivalent")]
+
+
+@claim(
+    "C18",
+    statement="BN adds a mild regularisation effect: a smaller train/test gap.",
+    source="seed explainers",
+    experiment="mlds2017_fig4",
+    margin=0.002,
+    test="train accuracy (first 10,000 training images) minus test accuracy at the end of the "
+    "40,000-step SGD runs, per activation: larger without BN; margin {margin:g}.",
+)
+def c18(c, t, margin):
+    """Train minus test accuracy at the end, larger without BN, per activation (BN's batch
+    noise as a regulariser)."""
+    label = "{act}: gap without BN > gap with BN"
+    return _bn_vs_none(t, "gap", margin, flip=True, label=label, optim__name="sgd")
+
+
+@claim(
+    "C19",
+    statement="BN speeds up training: fewer steps to reach a given accuracy.",
+    source="Ioffe & Szegedy 2015 (14x on ImageNet; MNIST Fig. 1a)",
+    experiment="mlds2017_fig4",
+    optional=["ioffe2015_fig1"],
+    ratio=1.5,
+    target=0.9,
+    ioffe_target=0.97,
+    test="first evaluated step with test accuracy >= {target:g} in the 40,000-step SGD runs per "
+    "activation, and >= {ioffe_target:g} in the Ioffe Fig. 1 setting (members that never reach "
+    "it count as the run length + 1); no BN > BN as a ratio, margin {ratio:g}x.",
+)
+def c19(c, t, ioffe, ratio, target, ioffe_target):
+    """Steps to the target accuracy, more without BN, per activation and in the Ioffe &
+    Szegedy Fig. 1 setting if run."""
+    label = f"{{act}}: steps to {target:.0%} without BN > with BN"
+    out = _smaller_with_bn(t, f"steps_to_{target}", ratio, label)
+    if ioffe is None:
+        c.notes.append("ioffe2015 not run")
+        return out
+    no = arm(ioffe, f"steps_to_{ioffe_target}", model__norm="none")
+    bn = arm(ioffe, f"steps_to_{ioffe_target}", model__norm="batch")
+    label = f"Ioffe Fig. 1 setting: steps to {ioffe_target:.0%} without BN > with BN"
+    out.append(Comparison(label, no, bn, math.log(ratio), log=True))
+    reached = require(ioffe, f"reached_{ioffe_target}").groupby("model.norm")
+    reached = reached[f"reached_{ioffe_target}"].sum()
+    c.notes.append(
+        f"Ioffe setting: {ioffe_target:.0%} reached by {reached.get('none', 0)} no-BN and "
+        f"{reached.get('batch', 0)} BN members; "
+        f"mean steps {no.mean():.0f} vs {bn.mean():.0f} ({no.mean() / bn.mean():.1f}x)"
+    )
+    return out
 
 
 def _fmt(x: float) -> str:
@@ -833,7 +865,7 @@ def render(claims: list[Claim], figures: str = "figures") -> str:
         "`bnlab reproduce`). Do not edit by hand. Numbers: mean [min, max] over",
         "seeds, n = members; differences with their 95% t-interval (paired by seed where the",
         "arms share seeds; ratios for quantities compared on a log scale). Verdict rules are in",
-        "`bnlab/claims.py`: *supported* = the interval excludes zero in the claimed direction",
+        "`bnlab/verdicts.py`: *supported* = the interval excludes zero in the claimed direction",
         "and the mean effect reaches the margin; *not supported* = the opposite holds or the",
         "effect is reliably below the margin; *inconclusive* = the interval does not decide",
         "(the seeds spread too much, or it straddles the margin); *mixed* = the comparisons of",
@@ -877,7 +909,12 @@ def render(claims: list[Claim], figures: str = "figures") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bnlab claims", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="bnlab claims",
+        description=__doc__,
+        epilog=verdicts.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     args = p.parse_args(argv)
     if not (args.results / "tables").is_dir():
@@ -889,7 +926,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         claims = build_claims(Tables(args.results / "tables"))
-    except TableError as e:
+    except (TableError, ClaimError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.results / "CLAIMS.md"

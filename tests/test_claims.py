@@ -1,71 +1,47 @@
-"""The claims logic on hand-built tables with known verdicts, and its statistics against scipy."""
+"""The claims ledger on hand-built tables with known verdicts, and on the committed tables."""
 
 from __future__ import annotations
 
-import math
+import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
-from scipy import stats
 
+from bnlab import experiments
 from bnlab.claims import (
-    INCONCLUSIVE,
-    MIXED,
-    NOT_SUPPORTED,
-    SUPPORTED,
-    Comparison,
+    LEDGER,
+    ClaimError,
     Tables,
     build_claims,
-    combine,
+    claim,
     diverged_rule,
     main,
     render,
-    verdict,
 )
-from bnlab.records import update_manifest
+from bnlab.records import MANIFEST, update_manifest
+from bnlab.verdicts import INCONCLUSIVE, MIXED, NOT_SUPPORTED, SUPPORTED
 
 
-@pytest.mark.parametrize(
-    "mean, lo, hi, margin, kind, expected",
-    [
-        (0.02, 0.01, 0.03, 0.005, "greater", SUPPORTED),
-        (0.004, 0.001, 0.007, 0.005, "greater", INCONCLUSIVE),  # real but maybe too small
-        (0.002, 0.001, 0.003, 0.005, "greater", NOT_SUPPORTED),  # reliably below the margin
-        (-0.02, -0.03, -0.01, 0.005, "greater", NOT_SUPPORTED),  # the opposite holds
-        (0.01, -0.01, 0.03, 0.005, "greater", INCONCLUSIVE),  # seeds too noisy
-        (0.001, -0.003, 0.004, 0.005, "equivalent", SUPPORTED),
-        (0.02, 0.01, 0.03, 0.005, "equivalent", NOT_SUPPORTED),
-        (0.004, -0.002, 0.01, 0.005, "equivalent", INCONCLUSIVE),
-    ],
-)
-def test_verdict_known_answers(mean, lo, hi, margin, kind, expected):
-    assert verdict(mean, lo, hi, margin, kind) == expected
-
-
-def test_combine():
-    assert combine([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert combine([SUPPORTED, NOT_SUPPORTED]) == MIXED
-    assert combine([SUPPORTED, INCONCLUSIVE]) == MIXED
-    assert combine([]) == INCONCLUSIVE
-
-
-def test_intervals_match_scipy():
-    rng = np.random.default_rng(0)
-    a = pd.Series(rng.normal(0.9, 0.01, 5), index=range(5))
-    b = pd.Series(rng.normal(0.88, 0.02, 5), index=range(5))
-    mean, lo, hi, paired = Comparison("x", a, b, 0.005).diff()
-    ci = stats.ttest_rel(a, b).confidence_interval()
-    assert paired and (lo, hi) == pytest.approx((ci.low, ci.high))
-    assert mean == pytest.approx((a - b).mean())
-    b7 = pd.Series(rng.normal(0.88, 0.02, 7), index=range(10, 17))  # other seeds: Welch
-    mean, lo, hi, paired = Comparison("x", a, b7, 0.005).diff()
-    ci = stats.ttest_ind(a, b7, equal_var=False).confidence_interval()
-    assert not paired and (lo, hi) == pytest.approx((ci.low, ci.high))
-    mean, lo, hi, _ = Comparison("x", a * 3, a, 0.1, log=True).diff()  # ratios: log scale
-    assert mean == pytest.approx(math.log(3)) and lo == hi == pytest.approx(math.log(3))
+def test_the_ledger_states_the_numbers_its_code_uses():
+    assert list(LEDGER) == [f"C{i}" for i in range(1, 20)]
+    drawn = {f for e in experiments.EXPERIMENTS.values() for f in e.figures}
+    assert all(c.figure in drawn for c in LEDGER.values())
+    c12 = LEDGER["C12"]
+    assert c12.numbers == dict(margin=0.005, ratio=2.0, target=0.9, lr=3.0)
+    assert "reaches 90% test accuracy" in c12.test and "margin 2x" in c12.test
+    assert "at lr 3, BN > no BN (margin 0.005)" in c12.test
+    assert "1:0 ratios 9, 19, 99:" in LEDGER["C8"].test
+    assert LEDGER["C6"].statement.endswith("(batch 4).")
+    assert "margin 25%" in LEDGER["C9"].test  # growth=0.25, compared as log(1.25)
+    with pytest.raises(ValueError, match=r"CX: \['harm'\] not in its texts"):
+        claim("CX", statement="s", source="s", test="margin {margin}", experiment="study_lr",
+              margin=0.1, harm=0.2)  # fmt: skip
+    with pytest.raises(KeyError, match="unknown experiment 'study_typo'"):
+        claim("CX", statement="s", source="s", test="t", experiment="study_typo")
+    assert "CX" not in LEDGER
 
 
 SEEDS = range(5)
@@ -113,27 +89,41 @@ def test_claims_on_known_tables(tmp_path):
         place += _members({"model.activation": act, "model.placement": "after"}, 0.9 - wild)
     _write(tmp_path, "study_placement", place)
 
-    claims = {c.key: c for c in build_claims(Tables(tmp_path))}
+    tables = Tables(tmp_path)
+    claims = {c.key: c for c in build_claims(tables, ["C4", "C12", "C14", "C16", "C18"])}
     assert claims["C4"].verdict == SUPPORTED
     assert "largest for sigmoid (as claimed)" in claims["C4"].notes[0]
     assert claims["C18"].verdict == SUPPORTED  # gap without BN larger by 0.007 > 0.002
     assert claims["C16"].verdict == SUPPORTED
     assert claims["C14"].verdict == INCONCLUSIVE
     assert claims["C12"].verdict == "not run" and "study_lr.csv" in claims["C12"].missing
-    # C1's measure is not in the table: its comparisons have no members -> inconclusive
-    assert claims["C1"].verdict == INCONCLUSIVE
     report = render(list(claims.values()))
     assert "| [C4](#c4) | BN improves accuracy for every activation" in report
     assert "**Verdict: supported.**" in report and "Out of scope" in report
+    # C1's measure is not in the table: an error naming the claim, the table and the column
+    table = tmp_path / "mlds2017.csv"
+    with pytest.raises(ClaimError, match=f"claim C1: {table} has no column 'w2_mean_abs_final'"):
+        build_claims(tables, ["C1"])
 
     # BN worse for relu only: the per-activation comparisons disagree -> mixed
-    t = pd.read_csv(tmp_path / "mlds2017.csv")
+    t = pd.read_csv(table)
     hurt = (t["model.activation"] == "relu") & (t["model.norm"] == "batch")
     t.loc[hurt, "test_acc"] -= 0.05
     _write(tmp_path, "mlds2017", t)
-    c4 = next(c for c in build_claims(Tables(tmp_path)) if c.key == "C4")
+    (c4,) = build_claims(tables, ["C4"])
     assert c4.verdict == MIXED
     assert [c.verdict() for c in c4.comparisons][0] == NOT_SUPPORTED
+
+    # a measure no selected member recorded is an error; one lost to divergence is not
+    sigmoid_bn = (t["model.activation"] == "sigmoid") & (t["model.norm"] == "batch")
+    _write(tmp_path, "mlds2017", t.assign(gap=t["gap"].mask(sigmoid_bn)))
+    with pytest.raises(ClaimError, match="claim C18: .*'gap' is NaN for every member with "
+                       "model.norm=batch, model.activation=sigmoid, optim.name=sgd"):  # fmt: skip
+        build_claims(tables, ["C18"])
+    t.loc[sigmoid_bn, "status"] = "diverged"
+    _write(tmp_path, "mlds2017", t)
+    (c18,) = build_claims(tables, ["C18"])
+    assert [c.verdict() for c in c18.comparisons][2] == INCONCLUSIVE  # sigmoid: no BN values
 
 
 def test_one_rule_for_diverged_members_and_non_finite_numbers():
@@ -177,3 +167,34 @@ def test_the_committed_report_regenerates_and_damaged_tables_are_refused(tmp_pat
         capsys.readouterr()
         assert main(["--results", str(tmp_path)]) == 2
         assert damage in capsys.readouterr().err
+
+
+def test_a_renamed_or_unrecorded_measure_fails_the_report_naming_it(tmp_path, capsys):
+    tables = tmp_path / "tables"
+    shutil.copytree(REPO / "results" / "tables", tables)
+    table = tables / "mlds2017.csv"
+    good = pd.read_csv(table)
+    for edit, expected in (
+        (good.rename(columns={"w2_mean_abs_final": "w2_abs_final"}),
+         f"claim C1: {table} has no column 'w2_mean_abs_final'"),
+        (good.assign(**{"jac_frac_iso_fc2": np.nan}),
+         f"claim C3: {table}: column 'jac_frac_iso_fc2' is NaN for every member with "
+         "model.norm=batch, model.activation=relu, optim.name=sgd"),
+    ):  # fmt: skip
+        _write(tables, "mlds2017", edit)  # as bnlab tables would write it: listed, verified
+        capsys.readouterr()
+        assert main(["--results", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {expected}") and err.count("\n") == 1, err
+        assert not (tmp_path / "CLAIMS.md").exists()
+
+    # an experiment not run is no error: its claims say "not run", or note it if optional
+    _write(tables, "mlds2017", good)
+    listed = json.loads((tables / MANIFEST).read_text())
+    for name in ("ioffe2015.csv", "study_bias.csv"):
+        (tables / name).unlink()
+        del listed[name]
+    (tables / MANIFEST).write_text(json.dumps(listed))
+    claims = {c.key: c for c in build_claims(Tables(tables))}
+    assert claims["C16"].verdict == "not run"
+    assert "ioffe2015 not run" in claims["C19"].notes and len(claims["C19"].comparisons) == 5
