@@ -6,7 +6,7 @@ For batch sizes 4, 64 and 256 (784-100-100-10, BN before sigmoid, plain SGD, sum
 prints milliseconds per step of
   - the naive reference: DataLoader over a TensorDataset, nn.Sequential with nn.BatchNorm1d,
     torch.optim.SGD;
-  - bnlab's loop (bnlab.train.Batches + train_step, exactly what run() executes per step) for
+  - bnlab's step (bnlab.data.Batches + bnlab.optim.train_step, what run() executes per step) for
     ensembles of 1, 8 and 16 members, per member-step;
   - the FLOP-bound limit: 6 * B * P flops per member-step (forward, and backward for weights
     and inputs; P = weights) at the matrix-multiply rate measured in this same run (the goals'
@@ -21,11 +21,17 @@ move with the machine and its load.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
 import json
 import multiprocessing
 import os
+import platform
 import sys
+import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -33,11 +39,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bnlab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
-from bnlab.data import load_data
+from bnlab import train
+from bnlab.config import (
+    PROBES,
+    DataConfig,
+    Every,
+    ModelConfig,
+    OptimConfig,
+    ProbesConfig,
+    RunConfig,
+    TrainConfig,
+)
+from bnlab.data import Batches, load_data
+from bnlab.evaluation import eval_steps, evaluate
 from bnlab.model import build_model
+from bnlab.optim import make_optimizer, train_step
 from bnlab.probes import Prober
-from bnlab.train import Batches, eval_steps, evaluate, make_optimizer, train_step
+from bnlab.records import write_atomic
 
 WEIGHTS = 784 * 100 + 100 * 100 + 100 * 10
 MODEL = ModelConfig(activation="sigmoid", norm="batch", placement="before")
@@ -113,10 +131,14 @@ def naive_step_fn(data, batch_size: int):
     return step
 
 
-def bnlab_step_fn(data, batch_size: int, members: int):
+def bnlab_step_fn(data, batch_size: int, members: int, autograd: bool = False):
+    """bnlab's step; with autograd, the same ensemble layout with every layer's backward by
+    autograd (the fallback layers without a hand-written backward get) and torch.optim's SGD."""
     seeds = list(range(members))
-    model = build_model(MODEL, seeds)
-    opt = make_optimizer(OPTIM, model)
+    model = build_model(MODEL, seeds, autograd=autograd)
+    opt = (
+        torch.optim.SGD(model.parameters(), OPTIM.lr) if autograd else make_optimizer(OPTIM, model)
+    )
     batches = Batches(data.x_train, data.y_train, batch_size, seeds)
     model.train()
 
@@ -127,7 +149,35 @@ def bnlab_step_fn(data, batch_size: int, members: int):
     return step
 
 
-def evaluation_cost(data, members: int, batch_size: int) -> dict:
+def loop_cost(data, batch_size: int, members: int, steps: int) -> dict:
+    """Milliseconds per step of run()'s whole loop (probes off, evaluations only at the start
+    and the end), from a run of `steps` steps minus one of steps/5 (so the fixed costs cancel;
+    the best of three each), next to the isolated step timed in the same process."""
+    off = ProbesConfig(**{name: Every(0) for name in PROBES})
+
+    def run_s(n: int) -> float:
+        cfg = RunConfig(
+            name="bench",
+            seeds=list(range(members)),
+            model=copy.deepcopy(MODEL),
+            optim=OPTIM,
+            data=DataConfig(batch_size=batch_size, download=False),
+            train=TrainConfig(steps=n, eval_every=n, threads=0, progress=False, save_model=False),
+            probes=off,
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            t0 = time.perf_counter()
+            train.run(cfg, folder, data=data)
+            return time.perf_counter() - t0
+
+    run_s(steps // 10)  # warm-up
+    long, short = zip(*((run_s(steps), run_s(steps // 5)) for _ in range(3)))  # best of 3
+    loop = (min(long) - min(short)) / (steps - steps // 5)
+    step = timed_together({"step": bnlab_step_fn(data, batch_size, members)}, 0.5)["step"]
+    return {"loop_ms": loop * 1e3, "step_ms": step * 1e3}
+
+
+def evaluation_cost(data, members: int, batch_size: int, seconds: float = 1.0) -> dict:
     """Seconds per evaluation as run() does it (full test set and a 10,000-image training
     subset, eval mode), and the same time in training steps of `batch_size`."""
     seeds = list(range(members))
@@ -140,7 +190,7 @@ def evaluation_cost(data, members: int, batch_size: int) -> dict:
 
     t = timed_together(
         {"eval": evaluation, "step": bnlab_step_fn(data, batch_size, members)},
-        seconds=1.0,
+        seconds=seconds,
         rounds=3,
     )
     return {"eval_s": t["eval"], "step_s": t["step"], "steps_per_eval": t["eval"] / t["step"]}
@@ -260,6 +310,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 64, 256])
     p.add_argument("--members", type=int, nargs="+", default=[1, 8, 16])
     p.add_argument("--probe-steps", type=int, default=10000, help="steps for probe overhead")
+    p.add_argument("--loop-steps", type=int, default=5000, help="steps of the whole-loop runs")
     p.add_argument(
         "--parallel-seconds",
         type=float,
@@ -267,7 +318,42 @@ def main(argv=None) -> int:
         help="seconds per process/thread layout in the whole-machine comparison (0: skip)",
     )
     p.add_argument("--json", type=Path, help="also write the figures to this file")
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        help="also write what is printed to this file as a Markdown page section (make bench: "
+        "docs/generated/bench.md, which the docs' performance page includes)",
+    )
     args = p.parse_args(argv)
+    if args.markdown:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(_Tee(sys.stdout, printed)):
+            rc = _bench(args)
+        when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        text = f"Measured {when} on {platform.node()} ({os.cpu_count()} CPUs) by `make bench`:\n"
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.markdown, f"{text}\n```text\n{printed.getvalue()}```\n")
+        return rc
+    return _bench(args)
+
+
+class _Tee(io.TextIOBase):
+    """A stream writing to several streams (the terminal and the Markdown copy)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def _bench(args) -> int:
     torch.set_num_threads(args.threads)
     data = load_data(DataConfig(root=args.data_root, download=False))
     rate = matmul_rate()
@@ -276,32 +362,43 @@ def main(argv=None) -> int:
         f"matmul rate {rate / 1e9:.1f} GFLOP/s (1024^3 float32)"
     )
     head = f"{'batch':>5} {'naive':>8} {'FLOP bound':>10}  " + "  ".join(
-        f"{f'K={k}':>8} {'x naive':>7} {'x bound':>7}" for k in args.members
+        f"{f'K={k}':>8} {'x naive':>7} {'x bound':>7} {'autograd':>8}" for k in args.members
     )
     print("ms per member-step\n" + head)
     results = []
     for b in args.batch_sizes:
         steps = {"naive": naive_step_fn(data, b)}
         steps.update({k: bnlab_step_fn(data, b, k) for k in args.members})
+        steps.update({("autograd", k): bnlab_step_fn(data, b, k, True) for k in args.members})
         t = timed_together(steps, args.seconds)
         naive, bound = t["naive"], 6 * b * WEIGHTS / rate
-        row = {"batch": b, "naive_ms": naive * 1e3, "flop_bound_ms": bound * 1e3, "bnlab": {}}
+        row = {"batch": b, "naive_ms": naive * 1e3, "flop_bound_ms": bound * 1e3}
+        row.update(bnlab={}, autograd={})
         cells = []
         for k in args.members:
-            per_member = t[k] / k
-            row["bnlab"][k] = per_member * 1e3
+            per_member, auto = t[k] / k, t["autograd", k] / k
+            row["bnlab"][k], row["autograd"][k] = per_member * 1e3, auto * 1e3
             cells.append(
-                f"{per_member * 1e3:8.3f} {naive / per_member:6.2f}x {per_member / bound:6.2f}x"
+                f"{per_member * 1e3:8.3f} {naive / per_member:6.2f}x {per_member / bound:6.2f}x "
+                f"{auto / per_member:7.2f}x"
             )
         print(f"{b:5d} {naive * 1e3:8.3f} {bound * 1e3:10.3f}  " + "  ".join(cells))
         results.append(row)
     print(
         "x naive: speed-up over the naive loop (higher is better); "
         "x bound: time over the FLOP-bound limit (6 B P flops; the first layer needs no input "
-        "gradient, so a step's own flops are 4.2 B P: 0.71x is the hard limit)"
+        "gradient, so a step's own flops are 4.2 B P: 0.71x is the hard limit); autograd: the "
+        "same ensemble with autograd's backward (and torch.optim.SGD), time over bnlab's"
     )
     print_goals(results)
-    ev = evaluation_cost(data, 5, 64)
+    for b, k in ((4, 1), (64, 5)):
+        lc = loop_cost(data, b, k, args.loop_steps)
+        print(
+            f"whole loop (run(), probes off), batch {b}, {k} member(s): {lc['loop_ms']:.3f} ms "
+            f"per step vs {lc['step_ms']:.3f} ms for the step alone "
+            f"({lc['loop_ms'] / lc['step_ms']:.2f}x)"
+        )
+    ev = evaluation_cost(data, 5, 64, 3 * args.seconds)
     print(
         f"evaluation (10,000 test + 10,000 training images, 5 members): "
         f"{ev['eval_s'] * 1e3:.0f} ms = {ev['steps_per_eval']:.0f} training steps at batch 64"

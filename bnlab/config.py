@@ -1,6 +1,6 @@
 """The run configuration: a typed schema, loading from OmegaConf, and validation.
 
-Hydra composes `configs/config.yaml`; `load_config` merges the result into the dataclass
+Hydra composes `bnlab/conf/config.yaml`; `load_config` merges the result into the dataclass
 schema below (refusing unknown keys and wrong types) and `validate` checks values. Every
 error names the field, the bad value and what is allowed, and is raised before any training.
 """
@@ -17,17 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-ACTIVATIONS = ("relu", "lrelu", "sigmoid", "softplus", "tanh")
-NORMS = (
-    "none",
-    "batch",
-    "batch_scratch",
-    "renorm",
-    "renorm_mlds2017",
-    "noisy_batch",
-    "noise",
-    "layer",
-)
+from .layers import ACTIVATIONS
+from .norms import NORMS
+
 PLACEMENTS = ("before", "after")
 DROPOUT_AT = ("after_act", "before_bn", "final")
 INITS = ("study", "normal", "torch")
@@ -48,7 +40,7 @@ def sweep_dirname(overrides: str) -> str:
     return name
 
 
-# Hydra resolves hydra.sweep.subdir with it (configs/config.yaml), in every worker process.
+# Hydra resolves hydra.sweep.subdir with it (bnlab/conf/config.yaml), in every worker process.
 OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
 
 
@@ -71,7 +63,7 @@ class DataConfig:
     # folder holding MNIST/raw/ (torchvision's layout); default $BNLAB_DATA_ROOT, else ./data
     root: str = field(default_factory=lambda: os.environ.get("BNLAB_DATA_ROOT", "./data"))
     download: bool = True  # fetch through torchvision when the files are absent
-    batch_size: int = 64
+    batch_size: int = 64  # training examples per step, per member (>= 2 with a norm)
     holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
     eval_train_size: int = 10000  # fixed training subset (first N) for train loss/acc
     train_classes: list[int] | None = None  # train only on these digits (mismatch study: [0,1])
@@ -83,13 +75,13 @@ class RenormConfig:
     """Batch Renorm (Ioffe 2017): r_max rises 1 -> r_max over [r_start, r_end], d_max 0 -> d_max
     over [d_start, d_end], linearly; momentum is the moving-average rate alpha."""
 
-    r_max: float = 3.0
-    d_max: float = 5.0
-    r_start: int = 5000
-    r_end: int = 40000
-    d_start: int = 5000
-    d_end: int = 25000
-    momentum: float = 0.01
+    r_max: float = 3.0  # r clipped to [1/r_max, r_max] once its ramp ends
+    d_max: float = 5.0  # d clipped to [-d_max, d_max] once its ramp ends
+    r_start: int = 5000  # step at which r_max starts rising from 1
+    r_end: int = 40000  # step at which r_max reaches its value
+    d_start: int = 5000  # step at which d_max starts rising from 0
+    d_end: int = 25000  # step at which d_max reaches its value
+    momentum: float = 0.01  # moving-average rate alpha of the inference mean and std
 
 
 @dataclass
@@ -97,19 +89,21 @@ class NoiseConfig:
     """Santurkar et al.'s noise: mu_j ~ U(-mean_range, mean_range), sigma_j ~ U(scale_low,
     scale_high); m_ij ~ U(mu_j - jitter, mu_j + jitter), s_ij ~ N(sigma_j, jitter)."""
 
-    mean_range: float = 0.5
-    scale_low: float = 1.0
-    scale_high: float = 1.25
-    jitter: float = 0.1
+    mean_range: float = 0.5  # per-unit shift mu_j ~ U(-mean_range, mean_range)
+    scale_low: float = 1.0  # per-unit scale sigma_j ~ U(scale_low, scale_high)
+    scale_high: float = 1.25  # upper end of the scale's range
+    jitter: float = 0.1  # per example: m_ij ~ U(mu_j +- jitter), s_ij ~ N(sigma_j, jitter)
 
 
 @dataclass
 class ModelConfig:
     """The MLP: widths, activation, normalization and where it goes, dropout, init, BN settings."""
 
-    widths: list[int] = field(default_factory=lambda: [100, 100])
-    activation: str = "relu"
-    norm: str = "none"
+    widths: list[int] = field(
+        default_factory=lambda: [100, 100]
+    )  # hidden widths: 784 -> widths -> 10
+    activation: str = "relu"  # relu | lrelu | sigmoid | softplus | tanh (bnlab.layers.ACTIVATIONS)
+    norm: str = "none"  # none or a layer of bnlab.norms.NORMS: batch, renorm, layer, ...
     placement: str | None = None  # before | after the activation; null = before when norm set
     bias_before_norm: bool = False  # keep the linear bias that feeds a norm layer (C16)
     dropout: float = 0.0  # drop probability (0 = no dropout layers)
@@ -132,10 +126,10 @@ class ModelConfig:
 class OptimConfig:
     """Optimiser (config group `optim`): plain SGD (optionally momentum) or Adam."""
 
-    name: str = "sgd"
-    lr: float = 1e-4
+    name: str = "sgd"  # sgd | adam (config group optim)
+    lr: float = 1e-4  # learning rate (the 2017 study: 1e-4 on the summed loss)
     momentum: float = 0.0  # sgd
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # L2 coefficient added to the gradient (torch.optim's)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
     eps: float = 1e-8  # adam
 
@@ -144,12 +138,12 @@ class OptimConfig:
 class TrainConfig:
     """Training length, loss reduction, evaluation schedule, device and resume."""
 
-    steps: int = 2000
+    steps: int = 2000  # optimiser steps (unless epochs is set)
     epochs: float | None = None  # if set, steps = ceil(epochs * training examples / batch size)
     loss: str = "sum"  # cross-entropy summed over the batch (the study) or averaged
-    eval_every: int = 500
+    eval_every: int = 500  # evaluate test and training-subset loss and accuracy every N steps
     eval_dense_until: int = 0  # also evaluate every eval_dense_every steps before this step
-    eval_dense_every: int = 10
+    eval_dense_every: int = 10  # the evaluation interval before eval_dense_until
     evals: int = 0  # if > 0: this many evenly spaced evaluations instead of eval_every
     eval_batch: int = 10000  # with bn_eval=batch, the batch whose statistics are used
     threads: int = 1  # torch.set_num_threads; 0 leaves torch's default
@@ -196,8 +190,10 @@ class ProbesConfig:
 class RunConfig:
     """A whole run: one ensemble member per seed, all sharing this configuration."""
 
-    name: str = "default"
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    name: str = "default"  # run name: the folder under results/runs/ or results/sweeps/
+    seeds: list[int] = field(
+        default_factory=lambda: [0, 1, 2]
+    )  # one member per seed, trained together
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -287,8 +283,8 @@ def validate(rc: RunConfig) -> None:
     if min(rc.seeds) < 0:
         raise ConfigError(f"seeds={rc.seeds} must be integers >= 0, e.g. seeds=[0,1,2]")
     _choice("data", d.name, DATASETS)
-    _choice("model.activation", m.activation, ACTIVATIONS)
-    _choice("model.norm", m.norm, NORMS)
+    _choice("model.activation", m.activation, list(ACTIVATIONS))  # the registries, as they are
+    _choice("model.norm", m.norm, ["none", *NORMS])  # now (an extension may have added to them)
     _choice("model.init", m.init, INITS)
     _choice("model.bn_eval", m.bn_eval, BN_EVAL)
     _choice("model.population_lower", m.population_lower, POPULATION_LOWER)

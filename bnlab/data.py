@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import ConfigError, DataConfig
+from .layers import generator
 
 # MD5 of the four gzip files torchvision downloads (the files published with MNIST).
 MNIST_FILES = {
@@ -241,6 +242,35 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
         return torch.from_numpy(a.astype(np.int64))
 
     return Data(images(xtr), labels(ytr), images(xte), labels(yte), name=cfg.name).to(device)
+
+
+class Batches:
+    """Per-member shuffled mini-batches of (x, y) held as tensors (no DataLoader).
+
+    Each member reshuffles every epoch from its own generator; the last partial batch of an
+    epoch is dropped (never a batch of size 1).
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seeds: list[int]):
+        self.x, self.y, self.batch_size, self.members = x, y, batch_size, len(seeds)
+        self.per_epoch = len(y) // batch_size
+        self.gens = [generator(s, "data") for s in seeds]
+        self.pos = self.per_epoch
+        self.epoch = -1
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next batch of every member: x (K, B, 784), y (K, B)."""
+        if self.pos == self.per_epoch:
+            used = self.per_epoch * self.batch_size
+            perms = [torch.randperm(len(self.y), generator=g)[:used] for g in self.gens]
+            # (per_epoch, K*B): row i holds batch i of every member, member-major
+            order = torch.stack(perms).view(self.members, self.per_epoch, -1).transpose(0, 1)
+            self.order = order.reshape(self.per_epoch, -1).to(self.y.device)
+            self.pos, self.epoch = 0, self.epoch + 1
+        idx = self.order[self.pos]
+        self.pos += 1
+        x = self.x.index_select(0, idx).view(self.members, self.batch_size, -1)
+        return x, self.y.index_select(0, idx).view(self.members, self.batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

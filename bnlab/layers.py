@@ -9,19 +9,68 @@ so autograd on the same forward is the oracle the tests check every backward aga
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 aten = torch.ops.aten
+SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95
+TANH_SAT = math.log(19) / 2  # the same output band for tanh = 2 sigmoid(2x) - 1: |tanh| > 0.9
+
+
+@dataclass(frozen=True)
+class ActivationFn:
+    """One activation: everything bnlab needs to know about it, in one place.
+
+    fn: the function (differentiable torch ops). derivative: fn' elementwise, which the Jacobian
+    probe multiplies into each layer's Jacobian. backward(dy, x, y) -> dL/dx: the hand-written
+    fast path from the forward's input x and output y; None leaves the layer on the autograd
+    fallback (correct, slower). saturation: |x| beyond which a unit counts as saturated (the
+    activations probe's saturated_frac); dead: whether the probe reports units never active.
+    The tests check backward and derivative against autograd for every entry.
+    """
+
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    derivative: Callable[[torch.Tensor], torch.Tensor]
+    backward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    saturation: float | None = None
+    dead: bool = False
+
 
 ACTIVATIONS = {
-    "relu": torch.relu,
-    "lrelu": lambda x: F.leaky_relu(x, 0.2),
-    "sigmoid": torch.sigmoid,
-    "softplus": F.softplus,
-    "tanh": torch.tanh,
+    "relu": ActivationFn(
+        torch.relu,
+        lambda z: (z > 0).to(z.dtype),
+        lambda dy, x, y: aten.threshold_backward(dy, y, 0.0),
+        dead=True,
+    ),
+    "lrelu": ActivationFn(  # slope 0.2
+        lambda x: F.leaky_relu(x, 0.2),
+        lambda z: torch.where(z > 0, z.new_tensor(1.0), z.new_tensor(0.2)),
+        lambda dy, x, y: aten.leaky_relu_backward(dy, x, 0.2, False),
+    ),
+    "sigmoid": ActivationFn(
+        torch.sigmoid,
+        lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
+        lambda dy, x, y: aten.sigmoid_backward(dy, y),
+        saturation=SIGMOID_SAT,
+    ),
+    "softplus": ActivationFn(  # torch's softplus is x itself above 20
+        F.softplus,
+        lambda z: torch.where(z > 20, z.new_tensor(1.0), torch.sigmoid(z)),
+        lambda dy, x, y: aten.softplus_backward(dy, x, 1.0, 20.0),
+    ),
+    "tanh": ActivationFn(
+        torch.tanh,
+        lambda z: 1 - torch.tanh(z) ** 2,
+        lambda dy, x, y: aten.tanh_backward(dy, y),
+        saturation=TANH_SAT,
+    ),
 }
 
 
@@ -32,19 +81,56 @@ def generator(seed: int, stream: str, device: str | torch.device = "cpu") -> tor
 
 
 class Layer(nn.Module):
-    """A layer with an explicit backward pass.
+    """A layer with an explicit backward pass, or autograd's.
 
     forward(x) saves what backward needs in `self.saved` (a plain dict: nn.Module's
     __setattr__ is too slow for the hot path) when the layer is in training mode;
     backward(dy) returns dL/dx and sets .grad of the layer's parameters.
+
+    A layer that does not override `backward` runs on the autograd fallback: the model calls
+    `autograd_forward`, which records the forward's graph, and `autograd_backward` backpropagates
+    through it. So a new layer is correct first; a hand-written backward makes it fast later.
+
+    `state` names the attributes, besides parameters and buffers, that a training-mode forward
+    changes (counters, accumulators): probes save and restore them around their extra passes,
+    so that probing never steers training (a test checks every registered layer declares all).
     """
+
+    state: tuple[str, ...] = ()
 
     def __init__(self):
         super().__init__()
         self.saved: dict[str, torch.Tensor] = {}
 
+    @property
+    def explicit_backward(self) -> bool:
+        """Whether backward is hand-written (else the model uses the autograd fallback)."""
+        return type(self).backward is not Layer.backward
+
     def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.autograd_backward(dy)
+
+    def autograd_forward(self, x: torch.Tensor, need_dx: bool = True) -> torch.Tensor:
+        """forward(x) with autograd recording its graph in training mode, for
+        autograd_backward (without need_dx the input gets no gradient: the first layer).
+        Under a caller's own autograd (grad enabled) it is plain forward."""
+        if not self.training or torch.is_grad_enabled():
+            return self.forward(x)
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(need_dx)
+            y = self.forward(x)
+        self.saved["autograd"] = (x, y)
+        return y.detach()
+
+    def autograd_backward(self, dy: torch.Tensor) -> torch.Tensor | None:
+        """dL/dx and the parameters' .grad through the graph of the last autograd_forward."""
+        x, y = self.saved["autograd"]
+        params = [p for p in self.parameters() if p.requires_grad]
+        inputs = [x, *params] if x.requires_grad else params
+        grads = torch.autograd.grad(y, inputs, dy, allow_unused=True)
+        for p, g in zip(params, grads[len(inputs) - len(params) :]):
+            p.grad = torch.zeros_like(p) if g is None else g
+        return grads[0] if x.requires_grad else None
 
 
 class Linear(Layer):
@@ -117,28 +203,24 @@ class Dropout(Layer):
 
 
 class Activation(Layer):
-    """relu, lrelu (slope 0.2), sigmoid, softplus or tanh, with PyTorch's backward kernels."""
+    """An activation of the ACTIVATIONS table; its backward is the table's, or autograd's."""
 
     def __init__(self, name: str):
         super().__init__()
-        self.name, self.fn = name, ACTIVATIONS[name]
+        self.name, self.spec = name, ACTIVATIONS[name]
+
+    @property
+    def explicit_backward(self) -> bool:
+        return self.spec.backward is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.fn(x)
+        y = self.spec.fn(x)
         if self.training:
             self.saved["x"], self.saved["y"] = x, y
         return y
 
     def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        if self.name == "relu":
-            return aten.threshold_backward(dy, self.saved["y"], 0.0)
-        if self.name == "lrelu":
-            return aten.leaky_relu_backward(dy, self.saved["x"], 0.2, False)
-        if self.name == "sigmoid":
-            return aten.sigmoid_backward(dy, self.saved["y"])
-        if self.name == "tanh":
-            return aten.tanh_backward(dy, self.saved["y"])
-        return aten.softplus_backward(dy, self.saved["x"], 1.0, 20.0)
+        return self.spec.backward(dy, self.saved["x"], self.saved["y"])
 
     def extra_repr(self) -> str:
         return self.name

@@ -31,7 +31,7 @@ class MLP(nn.Module):
     layer (directly after fc when there is no norm), `final` only at the end of the last block.
     """
 
-    def __init__(self, cfg: ModelConfig, members: int):
+    def __init__(self, cfg: ModelConfig, members: int, autograd: bool = False):
         super().__init__()
         self.members = members
         self.order: list[str] = []  # module names in forward order
@@ -59,8 +59,11 @@ class MLP(nn.Module):
         out = f"fc{n_hidden + 1}"
         setattr(self, out, Linear(members, dims[-1], CLASSES, bias=True))
         self.order.append(out)
-        # (name, layer) in forward order: the hot loops skip nn.Module's attribute lookup
-        self.layers = [(name, getattr(self, name)) for name in self.order]
+        # (name, layer, on autograd) in forward order: the hot loops skip nn.Module's attribute
+        # lookup. Layers without a hand-written backward (and all with autograd=True, the
+        # benchmark's comparison) record their forward for autograd's backward instead.
+        self.layers = [(n, getattr(self, n)) for n in self.order]
+        self.autograd = [autograd or not layer.explicit_backward for _, layer in self.layers]
 
     def linears(self) -> list[Linear]:
         return [m for m in self.modules() if isinstance(m, Linear)]
@@ -70,8 +73,9 @@ class MLP(nn.Module):
 
         With `record`, every named layer's output is stored in it (probes use this).
         """
-        for name, layer in self.layers:
-            x = layer.forward(x)  # .forward: no hooks, less per-call overhead
+        for i, (name, layer) in enumerate(self.layers):
+            # .forward: no hooks, less per-call overhead; the first layer's input needs no gradient
+            x = layer.autograd_forward(x, i > 0) if self.autograd[i] else layer.forward(x)
             if record is not None:
                 record[name] = x
         return x
@@ -81,11 +85,13 @@ class MLP(nn.Module):
         .grad of every parameter (the input gradient is not computed). weight_grads=False
         leaves the linear weights' .grad alone (bnlab.train.SGD updates them without it)."""
         dy = dlogits
-        first = self.layers[0][1]
-        for _, layer in reversed(self.layers):
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i][1]
             layer.saved["dy"] = dy  # dL/d(layer output): gradient probes, Linear.sgd_step
-            if isinstance(layer, Linear):
-                dy = layer.backward(dy, need_dx=layer is not first, weight_grad=weight_grads)
+            if self.autograd[i]:
+                dy = layer.autograd_backward(dy)
+            elif isinstance(layer, Linear):
+                dy = layer.backward(dy, need_dx=i > 0, weight_grad=weight_grads)
             else:
                 dy = layer.backward(dy)
 
@@ -120,9 +126,10 @@ def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
                 lin.bias[k, 0] = b
 
 
-def build_model(cfg: ModelConfig, seeds: list[int], device="cpu") -> MLP:
-    """An ensemble MLP with one member per seed, initialised, with per-member noise streams."""
-    model = MLP(cfg, len(seeds))
+def build_model(cfg: ModelConfig, seeds: list[int], device="cpu", autograd: bool = False) -> MLP:
+    """An ensemble MLP with one member per seed, initialised, with per-member noise streams
+    (autograd=True: every layer on the autograd fallback, the benchmark's comparison)."""
+    model = MLP(cfg, len(seeds), autograd)
     for k, seed in enumerate(seeds):
         init_member(model, k, cfg, cfg.init_seed if cfg.init_seed is not None else seed)
     model.to(device)

@@ -19,13 +19,15 @@ study did at test time).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from .config import ModelConfig
 from .layers import Layer, aten
 
-BATCH_STAT_NORMS = ("batch", "batch_scratch", "renorm", "renorm_mlds2017", "noisy_batch")
+if TYPE_CHECKING:
+    from .config import ModelConfig
 
 
 def _col(t: torch.Tensor) -> torch.Tensor:
@@ -36,6 +38,12 @@ def _col(t: torch.Tensor) -> torch.Tensor:
 class BatchStatNorm(Layer):
     """What the batch-statistics norms share: gamma, beta, running and population statistics,
     and evaluation. Subclasses implement train_forward and backward."""
+
+    state = ("batches_seen",)
+
+    @classmethod
+    def build(cls, cfg: ModelConfig, members: int, width: int) -> BatchStatNorm:
+        return cls(members, width, cfg.bn_eps, cfg.bn_momentum, cfg.bn_eval)
 
     def __init__(
         self,
@@ -197,6 +205,12 @@ class BatchRenorm(BatchStatNorm):
     r_max rises linearly from 1 over [r_start, r_end], d_max from 0 over [d_start, d_end].
     """
 
+    state = ("batches_seen", "clip_sum", "clip_batches")
+
+    @classmethod
+    def build(cls, cfg, members, width):
+        return cls(members, width, cfg.bn_eps, cfg.bn_eval, cfg.renorm)
+
     def __init__(self, members, width, eps, eval_stats, cfg):
         super().__init__(members, width, eps, cfg.momentum, eval_stats)
         self.cfg = cfg
@@ -277,6 +291,10 @@ class Noise(Layer):
     s_ij ~ N(sigma_j, j) (a=0.5, lo=1, hi=1.25, j=0.1). Identity at evaluation. One random
     stream per member (set `generators`)."""
 
+    @classmethod
+    def build(cls, cfg, members, width):
+        return cls(cfg.noise)
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
@@ -309,6 +327,10 @@ class Noise(Layer):
 class NoisyBatchNorm(BatchNorm):
     """BN followed by Noise (Santurkar et al.'s 'noisy BN')."""
 
+    @classmethod
+    def build(cls, cfg, members, width):
+        return cls(members, width, cfg.bn_eps, cfg.bn_momentum, cfg.bn_eval, cfg.noise)
+
     def __init__(self, members, width, eps, momentum, eval_stats, noise_cfg):
         super().__init__(members, width, eps, momentum, eval_stats)
         self.noise = Noise(noise_cfg)
@@ -323,6 +345,10 @@ class NoisyBatchNorm(BatchNorm):
 class LayerNorm(Layer):
     """Layer normalization: each example normalised over its units, then per-unit gamma, beta.
     Independent of the other examples in the batch, in training and at evaluation alike."""
+
+    @classmethod
+    def build(cls, cfg, members, width):
+        return cls(members, width, cfg.bn_eps)
 
     def __init__(self, members: int, width: int, eps: float):
         super().__init__()
@@ -353,6 +379,21 @@ class LayerNorm(Layer):
         return dx
 
 
+# model.norm -> its layer class, built per hidden layer by Class.build(model config, members,
+# width). The config's allowed values, the batch-statistics set and the tests come from here.
+NORMS: dict[str, type[Layer]] = {
+    "batch": BatchNorm,
+    "batch_scratch": ScratchBatchNorm,
+    "renorm": BatchRenorm,
+    "renorm_mlds2017": MLDS2017Renorm,
+    "noisy_batch": NoisyBatchNorm,
+    "noise": Noise,
+    "layer": LayerNorm,
+}
+# norms that normalise with batch statistics (running/population statistics, eval modes)
+BATCH_STAT_NORMS = tuple(n for n, cls in NORMS.items() if issubclass(cls, BatchStatNorm))
+
+
 def set_eval_stats(model, mode: str) -> None:
     """Make every batch-statistics norm layer of `model` evaluate with `mode`."""
     for m in model.modules():
@@ -360,24 +401,9 @@ def set_eval_stats(model, mode: str) -> None:
             m.eval_stats = mode
 
 
-def make_norm(cfg: ModelConfig, members: int, width: int) -> nn.Module:
+def make_norm(cfg: ModelConfig, members: int, width: int) -> Layer:
     """The layer `model.norm` names, for one hidden layer of `width` units."""
-    args = (members, width, cfg.bn_eps)
-    if cfg.norm == "batch":
-        return BatchNorm(*args, cfg.bn_momentum, cfg.bn_eval)
-    if cfg.norm == "batch_scratch":
-        return ScratchBatchNorm(*args, cfg.bn_momentum, cfg.bn_eval)
-    if cfg.norm == "renorm":
-        return BatchRenorm(*args, cfg.bn_eval, cfg.renorm)
-    if cfg.norm == "renorm_mlds2017":
-        return MLDS2017Renorm(*args, cfg.bn_eval, cfg.renorm)
-    if cfg.norm == "noisy_batch":
-        return NoisyBatchNorm(*args, cfg.bn_momentum, cfg.bn_eval, cfg.noise)
-    if cfg.norm == "noise":
-        return Noise(cfg.noise)
-    if cfg.norm == "layer":
-        return LayerNorm(*args)
-    raise ValueError(f"unknown norm {cfg.norm!r}")
+    return NORMS[cfg.norm].build(cfg, members, width)
 
 
 @torch.no_grad()

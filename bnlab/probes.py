@@ -13,42 +13,44 @@ streams (capture/restore), so the loss history is bit-for-bit what it is with pr
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import records
-from .layers import Activation, Linear
-from .norms import BatchStatNorm, LayerNorm
+from .config import PROBES
+from .layers import Activation, Dropout, Layer, Linear
+from .loss import loss_and_grad
+from .norms import BatchStatNorm, LayerNorm, Noise
 
-SIGMOID_SAT = math.log(19)  # |x| > ln 19 <=> sigmoid(x) < 0.05 or > 0.95
-TANH_SAT = math.log(19) / 2  # the same output band for tanh = 2 sigmoid(2x) - 1: |tanh| > 0.9
 JAC_BINS = torch.tensor(records.JAC_BINS)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
 
 
 def capture(model) -> tuple:
     """Everything a training-mode pass changes besides parameters: buffers (BN statistics),
-    BN counters, Batch Renorm clip statistics, and the dropout/noise random streams."""
+    each layer's declared `state` (BN counters, Batch Renorm clip statistics), and the
+    dropout/noise random streams."""
     buffers = [b.clone() for b in model.buffers()]
-    counters = [
-        (m, m.batches_seen, getattr(m, "clip_sum", None), getattr(m, "clip_batches", 0))
+    state = [
+        (m, name, _copy(getattr(m, name)))
         for m in model.modules()
-        if isinstance(m, BatchStatNorm)
+        if isinstance(m, Layer)
+        for name in m.state
     ]
     streams = [(g, g.get_state()) for m in model.modules() for g in getattr(m, "generators", [])]
-    return buffers, counters, streams
+    return buffers, state, streams
+
+
+def _copy(value):
+    return value.clone() if torch.is_tensor(value) else value
 
 
 @torch.no_grad()
-def restore(model, state: tuple) -> None:
-    buffers, counters, streams = state
-    for b, saved in zip(model.buffers(), buffers):
-        b.copy_(saved)
-    for m, seen, clip_sum, clip_batches in counters:
-        m.batches_seen = seen
-        if clip_sum is not None:
-            m.clip_sum, m.clip_batches = clip_sum.clone(), clip_batches
+def restore(model, saved: tuple) -> None:
+    buffers, state, streams = saved
+    for b, old in zip(model.buffers(), buffers):
+        b.copy_(old)
+    for m, name, value in state:
+        setattr(m, name, _copy(value))
     for g, s in streams:
         g.set_state(s)
 
@@ -171,10 +173,10 @@ def activation_stats(model, x: torch.Tensor, unit: int = 0) -> tuple[list, dict]
             ("test", "preact_mean", name, z.mean(1).mean(1)),
             ("test", "preact_var", name, z.var(1).mean(1)),
         ]
-        if layer.name in ("sigmoid", "tanh"):
-            limit = SIGMOID_SAT if layer.name == "sigmoid" else TANH_SAT
+        limit = layer.spec.saturation
+        if limit is not None:
             out.append(("test", "saturated_frac", name, (z.abs() > limit).float().mean((1, 2))))
-        if layer.name == "relu":
+        if layer.spec.dead:
             out.append(("test", "dead_frac", name, (z <= 0).all(1).float().mean(1)))
     moments = {
         name: (_inputs_of(model, record, name).mean(1), _inputs_of(model, record, name).var(1))
@@ -225,15 +227,6 @@ def _eval_scale(layer: BatchStatNorm, x: torch.Tensor) -> torch.Tensor:
     return layer.weight / std
 
 
-_ACT_GRAD = {
-    "relu": lambda z: (z > 0).to(z.dtype),
-    "lrelu": lambda z: torch.where(z > 0, 1.0, 0.2).to(z.dtype),
-    "sigmoid": lambda z: torch.sigmoid(z) * (1 - torch.sigmoid(z)),
-    "tanh": lambda z: 1 - torch.tanh(z) ** 2,
-    "softplus": torch.sigmoid,
-}
-
-
 @torch.no_grad()
 def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) -> list:
     """Per hidden block l, the diagonal d_l (K, N, C) with J_l = diag(d_l) W_l for each
@@ -264,7 +257,7 @@ def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) ->
         elif d is None:
             continue
         elif isinstance(layer, Activation):
-            grad = _ACT_GRAD[layer.name](z)
+            grad = layer.spec.derivative(z)
             if pending is not None:  # batch sum through BN before the activation
                 s, xhat = pending
                 corr = grad.mean(1, keepdim=True) + xhat * (grad * xhat).mean(1, keepdim=True)
@@ -286,6 +279,11 @@ def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) ->
                 d = d * s
         elif isinstance(layer, LayerNorm):
             d = None
+        elif not isinstance(layer, (Dropout, Noise)):  # those two: the identity at evaluation
+            raise TypeError(
+                f"the Jacobian probe has no rule for layer {name} ({type(layer).__name__}); "
+                "add one to bnlab.probes.layer_jacobian_diagonals or set probes.jacobian.every=0"
+            )
     out.append((block, d))
     return out
 
@@ -434,8 +432,6 @@ class StepContext:
     def loss_and_grads(self, params: dict) -> tuple[torch.Tensor, dict]:
         """Per-member loss (K,) and gradients at `params` on the step's batch, in training
         mode with the step's BN statistics and random masks; the model is left untouched."""
-        from .train import loss_and_grad
-
         model, state = self.model, capture(self.model)
         for n, p in model.named_parameters():
             p.copy_(params[n])
@@ -528,6 +524,14 @@ class Prober:
         self.previous: dict = {}
         self.initial: dict | None = None
         self.realised = cfg.optim.name == "adam" or cfg.optim.momentum > 0
+
+    def steps(self, steps: int) -> set[int]:
+        """The training steps 1..steps at which some probe fires (the loop skips the rest)."""
+        out: set[int] = set()
+        for name in PROBES:
+            every = getattr(self.p, name).every
+            out.update(range(every, steps + 1, every) if every > 0 else ())
+        return out
 
     def due(self, name: str, step: int) -> bool:
         every = getattr(self.p, name).every

@@ -55,3 +55,25 @@ def synthetic_data(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Data
         labels(n_test),
         name="synthetic",
     )
+
+
+def model_settings(dropout: bool = True) -> list:
+    """Every model structure the registries allow, as pytest params of override lists: each
+    activation (bnlab.layers.ACTIVATIONS) x norm (bnlab.norms.NORMS and none) x placement x
+    dropout position (none, and each of DROPOUT_AT). A new activation, norm or position is
+    tested by every test that uses this, with nothing to remember."""
+    from bnlab.config import DROPOUT_AT, PLACEMENTS
+    from bnlab.layers import ACTIVATIONS
+    from bnlab.norms import NORMS
+
+    out = []
+    for act in ACTIVATIONS:
+        for norm in ["none", *NORMS]:
+            for place in PLACEMENTS if norm != "none" else [None]:
+                for drop in [None, *DROPOUT_AT] if dropout else [None]:
+                    over = [f"model.activation={act}", f"model.norm={norm}"]
+                    over += [f"model.placement={place}"] if place else []
+                    over += ["model.dropout=0.3", f"model.dropout_at={drop}"] if drop else []
+                    name = "-".join([act, norm, *([place] if place else []), drop or "nodrop"])
+                    out.append(pytest.param(over, id=name))
+    return out

@@ -13,6 +13,7 @@ from bnlab.config import NoiseConfig, RenormConfig
 from bnlab.model import build_model
 from bnlab.norms import (
     BATCH_STAT_NORMS,
+    NORMS,
     BatchNorm,
     BatchNormFunction,
     BatchRenorm,
@@ -236,9 +237,6 @@ def test_population_statistics_are_used_at_evaluation():
     a = model(x)
     model.bn1.eval_stats = "running"
     assert not torch.allclose(a, model(x))
-
-
-NORMS = ["batch", "batch_scratch", "renorm", "renorm_mlds2017", "noisy_batch", "noise", "layer"]
 
 
 @pytest.mark.slow

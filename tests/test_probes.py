@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg, synthetic_data
+from conftest import make_cfg, model_settings, synthetic_data
 
-from bnlab.config import NORMS, PROBES
+from bnlab.config import PROBES
+from bnlab.loss import loss_and_grad, member_losses
 from bnlab.model import build_model
-from bnlab.norms import BATCH_STAT_NORMS
+from bnlab.norms import BATCH_STAT_NORMS, NORMS
+from bnlab.optim import make_optimizer
 from bnlab.probes import (
     JAC_BINS,
     StepContext,
@@ -26,7 +28,7 @@ from bnlab.probes import (
     weight_stats,
 )
 from bnlab.records import read_history
-from bnlab.train import loss_and_grad, make_optimizer, member_losses, run
+from bnlab.train import run
 
 
 def _values(rows, metric, layer):
@@ -71,23 +73,21 @@ def test_weight_and_gradient_statistics_match_a_direct_computation():
     assert _values(rows, "gamma_norm", "bn1")[0] == pytest.approx(model.bn1.weight[0].norm().item())
 
 
-@pytest.mark.parametrize(
-    "over",
-    [
-        ["model.norm=batch", "model.activation=sigmoid"],
-        ["model.norm=batch", "model.placement=after", "model.activation=tanh"],
-        ["model.activation=softplus"],
-    ],
-)
+@pytest.mark.parametrize("over", model_settings(dropout=False))
 def test_analytic_jacobian_singular_values_equal_jacrev(over):
-    cfg = make_cfg(*over)
+    """For every activation x norm x placement of the registries (dropout is the identity at
+    evaluation); layer norm is not per-unit and gets no analytic Jacobian."""
+    cfg = make_cfg(*over, "model.widths=[24,16]")
     model = build_model(cfg.model, [0, 1]).double()
     model.train()
     with torch.no_grad():
         model(torch.rand(2, 64, 784, dtype=torch.float64))  # move BN running statistics
     model.eval()
-    x = torch.rand(3, 784, dtype=torch.float64)
+    x = torch.rand(2, 784, dtype=torch.float64)
     sv = singular_values(model, x)
+    if cfg.model.norm == "layer":
+        assert sv == {}
+        return
     order = model.order
 
     def block(start, end, k):
@@ -101,8 +101,8 @@ def test_analytic_jacobian_singular_values_equal_jacrev(over):
 
     record = {}
     model(x, record=record)
-    for k in range(2):
-        for i in range(3):
+    for k in (1,):  # the second member: its own slice of every per-member tensor
+        for i in range(2):
             x1 = record[order[order.index("fc2") - 1]][k, i]  # input of block 2
             for name, f, inp in (
                 ("fc1", block("fc1", "fc2", k), x[i]),
@@ -111,7 +111,10 @@ def test_analytic_jacobian_singular_values_equal_jacrev(over):
             ):
                 jac = torch.func.jacrev(f)(inp)
                 expect = torch.linalg.svdvals(jac)
-                torch.testing.assert_close(sv[name][k, i], expect, rtol=1e-6, atol=1e-9)
+                # through the Gram matrix a zero singular value comes out as about
+                # sqrt(float64 eps) * s_max (dead relu units)
+                atol = 1e-7 * float(expect.max().detach())
+                torch.testing.assert_close(sv[name][k, i], expect, rtol=1e-6, atol=atol)
 
 
 def test_jacobian_summaries_follow_from_the_singular_values():
@@ -252,11 +255,18 @@ def test_spectral_norm_matches_numpy_for_wide_and_tall_weights_and_is_nan_for_a_
         assert s[k].item() == pytest.approx(np.linalg.norm(w[k].double().numpy(), 2), rel=1e-6)
 
 
-@pytest.mark.parametrize("optim", [["optim.name=adam", "optim.lr=1e-3"], ["optim.lr=0.05"]])
-def test_probes_observe_and_never_steer(tmp_path, optim):
-    """With Adam, and with plain SGD (bnlab's SGD: weight gradients only on probe steps)."""
+@pytest.mark.parametrize(
+    "norm, optim",
+    [
+        ("noisy_batch", ["optim.name=adam", "optim.lr=1e-3"]),
+        *((norm, ["optim.lr=0.05"]) for norm in ["none", *NORMS]),
+    ],
+)
+def test_probes_observe_and_never_steer(tmp_path, norm, optim):
+    """With Adam, and with plain SGD (bnlab's SGD: weight gradients only on probe steps), for
+    every norm of the registry."""
     over = [
-        "model.norm=noisy_batch",
+        f"model.norm={norm}",
         "model.dropout=0.2",
         *optim,
         "train.steps=30",
@@ -279,15 +289,10 @@ def test_probes_observe_and_never_steer(tmp_path, optim):
         a = on[on["metric"].isin(keep)].reset_index(drop=True)
         b = off_[off_["metric"].isin(keep)].reset_index(drop=True)
         assert a.equals(b)  # bit for bit
-        assert {
-            "ics_grad_cos",
-            "landscape_beta",
-            "jac_s_mean",
-            "var_shift",
-            "preact_p50",
-            "grad_xhat_norm",
-            "rel_update",
-        } <= set(on["metric"])
+        probed = {"ics_grad_cos", "landscape_beta", "preact_p50", "w_mean_abs"}
+        if norm == "noisy_batch":
+            probed |= {"jac_s_mean", "var_shift", "grad_xhat_norm", "rel_update"}
+        assert probed <= set(on["metric"])
         assert set(on[on["metric"] == "grad_mean_abs"]["step"]) == set(range(3, 31, 3))
 
 
@@ -329,7 +334,7 @@ def test_batch_sum_jacobian_equals_autograd(over):
         torch.testing.assert_close(sv["fc2"], singular_values(model, x)["fc2"])
 
 
-@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("norm", ["none", *NORMS])
 def test_every_probe_runs_on_every_norm_setting(tmp_path, norm):
     every = [f"probes.{n}.every=2" for n in PROBES]
     cfg = make_cfg(
