@@ -41,4 +41,4 @@ lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check bnlab tests notebooks hydra_plugins
 
 bench: $(BIN)/.installed
-	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab bench
+	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab bench --markdown docs/generated/bench.md
