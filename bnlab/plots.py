@@ -2,9 +2,10 @@
 
 The tables are the collector's (bnlab.collect): `runs` has one row per member (config fields
 as columns named like their overrides, 'model.norm', plus final metrics such as test_acc);
-`history` is long format (run, seed, step, split, metric, layer, value). Every curve is the
-mean over seeds with the min-max band across seeds; every point is the mean over seeds with a
-min-max bar. Colours are fixed per setting so that a setting looks the same in every figure.
+`history` is long format (run, seed, step, split, metric, layer, value). Every curve (seaborn
+lineplot) is the mean over seeds with the min-max band across seeds; every point (pointplot)
+is the mean over seeds with a min-max bar: no bootstrap, a redrawn figure is the same file.
+Colours are fixed per setting so that a setting looks the same in every figure.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib import animation
 from matplotlib.figure import SubFigure
 from matplotlib.lines import Line2D
@@ -41,10 +43,14 @@ NORM_LABELS = {
     "noise": "noise, no BN",
     "layer": "layer norm",
 }
-STYLES = ["-", "--", ":", "-."]
+# seaborn's dash codes for solid, dashed, dotted, dash-dot (one per value of a style column)
+DASHES = ["", (4, 1.5), (1, 1), (3, 1.25, 1.5, 1.25)]
 MARKERS = ["o", "s", "^", "D", "v"]
 # any other hue (not a norm) cycles through these
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2"]
+MINMAX = ("pi", 100)  # seaborn's errorbar for the 0-100th percentile interval: min to max
+# seaborn lineplot's arguments for every curve (the figure draws its own legend)
+BAND = dict(x="step", y="value", errorbar=MINMAX, err_kws={"lw": 0}, lw=1.4, legend=False)
 
 
 def with_config(history: pd.DataFrame, runs: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -94,13 +100,6 @@ def _sortkey(v):
     return (0, v, "") if isinstance(v, int | float | np.number) else (1, 0, str(v))
 
 
-def band(ax, rows: pd.DataFrame, x: str, color, linestyle="-", lab=None, marker=None) -> None:
-    """Mean over seeds of `value` against x, with the min-max band across seeds."""
-    g = rows.groupby(x)["value"].agg(["mean", "min", "max"]).sort_index()
-    ax.plot(g.index, g["mean"], color=color, linestyle=linestyle, label=lab, marker=marker, lw=1.4)
-    ax.fill_between(g.index, g["min"], g["max"], color=color, alpha=0.2, lw=0)
-
-
 def _grid(n: int, ncols: int | None = None, size=(4.2, 3.3), sharey=False, fig=None):
     """n panels in rows of ncols, on a new figure or inside `fig` (a subfigure)."""
     ncols = ncols or n
@@ -136,7 +135,7 @@ def _suptitle(fig, title: str) -> None:
 def _handles(hue, hue_values, colors, style=None, style_values=()) -> list:
     hs = [Line2D([], [], color=colors[v], lw=2, label=label(hue, v)) for v in hue_values]
     hs += [
-        Line2D([], [], color="black", linestyle=STYLES[i % 4], label=label(style, v))
+        Line2D([], [], color="black", dashes=DASHES[i % 4], label=label(style, v))
         for i, v in enumerate(style_values)
     ]
     return hs
@@ -183,22 +182,20 @@ def curves(
     panels = facet_values or (ordered(rows[facet]) if facet else [None])
     hue_values = ordered(rows[hue], PREFERRED.get(hue))
     colors = colors_for(hue, hue_values)
-    style_values = ordered(rows[style]) if style else [None]
+    hues = {"hue": hue, "hue_order": hue_values, "palette": colors}
+    style_values = ordered(rows[style]) if style else []
+    dashes = {v: DASHES[i % 4] for i, v in enumerate(style_values)}
+    styles = {"style": style, "style_order": style_values, "dashes": dashes} if style else {}
     fig, axes = _grid(len(panels), ncols, fig=fig)
     for ax, panel in zip(axes, panels):
         sub = rows if facet is None else rows[rows[facet] == panel]
-        for h in hue_values:
-            for i, s in enumerate(style_values):
-                part = sub[sub[hue] == h]
-                if style:
-                    part = part[part[style] == s]
-                if len(part):
-                    band(ax, part, "step", colors[h], STYLES[i % 4])
         ax.set(
             title=label(facet, panel) if facet else "",
             xlabel="training step",
             ylabel=ylabel or metric,
-        )
+        )  # before seaborn, which would hide the label of a panel sharing its y axis
+        if len(sub):  # a facet value asked for may have no rows (figures names the panel)
+            sns.lineplot(sub, **BAND, **styles, **hues, ax=ax)
         if logy:
             ax.set_yscale("log")
         if ylim is not None:
@@ -212,7 +209,7 @@ def curves(
         _suptitle(fig, title)
     _legend(
         fig,
-        _handles(hue, hue_values, colors, style, style_values if style else ()),
+        _handles(hue, hue_values, colors, style, style_values),
         f"mean and min-max of {_seeds(rows)} seeds",
     )
     return fig
@@ -255,43 +252,27 @@ def final_points(
     panels = ordered(rows[facet]) if facet else [None]
     hue_values = ordered(rows[hue], PREFERRED.get(hue))
     colors = colors_for(hue, hue_values)
+    hues = {"hue": hue, "hue_order": hue_values, "palette": colors}
     numeric = pd.api.types.is_numeric_dtype(rows[x])
+    h = len(hue_values)
+    if numeric:  # numbers: joined, on a numeric axis; categories: side by side
+        how = {"native_scale": True, "log_scale": (logx, False), "linestyles": "-", "capsize": 0.08}
+    else:
+        how = {"dodge": h > 1 and 0.8 * (h - 1) / h, "linestyles": "none", "capsize": 0.05}
+    how |= {"errorbar": MINMAX, "lw": 1.4, "ms": 6, "legend": False}
+    markers = [MARKERS[j % 5] for j in range(h)]
     fig, axes = _grid(len(panels), fig=fig, sharey=sharey)
     for ax, panel in zip(axes, panels):
         sub = rows if facet is None else rows[rows[facet] == panel]
         cats = ordered(sub[x], PREFERRED.get(x))
-        for j, h in enumerate(hue_values):
-            g = sub[sub[hue] == h].groupby(x)[y].agg(["mean", "min", "max", "count"])
-            if g.empty:
-                continue
-            g = g.reindex([c for c in cats if c in g.index])
-            if numeric:
-                pos = g.index.to_numpy(dtype=float)
-            else:
-                offset = (j - (len(hue_values) - 1) / 2) * 0.8 / max(len(hue_values), 1)
-                pos = np.array([cats.index(c) for c in g.index]) + offset
-            err = [g["mean"] - g["min"], g["max"] - g["mean"]]
-            ax.errorbar(
-                pos,
-                g["mean"],
-                yerr=err,
-                color=colors[h],
-                marker=MARKERS[j % 5],
-                ls="-" if numeric else "none",
-                capsize=3,
-                lw=1.4,
-            )
-        if logx:
-            ax.set_xscale("log")
-        if not numeric:
-            ax.set_xticks(range(len(cats)), [str(c) for c in cats])
-        elif len(cats) <= 8:  # the settings themselves as ticks, in plain numbers
+        panel_title = (facet_labels or {}).get(panel, label(facet, panel)) if facet else ""
+        ax.set(title=panel_title, xlabel=xlabel or short(x), ylabel=ylabel or y)
+        sns.pointplot(sub, x=x, y=y, order=cats, markers=markers, ax=ax, **how, **hues)
+        if numeric and len(cats) <= 8:  # the settings themselves as ticks, in plain numbers
             ax.set_xticks([float(c) for c in cats], [f"{float(c):g}" for c in cats])
             ax.minorticks_off()
         if ylim is not None:
             ax.set_ylim(*ylim)
-        panel_title = (facet_labels or {}).get(panel, label(facet, panel)) if facet else ""
-        ax.set(title=panel_title, xlabel=xlabel or short(x), ylabel=ylabel or y)
         ax.grid(alpha=0.3)
     if title:
         _suptitle(fig, title)
@@ -389,29 +370,32 @@ def jacobian_animation(
     return animation.FuncAnimation(fig, frame, frames=len(steps), interval=600)
 
 
+PERCENTILES = {f"preact_p{q}": f"{q}th percentile" for q in (85, 50, 15)}
+
+
 def percentile_bands(
     runs: pd.DataFrame, history: pd.DataFrame, layer: str, title: str | None = None, fig=None
 ) -> plt.Figure:
     """Ioffe & Szegedy's Fig. 1(b, c): the 15th, 50th and 85th percentiles over probe images
     of one unit's input to the nonlinearity (unit 0 of `layer`) against the step, one panel
     per normalization (mean over seeds, min-max band)."""
-    rows = history[history["metric"].isin(["preact_p15", "preact_p50", "preact_p85"])]
+    rows = history[history["metric"].isin(PERCENTILES)]
     rows = with_config(rows[rows["layer"] == layer], runs, ["model.norm"])
     if rows.empty:
         raise ValueError(f"no preact_p* rows for layer {layer!r}")
     norms = ordered(rows["model.norm"], list(NORM_COLORS))
     fig, axes = _grid(len(norms), sharey=True, fig=fig)
+    styles = {"style": "metric", "style_order": list(PERCENTILES), "dashes": DASHES[:3]}
     for ax, n in zip(axes, norms):
         sub = rows[rows["model.norm"] == n]
-        for i, q in enumerate(["preact_p85", "preact_p50", "preact_p15"]):
-            band(ax, sub[sub["metric"] == q], "step", NORM_COLORS[n], STYLES[i])
         ax.set(title=NORM_LABELS[n], xlabel="training step", ylabel=f"input to {layer}, unit 0")
+        sns.lineplot(sub, **BAND, **styles, color=NORM_COLORS[n], ax=ax)
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     hs = [
-        Line2D([], [], color="black", ls=STYLES[i], label=f"{q}th percentile")
-        for i, q in enumerate([85, 50, 15])
+        Line2D([], [], color="black", dashes=DASHES[i], label=name)
+        for i, name in enumerate(PERCENTILES.values())
     ]
     _legend(fig, hs, f"mean and min-max of {_seeds(rows)} seeds")
     return fig
