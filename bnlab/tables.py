@@ -15,6 +15,10 @@ turn a claim inconclusive):
   w2_mean_abs_start/_final mean |W2| at step 0 / at the last probe (the 2017 study's Fig. 1)
   grad1_mean_abs_1k        mean over steps 1-1000 of mean |dL/dW1| (Fig. 2)
   jac_{s2_mean,frac_iso,log10_cond}_{fc1,fc2,hidden}   mean over probes after step 0
+  jac_spread_{fc1,fc2,hidden}  mean over probes of var(s^2)/mean(s^2)^2: the singular
+                           values' spread, separate from the gain mean(s^2) (jac_s2_mean)
+  fit_step, test_loss_at_fit, test_acc_at_fit, gap_at_fit   at the first evaluation whose
+                           training-subset loss is <= FIT_LOSS (matched fit; NaN if never)
   ics_grad_{rel,cos}_{fc2,fc3}, ics_{kl,mean_shift}_{fc2,fc3}   mean over probes after step 0
   ics0_mean_shift_fc3_final                            drift of the layer-3 input since step 0
   landscape_{beta,loss_range,grad_diff_max}[_early]    mean over probes (first quarter of the
@@ -38,6 +42,7 @@ from .norms import BATCH_STAT_NORMS
 from .records import atomic_path, member_dir, update_manifest
 
 TARGETS = (0.9, 0.95, 0.97)
+FIT_LOSS = 0.02  # matched fit: the first evaluation with training-subset loss <= this
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
 RESULT_COLUMNS = [
     "status",
@@ -69,7 +74,7 @@ SOURCES = {
     **{f"ics{t}_{m}": ("activations", _every_run) for t in ("", "0") for m in ("kl", "mean_shift")},
     **{
         f"jac_{s}": ("jacobian", _norms("none", *BATCH_STAT_NORMS, "noise"))
-        for s in ("s2_mean", "frac_iso", "log10_cond")
+        for s in ("s2_mean", "s2_var", "frac_iso", "log10_cond")
     },
     **{f"ics_grad_{m}": ("ics_grad", _every_run) for m in ("rel", "cos")},
     "var_shift": ("mismatch", _norms(*BATCH_STAT_NORMS)),
@@ -112,6 +117,41 @@ def _at(h: pd.DataFrame, metric: str, layer: str, split: str, last: bool):
     return g.last() if last else g.first()
 
 
+def _spread_over_probes(h: pd.DataFrame, layer: str) -> pd.Series:
+    """Mean over probes after step 0 of var(s^2) / mean(s^2)^2: the spread of the squared
+    singular values relative to their level, free of the layer's gain."""
+    rows = h[(h["split"] == "test") & (h["layer"] == layer) & (h["step"] > 0)]
+    wide = rows[rows["metric"].isin(["jac_s2_var", "jac_s2_mean"])].pivot_table(
+        index=["run", "seed", "step"], columns="metric", values="value"
+    )
+    if wide.empty:
+        return pd.Series(dtype=float)
+    spread = wide["jac_s2_var"] / wide["jac_s2_mean"] ** 2
+    return spread.groupby(["run", "seed"]).mean()
+
+
+def _at_fit(h: pd.DataFrame, threshold: float) -> dict[str, pd.Series]:
+    """Per member, at the first evaluation whose training-subset loss (eval mode) is at most
+    `threshold`: that step, the test loss and accuracy and the training accuracy there."""
+    ev = h[(h["layer"] == "") & h["metric"].isin(["loss", "acc"]) & (h["step"] >= 0)]
+    wide = ev.pivot_table(
+        index=["run", "seed", "step"], columns=["split", "metric"], values="value"
+    )
+    names = ("fit_step", "test_loss_at_fit", "test_acc_at_fit", "gap_at_fit")
+    if wide.empty or ("train", "loss") not in wide or ("test", "acc") not in wide:
+        return {n: pd.Series(dtype=float) for n in names}
+    wide = wide.sort_index()
+    fit = wide[wide[("train", "loss")] <= threshold].reset_index(level="step")
+    fit = fit[~fit.index.duplicated()]  # the first such evaluation of each member
+    values = (
+        fit["step"],
+        fit[("test", "loss")],
+        fit[("test", "acc")],
+        fit[("train", "acc")] - fit[("test", "acc")],
+    )
+    return dict(zip(names, values))
+
+
 def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """One row per member of `runs`: varying settings, results and the measures above."""
     varying = [
@@ -139,6 +179,10 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     for stat in ("s2_mean", "frac_iso", "log10_cond"):
         for layer in ("fc1", "fc2", "hidden"):
             cols[f"jac_{stat}_{layer}"] = _mean_over_probes(h, f"jac_{stat}", layer, "test")
+    for layer in ("fc1", "fc2", "hidden"):
+        cols[f"jac_spread_{layer}"] = _spread_over_probes(h, layer)
+    for name, series in _at_fit(h, FIT_LOSS).items():  # NaN for members that never fit
+        out[name] = series.reindex(out.index).astype(float)
     for layer in ("fc2", "fc3"):
         for m in ("rel", "cos"):
             cols[f"ics_grad_{m}_{layer}"] = _mean_over_probes(h, f"ics_grad_{m}", layer, "train")

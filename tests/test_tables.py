@@ -1,0 +1,75 @@
+"""The per-member measures of `bnlab tables`, on hand-made runs and histories with known
+answers, and the refusal of a sweep whose probe ran but recorded none of a read metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bnlab.tables import FIT_LOSS, MissingMeasure, check_sources, measures
+
+
+def _tables():
+    runs = pd.DataFrame(
+        {
+            "run": ["a", "a"],
+            "seed": [0, 1],
+            "model.norm": ["batch", "batch"],
+            "model.activation": ["relu", "relu"],
+            "optim.name": ["sgd", "sgd"],
+            "optim.lr": [0.1, 0.1],
+            "data.batch_size": [64, 64],
+            "probes.jacobian.every": [10, 10],
+            "status": ["finished", "finished"],
+            "steps_done": [30, 30],
+            "test_acc": [0.95, 0.9],
+            "train_acc": [0.99, 0.91],
+            "best_test_acc": [0.95, 0.9],
+            "test_loss": [0.2, 0.3],
+            "train_loss": [0.01, 0.3],
+        }
+    )
+    rows = []
+    for seed, train_loss in ((0, [2.0, 0.5, FIT_LOSS, 0.01]), (1, [2.0, 1.0, 0.5, 0.3])):
+        for i, step in enumerate((0, 10, 20, 30)):
+            rows += [
+                (seed, step, "train", "loss", "", train_loss[i]),
+                (seed, step, "train", "acc", "", 0.5 + 0.1 * i),
+                (seed, step, "test", "loss", "", 3.0 - i),
+                (seed, step, "test", "acc", "", 0.4 + 0.1 * i + 0.01 * seed),
+            ]
+            for layer, (v, m) in {"fc1": (8.0, 2.0), "fc2": (1.0, 1.0)}.items():
+                rows += [
+                    (seed, step, "test", "jac_s2_var", layer, v * (i + 1)),
+                    (seed, step, "test", "jac_s2_mean", layer, m),
+                    (seed, step, "test", "jac_frac_iso", layer, 0.5),
+                    (seed, step, "test", "jac_log10_cond", layer, 1.0),
+                ]
+    hist = pd.DataFrame(rows, columns=["seed", "step", "split", "metric", "layer", "value"])
+    return runs, hist.assign(run="a")
+
+
+def test_measures_known_answers():
+    runs, hist = _tables()
+    t = measures(runs, hist).set_index("seed")
+    # spread var(s^2)/mean(s^2)^2 averaged over the probes after step 0 (i = 1, 2, 3)
+    assert t.loc[0, "jac_spread_fc1"] == pytest.approx(np.mean([8 * 2 / 4, 8 * 3 / 4, 8 * 4 / 4]))
+    assert t.loc[1, "jac_spread_fc2"] == pytest.approx(np.mean([2, 3, 4]))
+    # matched fit: seed 0 first reaches FIT_LOSS at step 20; seed 1 never does
+    assert t.loc[0, "fit_step"] == 20
+    assert t.loc[0, "test_loss_at_fit"] == 1.0 and t.loc[0, "test_acc_at_fit"] == pytest.approx(0.6)
+    assert t.loc[0, "gap_at_fit"] == pytest.approx(0.7 - 0.6)
+    assert np.isnan(t.loc[1, "fit_step"]) and np.isnan(t.loc[1, "gap_at_fit"])
+    # steps to a target: the first evaluated step at or above it, or steps_done + 1
+    assert t.loc[1, "steps_to_0.9"] == 31 and not t.loc[1, "reached_0.9"]
+    assert t.loc[0, "gap"] == pytest.approx(0.04)
+
+
+def test_a_probe_that_ran_but_recorded_nothing_is_refused():
+    runs, hist = _tables()
+    check_sources(runs, hist, "s")
+    renamed = hist.assign(metric=hist["metric"].replace("jac_s2_var", "jac_s2_variance"))
+    with pytest.raises(MissingMeasure, match="'jac_s2_var'.*probes.jacobian"):
+        check_sources(runs, renamed, "s")
+    check_sources(runs.assign(**{"probes.jacobian.every": 0}), renamed, "s")  # probe off: fine
