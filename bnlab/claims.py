@@ -6,8 +6,9 @@ The claims are a ledger: one function per claim, registered in order by the @cla
 which carries what is claimed, its source, the experiments whose tables it reads, its figure
 and its margins and thresholds. The claim's texts are built from those same numbers, and the
 function gets them as arguments, so the report states what the code tests. The function splits
-the claim into comparisons between two arms (sets of members, one value per seed), judged by
-the rules of bnlab.verdicts.
+the claim into comparisons between two arms (sets of members, one value per seed), judged
+together by the rules of bnlab.verdicts (verdicts.RULES). Arms of one sweep table are paired by
+seed; a comparison of arms from two tables says paired=False (Welch's t-test).
 
 A claim whose experiment has not been run says "not run". A claim that reads a column its
 table lacks, or one that is NaN for every trained member it selects, is an error naming the
@@ -20,8 +21,10 @@ import argparse
 import math
 import string
 import sys
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,9 @@ import pandas as pd
 from . import experiments, verdicts
 from .collect import acc_or_zero, select
 from .records import MANIFEST, manifest, verify, write_atomic
-from .verdicts import Comparison, combine
+from .verdicts import TESTS, Comparison, Result, combine, judge
 
-ACC_MARGIN = 0.005  # single-seed accuracy differences under ~0.005 are noise on MNIST
+ACC_MARGIN = 0.005  # the smallest accuracy difference that matters: half a percentage point
 ACTS = ["relu", "lrelu", "sigmoid", "softplus", "tanh"]
 RELU_SIGMOID = ["relu", "sigmoid"]
 
@@ -55,12 +58,17 @@ class Claim:
     notes: list[str] = field(default_factory=list)
     missing: str | None = None
 
+    @cached_property
+    def results(self) -> list[Result]:
+        """Its comparisons' verdicts, judged together (verdicts.judge) once built."""
+        return judge(self.comparisons)
+
     @property
     def verdict(self) -> str:
-        """The claim's verdict: its comparisons combined, or 'not run'."""
+        """The claim's verdict: its comparisons' verdicts combined, or 'not run'."""
         if self.missing:
             return "not run"
-        return combine([c.verdict() for c in self.comparisons])
+        return combine([r.verdict for r in self.results])
 
 
 class _Text(string.Formatter):
@@ -220,6 +228,7 @@ def arm(table: pd.DataFrame, measure: str, **where) -> pd.Series:
     if rows["seed"].duplicated().any():
         raise ClaimError(f"{name}: {what} matches several members per seed")
     values = rows.set_index("seed")[measure]
+    values.attrs = {"table": table.attrs.get("table")}  # Comparison: not paired across tables
     trained = (rows["status"] != "diverged").to_numpy()
     if trained.any() and values[trained].isna().all():
         raise ClaimError(
@@ -506,7 +515,7 @@ def c8(c, t, margin, ratios):
     "1,000 steps, 500 test images); gradient ICS = ||G - G'||/||G|| (Santurkar Def. 2.1, every "
     "1,000 steps); also the mean absolute shift of the per-unit means. Claim tested: no BN > BN "
     "(BN reduces ICS); ratio, margin {growth:.0%}. Santurkar's position predicts 'supported' for "
-    "the distributional rows and 'not supported' for the gradient rows.",
+    "the distributional rows and 'contradicted' or 'negligible' for the gradient rows.",
 )
 def c9(c, t, growth):
     """ICS at the inputs of layers 2 and 3, larger without BN: the distributional measures
@@ -595,14 +604,18 @@ def c11(c, t, margin, harm):
     lr=3.0,
     test="SGD on the mean loss (relu, batch 64) at learning rates 0.01-3 for 5,000 steps, "
     "diverged members counting as accuracy 0: the highest learning rate at which a member "
-    "reaches {target:.0%} test accuracy, BN > no BN (per seed, ratio, margin {ratio:g}x); and "
-    "the test accuracy at lr {lr:g}, BN > no BN (margin {margin:g}).",
+    "reaches {target:.0%} test accuracy (a seed that reaches it at no lr counts as one grid "
+    "step below the lowest), BN > no BN (per seed, ratio, margin {ratio:g}x); and the test "
+    "accuracy at lr {lr:g}, BN > no BN (margin {margin:g}).",
 )
 def c12(c, t, margin, ratio, target, lr):
     """Per seed, the highest grid lr still reaching the target, BN > no BN as a ratio; at a
     high lr, BN > no BN in accuracy (diverged = 0). Accuracy per lr as notes."""
     t = with_acc0(t)
-    ok = t[t["acc0"] >= target].groupby(["model.norm", "seed"])["optim.lr"].max()
+    lrs = sorted(t["optim.lr"].unique())
+    below = lrs[0] ** 2 / lrs[1]  # one grid step below the grid: the target is never reached
+    ok = t["optim.lr"].where(t["acc0"] >= target, below)
+    ok = ok.groupby([t["model.norm"], t["seed"]]).max()
     bn, no = ok.get("batch", pd.Series(dtype=float)), ok.get("none", pd.Series(dtype=float))
     label = f"highest lr reaching {target:.0%}: BN > no BN"
     out = [Comparison(label, bn, no, math.log(ratio), log=True)]
@@ -684,27 +697,31 @@ def c14(c, t, margin):
     experiment=["study_dropout", "study_lr"],
     margin=ACC_MARGIN,
     test="test accuracy after 5,000 steps (studies protocol, relu, dropout 0.5): the accuracy "
-    "lost to dropout is larger with BN than without (per seed, margin {margin:g}), for dropout "
-    "after the activation and directly before BN; dropout only before the output layer with BN "
-    "equivalent to BN without dropout within {margin:g}.",
+    "lost to dropout is larger with BN than without, i.e. BN's gain over no BN (per seed, within "
+    "a table) is larger without dropout (study_lr at lr 0.1) than with it (Welch across the two "
+    "tables, margin {margin:g}), for dropout after the activation and directly before BN; "
+    "dropout only before the output layer with BN equivalent to BN without dropout within "
+    "{margin:g} (Welch).",
 )
 def c15(c, d, base, margin):
-    """Per seed, dropout's cost (against study_lr at lr 0.1: no dropout) is larger with BN, whose
-    test-time variance it shifts (Li et al.); dropout after the last BN ~ none."""
+    """Dropout's cost is larger with BN, whose test-time variance it shifts (Li et al.): BN's
+    gain per seed is larger in study_lr at lr 0.1 (no dropout) than with dropout. The two
+    tables' seeds do not share weights: Welch. Dropout after the last BN ~ none."""
     bn0 = arm(base, "test_acc", model__norm="batch", optim__lr=0.1)
     no0 = arm(base, "test_acc", model__norm="none", optim__lr=0.1)
     out = []
     for where in ("after_act", "before_bn"):
         bnd = arm(d, "test_acc", model__norm="batch", model__dropout_at=where)
         nod = arm(d, "test_acc", model__norm="none", model__dropout_at=where)
-        label = f"dropout {where}: cost of dropout with BN > cost without BN"
-        out.append(Comparison(label, (bn0 - bnd).dropna(), (no0 - nod).dropna(), margin))
+        label = f"dropout {where}: BN - no BN without dropout > with it (dropout costs BN more)"
+        gain0, gain = (bn0 - no0).dropna(), (bnd - nod).dropna()
+        out.append(Comparison(label, gain0, gain, margin, paired=False))
         vs = arm(d, "var_shift_bn2_final", model__norm="batch", model__dropout_at=where)
         if len(vs.dropna()):  # all NaN only if every BN member diverged (arm checks the rest)
             c.notes.append(f"dropout {where} with BN: variance shift at bn2 = {vs.mean():.3g}")
     fin = arm(d, "test_acc", model__norm="batch", model__dropout_at="final")
     label = "dropout only after the last BN ~ BN without dropout"
-    out.append(Comparison(label, fin, bn0, margin, "equivalent"))
+    out.append(Comparison(label, fin, bn0, margin, "equivalent", paired=False))
     return out
 
 
@@ -738,7 +755,8 @@ def c16(c, t, margin):
     margin=ACC_MARGIN,
     test="members with the same initial weights and their own data order (BN, studies "
     "protocol): the spread of the final running statistics across orders (notes), and the mean "
-    "test accuracy equivalent within {margin:g} to members that also differ in init.",
+    "test accuracy equivalent within {margin:g} to members that also differ in init (study_lr "
+    "at lr 0.1; Welch).",
 )
 def c17(c, t, base, running, margin):
     """BN members sharing their initial weights ~ study_lr's at lr 0.1 (init differs too) in
@@ -757,7 +775,7 @@ def c17(c, t, base, running, margin):
                 f"{r['layer']} running {r['stat']}: SD across data orders {r['member_sd']:.3g} "
                 f"= {r['ratio']:.2f} x the SD across units ({r['unit_sd']:.3g})"
             )
-    return [Comparison(label, same, own, margin, "equivalent")]
+    return [Comparison(label, same, own, margin, "equivalent", paired=False)]
 
 
 @claim(
@@ -815,6 +833,19 @@ def _fmt(x: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
+def _cells(cmp: Comparison, r: Result) -> tuple[str, str]:
+    """A comparison's 'A - B [CI]' and 'p, test' cells."""
+    if not r.test:
+        return "n/a", "n/a (fewer than 2 values in an arm)"
+    if cmp.log:  # the ratio A/B
+        mean, lo, hi = (_fmt(math.exp(x)) for x in (r.mean, r.lo, r.hi))
+        diff = f"x{mean} [{lo}, {hi}]"
+    else:
+        diff = f"{r.mean:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}]"
+    p = "<0.0001" if r.p < 1e-4 else f"{r.p:.2g}"
+    return f"{diff} {'paired' if r.paired else 'Welch'}", f"{p}, {TESTS[r.test]}"
+
+
 def _arm_text(s: pd.Series) -> str:
     s = s.dropna()
     if s.empty:
@@ -825,8 +856,9 @@ def _arm_text(s: pd.Series) -> str:
 DIFFERENCES = """\
 ## Settings that differ from the originals, and why
 
-- **Seeds.** Every configuration runs 5 seeds (the 2017 study ran one). BN and no-BN members
-  of a seed start from the same weights, so comparisons are paired by seed.
+- **Seeds.** Every configuration runs 5 seeds (the 2017 study ran one). Within one sweep, BN
+  and no-BN members of a seed start from the same weights, so comparisons within a sweep's
+  table are paired by seed; comparisons across tables (C15, C17) use Welch's t-test.
 - **Evaluation schedule.** Test accuracy every 1,000 steps (every 250 for the first 5,000)
   instead of every 50 steps, to keep evaluation a small share of the run time.
 - **BN at test time.** Curves use BN's running statistics (the correct inference mode); the
@@ -858,18 +890,21 @@ DIFFERENCES = """\
 
 def render(claims: list[Claim], figures: str = "figures") -> str:
     """The report as Markdown."""
+    level, method = f"{1 - verdicts.ALPHA:.0%}", verdicts.CORRECTION.capitalize()
+    header = (
+        "Generated by `bnlab claims` from the tables in `results/tables/` (written by `bnlab "
+        "reproduce`). Do not edit by hand. Numbers: mean [min, max] over seeds, n = members; "
+        "A - B: the mean difference (a ratio A/B for quantities compared on a log scale) with "
+        f"its unadjusted {level} interval (paired: by seed; Welch: Welch's t-interval); p: the "
+        f"{method}-adjusted p-value of the test that decided the verdict (of the claim's own "
+        "test when inconclusive)."
+    )
     lines = [
         "# Which claims about batch normalization hold? (bnlab claims report)",
         "",
-        "Generated by `bnlab claims` from the tables in `results/tables/` (written by",
-        "`bnlab reproduce`). Do not edit by hand. Numbers: mean [min, max] over",
-        "seeds, n = members; differences with their 95% t-interval (paired by seed where the",
-        "arms share seeds; ratios for quantities compared on a log scale). Verdict rules are in",
-        "`bnlab/verdicts.py`: *supported* = the interval excludes zero in the claimed direction",
-        "and the mean effect reaches the margin; *not supported* = the opposite holds or the",
-        "effect is reliably below the margin; *inconclusive* = the interval does not decide",
-        "(the seeds spread too much, or it straddles the margin); *mixed* = the comparisons of",
-        "a claim disagree (the claim holds in some settings and not in others).",
+        textwrap.fill(header, 92, break_on_hyphens=False),
+        "",
+        textwrap.fill(f"**Verdicts** (`bnlab/verdicts.py`). {verdicts.RULES}", 92),
         "",
         "| claim | statement | verdict |",
         "|---|---|---|",
@@ -886,19 +921,14 @@ def render(claims: list[Claim], figures: str = "figures") -> str:
             lines += [f"**Verdict: not run** ({c.missing}).", ""]
             continue
         lines += [
-            "| comparison | arm A | arm B | A - B [95% CI] | verdict |",
-            "|---|---|---|---|---|",
+            f"| comparison | arm A | arm B | A - B [{level} CI] | p ({method}), test | verdict |",
+            "|---|---|---|---|---|---|",
         ]
-        for cmp in c.comparisons:
-            mean, lo, hi, paired = cmp.diff()
-            if cmp.log:
-                diff = f"x{_fmt(math.exp(mean))} [{_fmt(math.exp(lo))}, {_fmt(math.exp(hi))}]"
-            else:
-                diff = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-            diff += "" if paired else " (unpaired)"
+        for cmp, r in zip(c.comparisons, c.results):
+            diff, p = _cells(cmp, r)
             lines.append(
-                f"| {cmp.label} | {_arm_text(cmp.a)} | {_arm_text(cmp.b)} | "
-                f"{diff} | {cmp.verdict()} |"
+                f"| {cmp.label} | {_arm_text(cmp.a)} | {_arm_text(cmp.b)} | {diff} | {p} "
+                f"| {r.verdict} |"
             )
         lines.append("")
         for note in c.notes:
@@ -912,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="bnlab claims",
         description=__doc__,
-        epilog=verdicts.__doc__,
+        epilog="verdict rules:\n" + textwrap.fill(verdicts.RULES, 90, break_on_hyphens=False),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")

@@ -22,7 +22,7 @@ from bnlab.claims import (
     render,
 )
 from bnlab.records import MANIFEST, update_manifest
-from bnlab.verdicts import INCONCLUSIVE, MIXED, NOT_SUPPORTED, SUPPORTED
+from bnlab.verdicts import CONTRADICTED, INCONCLUSIVE, MIXED, SUPPORTED
 
 
 def test_the_ledger_states_the_numbers_its_code_uses():
@@ -100,6 +100,9 @@ def test_claims_on_known_tables(tmp_path):
     report = render(list(claims.values()))
     assert "| [C4](#c4) | BN improves accuracy for every activation" in report
     assert "**Verdict: supported.**" in report and "Out of scope" in report
+    assert "| A - B [95% CI] | p (Holm), test | verdict |" in report
+    assert "(Holm), and a test rejects at an adjusted p <= 0.05" in " ".join(report.split())
+    assert "| +0.0100 [+0.0100, +0.0100] paired | <0.0001, A > B | supported |" in report
     # C1's measure is not in the table: an error naming the claim, the table and the column
     table = tmp_path / "mlds2017.csv"
     with pytest.raises(ClaimError, match=f"claim C1: {table} has no column 'w2_mean_abs_final'"):
@@ -112,7 +115,7 @@ def test_claims_on_known_tables(tmp_path):
     _write(tmp_path, "mlds2017", t)
     (c4,) = build_claims(tables, ["C4"])
     assert c4.verdict == MIXED
-    assert [c.verdict() for c in c4.comparisons][0] == NOT_SUPPORTED
+    assert [r.verdict for r in c4.results] == [CONTRADICTED] + [SUPPORTED] * 4
 
     # a measure no selected member recorded is an error; one lost to divergence is not
     sigmoid_bn = (t["model.activation"] == "sigmoid") & (t["model.norm"] == "batch")
@@ -123,7 +126,24 @@ def test_claims_on_known_tables(tmp_path):
     t.loc[sigmoid_bn, "status"] = "diverged"
     _write(tmp_path, "mlds2017", t)
     (c18,) = build_claims(tables, ["C18"])
-    assert [c.verdict() for c in c18.comparisons][2] == INCONCLUSIVE  # sigmoid: no BN values
+    assert c18.results[2].verdict == INCONCLUSIVE  # sigmoid: no BN values
+    assert c18.verdict == "supported in 4 of 5 (the rest inconclusive)"
+
+
+def test_c12_a_seed_that_never_reaches_the_target_counts_against_its_side(tmp_path):
+    lrs, rows = (0.01, 0.1, 1.0, 3.0), []
+    for lr in lrs:
+        for norm in ("batch", "none"):
+            acc = [0.95] * 5 if norm == "batch" or lr < 1 else [0.5] * 5
+            if norm == "none":
+                acc[4] = 0.5  # seed 4 without BN reaches 90% at no learning rate
+            rows += _members({"model.norm": norm, "optim.lr": lr}, acc)
+    _write(tmp_path, "study_lr", rows)
+    (c12,) = build_claims(Tables(tmp_path), ["C12"])
+    highest = c12.comparisons[0]
+    assert highest.a.tolist() == [3.0] * 5
+    assert highest.b.tolist() == pytest.approx([0.1] * 4 + [0.01**2 / 0.1])  # a step below
+    assert c12.verdict == SUPPORTED
 
 
 def test_one_rule_for_diverged_members_and_non_finite_numbers():
@@ -151,6 +171,9 @@ def test_the_committed_report_regenerates_and_damaged_tables_are_refused(tmp_pat
     shutil.copytree(REPO / "results" / "tables", tmp_path / "tables")
     assert main(["--results", str(tmp_path)]) == 0
     assert (tmp_path / "CLAIMS.md").read_text() == (REPO / "results" / "CLAIMS.md").read_text()
+    # seeds pair only within a sweep's table: the claims comparing two tables use Welch
+    claims = build_claims(Tables(tmp_path / "tables"))
+    assert {c.key for c in claims for x in c.comparisons if not x.paired} == {"C15", "C17"}
     table = tmp_path / "tables" / "mlds2017.csv"
     good = table.read_text()
     for damaged in ("\n".join(good.splitlines()[:50]) + "\n", good[: len(good) // 2], ""):

@@ -1,4 +1,6 @@
-"""The verdict rules on known answers, and the intervals against scipy."""
+"""The verdict rules on hand-made arms whose answers are computed here independently: t
+statistics from their textbook formulas (scipy.stats.t only for the t distribution), Holm's
+adjustment by hand."""
 
 from __future__ import annotations
 
@@ -10,51 +12,180 @@ import pytest
 from scipy import stats
 
 from bnlab.verdicts import (
+    ALPHA,
+    CONTRADICTED,
     INCONCLUSIVE,
     MIXED,
-    NOT_SUPPORTED,
+    NEGLIGIBLE,
     SUPPORTED,
     Comparison,
     combine,
-    verdict,
+    judge,
 )
+
+BASE = np.array([0.90, 0.95, 0.85, 0.97, 0.92])  # arm B: seeds that differ a lot
+M = 0.005  # the margin of the hand-made comparisons
+
+
+def _cmp(d, kind="greater", paired=True, margin=M, base=BASE) -> Comparison:
+    """Arm A = arm B + d, seed by seed."""
+    a, b = pd.Series(base + d), pd.Series(base)
+    return Comparison("x", a, b, margin, kind, paired=paired)
+
+
+def _paired_t(d, null=0.0):
+    d = np.asarray(d, float)
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    return (d.mean() - null) / se, len(d) - 1, se
+
+
+def _welch_t(a, b, null=0.0):
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return (a.mean() - b.mean() - null) / math.sqrt(va + vb), df, math.sqrt(va + vb)
+
+
+def _holm(ps):
+    """Holm's step-down adjustment, by hand."""
+    order = np.argsort(ps)
+    out, running = np.empty(len(ps)), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def test_intervals_and_p_values_match_the_textbook_formulas():
+    rng = np.random.default_rng(0)
+    a = pd.Series(rng.normal(0.9, 0.01, 5))
+    b = pd.Series(rng.normal(0.89, 0.02, 5))
+    t, df, se = _paired_t(a - b)
+    mean, lo, hi, paired = Comparison("x", a, b, M).diff()
+    h = stats.t.ppf(0.975, df) * se
+    assert paired and (mean, lo, hi) == pytest.approx(((a - b).mean(), mean - h, mean + h))
+    tost = max(stats.t.sf(_paired_t(a - b, -M)[0], df), stats.t.cdf(_paired_t(a - b, M)[0], df))
+    p = Comparison("x", a, b, M).pvalues()
+    assert p == pytest.approx({">": stats.t.sf(t, df), "<": stats.t.cdf(t, df), "tost": tost})
+
+    b7 = pd.Series(rng.normal(0.88, 0.02, 7), index=range(10, 17))  # Welch
+    t, df, se = _welch_t(a, b7)
+    mean, lo, hi, paired = Comparison("x", a, b7, M, paired=False).diff()
+    h = stats.t.ppf(0.975, df) * se
+    assert not paired and (lo, hi) == pytest.approx((mean - h, mean + h))
+    tost = max(stats.t.sf(_welch_t(a, b7, -M)[0], df), stats.t.cdf(_welch_t(a, b7, M)[0], df))
+    p = Comparison("x", a, b7, M, "equivalent", paired=False).pvalues()
+    beyond = stats.t.sf(_welch_t(a, b7, M)[0], df)  # the estimate is positive: A - B > m?
+    assert a.mean() > b7.mean() and p == pytest.approx({"tost": tost, "beyond": beyond})
+
+    # ratios: log values; arms without spread have an exact answer
+    mean, lo, hi, _ = Comparison("x", a * 3, a, math.log(2), log=True).diff()
+    assert mean == lo == hi == pytest.approx(math.log(3))
+    (r,) = judge([Comparison("x", a * 3, a, math.log(2), log=True)])
+    assert r.verdict == SUPPORTED and r.p == 0.0
+    (r,) = judge([Comparison("x", a, a, M, "equivalent")])  # C16 with sigmoid: identical
+    assert r.verdict == SUPPORTED and (r.mean, r.lo, r.hi) == (0.0, 0.0, 0.0)
+
+
+NOISE = np.array([-0.003, 0.003, -0.002, 0.002, 0.0])  # paired differences' spread
 
 
 @pytest.mark.parametrize(
-    "mean, lo, hi, margin, kind, expected",
+    "d, kind, expected, test",
     [
-        (0.02, 0.01, 0.03, 0.005, "greater", SUPPORTED),
-        (0.004, 0.001, 0.007, 0.005, "greater", INCONCLUSIVE),  # real but maybe too small
-        (0.002, 0.001, 0.003, 0.005, "greater", NOT_SUPPORTED),  # reliably below the margin
-        (-0.02, -0.03, -0.01, 0.005, "greater", NOT_SUPPORTED),  # the opposite holds
-        (0.01, -0.01, 0.03, 0.005, "greater", INCONCLUSIVE),  # seeds too noisy
-        (0.001, -0.003, 0.004, 0.005, "equivalent", SUPPORTED),
-        (0.02, 0.01, 0.03, 0.005, "equivalent", NOT_SUPPORTED),
-        (0.004, -0.002, 0.01, 0.005, "equivalent", INCONCLUSIVE),
+        (0.02 + NOISE, "greater", SUPPORTED, ">"),
+        (0.006 + NOISE, "greater", SUPPORTED, ">"),  # reaches the margin; CI from 0.0028
+        (0.001 + NOISE / 10, "greater", NEGLIGIBLE, "tost"),
+        (-0.001 + NOISE / 10, "greater", NEGLIGIBLE, "tost"),  # A < B too, but negligible
+        (-0.02 + NOISE, "greater", CONTRADICTED, "<"),
+        (0.004 + NOISE, "greater", INCONCLUSIVE, ">"),  # real, maybe below the margin
+        (np.array([0.05, -0.05, 0.04, -0.03, 0.0]), "greater", INCONCLUSIVE, ">"),  # noisy
+        (0.001 + NOISE / 10, "equivalent", SUPPORTED, "tost"),
+        (0.02 + NOISE, "equivalent", CONTRADICTED, "beyond"),
+        (-0.02 + NOISE, "equivalent", CONTRADICTED, "beyond"),
+        (0.004 + NOISE, "equivalent", INCONCLUSIVE, "tost"),  # may be beyond the margin
     ],
 )
-def test_verdict_known_answers(mean, lo, hi, margin, kind, expected):
-    assert verdict(mean, lo, hi, margin, kind) == expected
+def test_each_outcome_on_known_arms(d, kind, expected, test):
+    """One comparison (Holm on one p-value changes nothing); every test's p by hand."""
+    t, df, se = _paired_t(d)
+    p = {
+        ">": stats.t.sf(t, df),
+        "<": stats.t.cdf(t, df),
+        "tost": max(stats.t.sf(_paired_t(d, -M)[0], df), stats.t.cdf(_paired_t(d, M)[0], df)),
+        "beyond": stats.t.sf(_paired_t(d, M)[0], df)
+        if d.mean() >= 0
+        else stats.t.cdf(_paired_t(d, -M)[0], df),
+    }
+    rejects = {k for k, v in p.items() if v <= ALPHA}
+    if expected == NEGLIGIBLE and d.mean() < 0:
+        assert {"<", "tost"} <= rejects  # both hold: negligible wins
+    if (expected, kind) == (INCONCLUSIVE, "greater") and d.mean() > 0.003:
+        assert ">" in rejects and d.mean() < M  # significant, but short of the margin
+    (r,) = judge([_cmp(d, kind)])
+    assert (r.verdict, r.test) == (expected, test)
+    assert r.p == pytest.approx(p[test])
 
 
-def test_combine():
-    assert combine([SUPPORTED, SUPPORTED]) == SUPPORTED
-    assert combine([SUPPORTED, NOT_SUPPORTED]) == MIXED
-    assert combine([SUPPORTED, INCONCLUSIVE]) == MIXED
-    assert combine([]) == INCONCLUSIVE
+def test_holm_within_a_claim_changes_a_verdict():
+    border = _cmp(0.01 + np.array([-0.012, 0.012, -0.008, 0.008, 0.0]))
+    t, df, _ = _paired_t(border.a - border.b)
+    raw = stats.t.sf(t, df)
+    assert 0.025 < raw <= ALPHA  # significant alone, not when doubled
+    (alone,) = judge([border])
+    assert alone.verdict == SUPPORTED and alone.p == pytest.approx(raw)
+    twice = judge([border, border])
+    assert [r.verdict for r in twice] == [INCONCLUSIVE] * 2
+    assert twice[0].p == pytest.approx(2 * raw)
+    # step-down: next to a clear effect the borderline one keeps its own level (not Bonferroni)
+    clear = _cmp(0.02 + NOISE)
+    results = judge([clear, border])
+    raws = [stats.t.sf(_paired_t(c.a - c.b)[0], 4) for c in (clear, border)]
+    assert [r.p for r in results] == pytest.approx(list(_holm(raws)))
+    assert [r.verdict for r in results] == [SUPPORTED, SUPPORTED]
+    # a comparison with fewer than 2 values is inconclusive and outside the family
+    one = Comparison("x", pd.Series([0.99]), pd.Series([0.9]), M)
+    results = judge([border, one])
+    assert [(r.verdict, r.test) for r in results] == [(SUPPORTED, ">"), (INCONCLUSIVE, None)]
 
 
-def test_intervals_match_scipy():
-    rng = np.random.default_rng(0)
-    a = pd.Series(rng.normal(0.9, 0.01, 5), index=range(5))
-    b = pd.Series(rng.normal(0.88, 0.02, 5), index=range(5))
-    mean, lo, hi, paired = Comparison("x", a, b, 0.005).diff()
-    ci = stats.ttest_rel(a, b).confidence_interval()
-    assert paired and (lo, hi) == pytest.approx((ci.low, ci.high))
-    assert mean == pytest.approx((a - b).mean())
-    b7 = pd.Series(rng.normal(0.88, 0.02, 7), index=range(10, 17))  # other seeds: Welch
-    mean, lo, hi, paired = Comparison("x", a, b7, 0.005).diff()
-    ci = stats.ttest_ind(a, b7, equal_var=False).confidence_interval()
-    assert not paired and (lo, hi) == pytest.approx((ci.low, ci.high))
-    mean, lo, hi, _ = Comparison("x", a * 3, a, 0.1, log=True).diff()  # ratios: log scale
-    assert mean == pytest.approx(math.log(3)) and lo == hi == pytest.approx(math.log(3))
+def test_paired_only_where_declared_and_welch_otherwise():
+    d = 0.01 + NOISE / 10  # seeds differ by ~0.05, the per-seed differences by ~0.0003
+    (paired,) = judge([_cmp(d)])
+    (welch,) = judge([_cmp(d, paired=False)])
+    assert paired.verdict == SUPPORTED and welch.verdict == INCONCLUSIVE
+    t, df, _ = _welch_t(BASE + d, BASE)
+    assert welch.p == pytest.approx(stats.t.sf(t, df)) and not welch.paired
+    # paired: the seeds both arms have; an arm's missing seed drops that pair
+    a = pd.Series(BASE + d, index=range(5)).drop(4)
+    mean, *_ = Comparison("x", a, pd.Series(BASE), M).diff()
+    assert mean == pytest.approx(d[:4].mean())
+    # arms of two tables are never paired by seed
+    a.attrs, b = {"table": "study_dropout.csv"}, pd.Series(BASE)
+    b.attrs = {"table": "study_lr.csv"}
+    with pytest.raises(ValueError, match="cannot be paired by seed"):
+        Comparison("x", a, b, M)
+    assert not Comparison("x", a, b, M, paired=False).paired
+
+
+S, N, C, I = SUPPORTED, NEGLIGIBLE, CONTRADICTED, INCONCLUSIVE  # noqa: E741
+
+
+@pytest.mark.parametrize(
+    "verdicts, expected",
+    [
+        ([S, S], SUPPORTED),
+        ([S, C, I], MIXED),
+        ([S, I, I], "supported in 1 of 3 (the rest inconclusive)"),
+        ([S, S, N], "supported in 2 of 3 (the rest negligible)"),
+        ([S, I, N, N], "supported in 1 of 4 (1 inconclusive, 2 negligible)"),
+        ([C, C], CONTRADICTED),
+        ([C, I, N], "contradicted in 1 of 3 (1 inconclusive, 1 negligible)"),
+        ([C, N], "contradicted in 1 of 2 (the rest negligible)"),
+        ([N, N], NEGLIGIBLE),
+        ([N, I, I], "negligible in 1 of 3 (the rest inconclusive)"),
+        ([I, I], INCONCLUSIVE),
+        ([], INCONCLUSIVE),
+    ],
+)
+def test_combine(verdicts, expected):
+    assert combine(verdicts) == expected
