@@ -28,7 +28,16 @@ POPULATION_LOWER = ("batch", "inference")
 OPTIMS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
 DATASETS = ("mnist", "mnist5k")
-PROBES = ("weights", "grads", "activations", "mismatch", "jacobian", "ics_grad", "landscape")
+PROBES = (
+    "weights",
+    "grads",
+    "activations",
+    "mismatch",
+    "jacobian",
+    "ics_grad",
+    "landscape",
+    "curvature",
+)
 
 
 def sweep_dirname(overrides: str) -> str:
@@ -169,7 +178,8 @@ def _every(n: int):
 class ProbesConfig:
     """Probe schedules (bnlab/probes.py). Cheap probes default to every 500 steps (the default
     evaluation interval), gradient ICS and landscape to every 2000, the Jacobian to every 5000
-    (its eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images)."""
+    (its eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images); the
+    Hessian curvature probe is off unless asked for."""
 
     batch: int = 500  # fixed probe batch: this many training and test images, drawn once
     weights: Every = _every(500)  # norms of W, gamma, beta; effective lr of scale-invariant rows
@@ -179,11 +189,13 @@ class ProbesConfig:
     jacobian: Every = _every(5000)  # per-sample layer-Jacobian singular values
     ics_grad: Every = _every(2000)  # gradient ICS (Santurkar Def. 2.1)
     landscape: Every = _every(2000)  # loss range, gradient predictiveness, beta-smoothness
+    curvature: Every = _every(0)  # top Hessian eigenvalue, lr*lambda, g'Hg/|g|^2, overshoot
     jacobian_samples: int = 100  # probe images used by the Jacobian probe
     jacobian_variants: bool = False  # also the train-mode and the 2017 batch-sum Jacobians
-    landscape_steps: list[float] = field(  # step sizes as multiples of lr (or of the update)
+    landscape_steps: list[float] = field(  # step sizes, multiples of lr (or of the update):
         default_factory=lambda: [0.5, 0.673, 0.906, 1.22, 1.64, 2.21, 2.97, 4.0]
-    )
+    )  # landscape, and the curvature probe's overshoot
+    curvature_iters: int = 20  # power-iteration steps per Hessian eigenvalue (curvature probe)
 
 
 @dataclass
@@ -381,6 +393,7 @@ def validate(rc: RunConfig) -> None:
             raise ConfigError(f"probes.{name}.every={getattr(pr, name).every} must be >= 0")
     _positive("probes.batch", pr.batch)
     _positive("probes.jacobian_samples", pr.jacobian_samples)
+    _positive("probes.curvature_iters", pr.curvature_iters)
     if not pr.landscape_steps or min(pr.landscape_steps) <= 0:
         raise ConfigError(f"probes.landscape_steps={list(pr.landscape_steps)} must be > 0")
     need, have = _memory_bytes(rc), _available_bytes()

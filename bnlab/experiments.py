@@ -32,6 +32,12 @@ _ALL = (
     Experiment("study_dropout", "study_dropout", ("study_dropout",)),
     Experiment("study_bias", "study_bias", ("study_bias",)),
     Experiment("study_order", "study_order", ("study_order",)),
+    Experiment("yang2019_depth", "yang2019_depth", ("yang2019_depth",)),
+    Experiment(
+        "santurkar2018_landscape_lr",
+        "santurkar2018_landscape_lr",
+        ("santurkar2018_landscape_lr",),
+    ),
     Experiment("mlds2017_fig4", "mlds2017", ("mlds2017_fig4",)),
     Experiment("mlds2017_fig5", "mlds2017", ("mlds2017_fig5",)),
     Experiment("mlds2017_fig1", "mlds2017", ("mlds2017_fig1",)),

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
-from . import plots
+from . import plots, tables
 from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
 from .experiments import EXPERIMENTS, REPRODUCTION, experiments_of, figures_of, sweep
@@ -335,6 +336,64 @@ def santurkar2018_landscape(res: Results):
     return fig
 
 
+def santurkar2018_landscape_lr(res: Results):
+    """Curvature and the first-order overshoot along the gradient vs step, at lr 0.1-1."""
+    runs, hist = res.load("santurkar2018_landscape_lr")
+    fig = plt.figure(figsize=(13, 12), layout="constrained")
+    subs = fig.subfigures(3, 1)
+    for sub, metric, layer, ylabel in (
+        (subs[0], "curv_lr_lambda", "all", "lr x top Hessian eigenvalue (2: stability edge)"),
+        (subs[1], "curv_gHg", "grad", "curvature along the gradient g'Hg/||g||^2"),
+        (subs[2], "curv_overshoot", "grad", "overshoot D of the first-order prediction"),
+    ):
+        plots.curves(
+            runs,
+            hist,
+            metric,
+            split="train",
+            layer=layer,
+            facet="model.activation",
+            style="optim.lr",
+            logy=True,
+            ylabel=ylabel,
+            fig=sub,
+        )
+    fig.suptitle(
+        "C10 where smoothness can be judged: SGD lr 0.1, 0.3, 1.0 on the mean loss, batch 64"
+    )
+    return fig
+
+
+def yang2019_depth(res: Results):
+    """The hidden layers' end-to-end Jacobian at initialisation against depth, BN in training
+    mode (the probe batch's own statistics) vs no BN: gain and spread."""
+    runs, hist = res.load("yang2019_depth")
+    init = tables.init_jacobian(hist).reset_index()
+    depth = runs["model.widths"].map(lambda w: len(tables.widths_of(w)))
+    rows = runs.assign(depth=depth).merge(init, on=["run", "seed"])
+    with np.errstate(divide="ignore"):  # float32 underflow (deep sigmoid): left out, not -inf
+        logs = np.log10(rows[["gain", "spread"]].where(rows[["gain", "spread"]] > 0))
+    rows = rows.assign(log_gain=logs["gain"], log_spread=logs["spread"])
+    fig = plt.figure(figsize=(9, 7), layout="constrained")
+    subs = fig.subfigures(2, 1)
+    for sub, y, ylabel in (
+        (subs[0], "log_gain", "log10 gain mean(s^2) (0: isometric gain)"),
+        (subs[1], "log_spread", "log10 spread var(s^2)/mean(s^2)^2"),
+    ):
+        plots.final_points(
+            rows,
+            "depth",
+            y,
+            facet="model.activation",
+            logx=True,
+            ylabel=ylabel,
+            xlabel="hidden layers",
+            fig=sub,
+        )
+    fig.suptitle("End-to-end Jacobian at initialisation, BN in training mode, by depth")
+    return fig
+
+
 def santurkar2018_noisy_bn(res: Results):
     """BN vs noisy BN vs noise without BN: accuracy and drift of the activations."""
     runs, hist = res.load("santurkar2018_noisy_bn")
@@ -473,7 +532,9 @@ FIGURES = {
     "ioffe2015_fig1": ioffe2015_fig1,
     "santurkar2018_ics": santurkar2018_ics,
     "santurkar2018_landscape": santurkar2018_landscape,
+    "santurkar2018_landscape_lr": santurkar2018_landscape_lr,
     "santurkar2018_noisy_bn": santurkar2018_noisy_bn,
+    "yang2019_depth": yang2019_depth,
     "study_lr": study_lr,
     "study_init_scale": study_init_scale,
     "study_placement": study_placement,

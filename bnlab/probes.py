@@ -13,13 +13,17 @@ streams (capture/restore), so the loss history is bit-for-bit what it is with pr
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 import torch
 
 from . import records
 from .config import PROBES
 from .layers import Activation, Dropout, Layer, Linear
-from .loss import loss_and_grad
-from .norms import BatchStatNorm, LayerNorm, Noise
+from .loss import loss_and_grad, member_losses
+from .norms import BatchStatNorm, LayerNorm, Noise, ScratchBatchNorm, bn_forward
 
 JAC_BINS = torch.tensor(records.JAC_BINS)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
@@ -63,6 +67,19 @@ def norms(model, kind=BatchStatNorm) -> list[tuple[str, object]]:
     return [(n, getattr(model, n)) for n in model.order if isinstance(getattr(model, n), kind)]
 
 
+def scale_invariant_linears(model) -> list[tuple[str, Linear]]:
+    """The linear layers without bias whose output goes straight into a batch-statistics norm:
+    each unit's incoming weights are scale-invariant (the loss does not change when they are
+    multiplied by a positive number, up to the norm's eps)."""
+    out = []
+    for name, lin in linears(model):
+        if lin.bias is not None or name == model.order[-1]:
+            continue
+        if isinstance(getattr(model, model.order[model.order.index(name) + 1]), BatchStatNorm):
+            out.append((name, lin))
+    return out
+
+
 # --------------------------------------------------------------------------- 1. weights
 @torch.no_grad()
 def weight_stats(model) -> list:
@@ -100,11 +117,7 @@ def update_stats(model, old: dict, lr: float) -> list:
     relative update ||dw_j||/||w_j||, angular step angle(w_j, w_j + dw_j) in radians, and
     lr/||w_j||^2; each averaged over units. Uses the weights before and after the step."""
     out = []
-    for name, lin in linears(model):
-        if lin.bias is not None or name == model.order[-1]:
-            continue
-        if not isinstance(getattr(model, model.order[model.order.index(name) + 1]), BatchStatNorm):
-            continue
+    for name, lin in scale_invariant_linears(model):
         w0, w1 = old[f"{name}.weight"], lin.weight  # (K, fan_out, fan_in): row j is w_j
         n0, n1 = w0.norm(dim=2), w1.norm(dim=2)  # (K, fan_out)
         cos = ((w0 * w1).sum(2) / (n0 * n1)).clamp(-1.0, 1.0)
@@ -445,6 +458,59 @@ class StepContext:
             p.grad.copy_(self.grad[n])  # in place: backward writes into .grad
         return losses, grads
 
+    @contextmanager
+    def loss_graph(self) -> Iterator[tuple[list, torch.Tensor, tuple]]:
+        """Yields (params, losses, grads) at the parameters before the step, on the step's
+        batch, in training mode with the step's BN statistics and random masks: the model's
+        parameters (set to their values before the step), the per-member loss (K,) and its
+        gradients built with create_graph, so that torch.autograd.grad of the gradients gives
+        Hessian-vector products. One forward through differentiable torch ops; the model's
+        parameters, buffers, layer state, random streams and saved tensors are restored on
+        exit."""
+        model, state = self.model, capture(self.model)
+        layers = [m for m in model.modules() if isinstance(m, Layer)]
+        saved = [dict(m.saved) for m in layers]
+        params = list(model.parameters())
+        try:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(self.before[n])
+            restore(model, self.state_before)
+            with torch.enable_grad(), _twice_differentiable(model):
+                losses = member_losses(model(self.x), self.y, self.reduction)
+                grads = torch.autograd.grad(losses.sum(), params, create_graph=True)
+            with torch.no_grad():
+                yield params, losses.detach(), grads
+        finally:
+            restore(model, state)
+            for m, s in zip(layers, saved):
+                m.saved = s
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    p.copy_(self.after[n])
+
+
+@contextmanager
+def _twice_differentiable(model) -> Iterator[None]:
+    """Every layer's forward differentiable twice by autograd. ScratchBatchNorm under autograd
+    runs BatchNormFunction, whose backward takes the batch mean, variance and xhat saved by
+    the forward as constants: its first derivatives are right, its second derivatives with
+    respect to the input are not. For the duration, such layers run bn_forward instead (the
+    same formula in plain torch ops; they then leave their running statistics alone, which
+    the callers restore anyway)."""
+    layers = [m for m in model.modules() if isinstance(m, ScratchBatchNorm)]
+    for m in layers:
+        m.train_forward = functools.partial(_scratch_forward, m)
+    try:
+        yield
+    finally:
+        for m in layers:
+            del m.train_forward
+
+
+def _scratch_forward(layer: ScratchBatchNorm, x: torch.Tensor) -> torch.Tensor:
+    return bn_forward(x, layer.weight, layer.bias, layer.eps)[0]
+
 
 def _member_norm(tensors) -> torch.Tensor:
     """Euclidean norm per member over a collection of (K, ...) tensors."""
@@ -511,6 +577,151 @@ def landscape(ctx: StepContext, lr: float, multipliers: list[float], realised: b
     return out
 
 
+# --------------------------------------------------------------------------- curvature
+CURVATURE_SEED = 0  # the power iterations' random start (its own generator, never the run's)
+
+
+def _member_dot(a, b) -> torch.Tensor:
+    """Inner product per member of two collections of (K, ...) tensors: (K,)."""
+    return sum((s * t).flatten(1).sum(1) for s, t in zip(a, b))
+
+
+def _per_member(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(K,) -> broadcastable against a (K, ...) tensor."""
+    return v.view(-1, *[1] * (like.dim() - 1))
+
+
+def _unit(v: list) -> list:
+    """Each member's part of v scaled to norm 1 (a member's zero vector stays zero)."""
+    n = _member_norm(v)
+    n = torch.where(n > 0, n, torch.ones_like(n))
+    return [t / _per_member(n, t) for t in v]
+
+
+def _power(hvp: Callable[[list], list], v0: list, iters: int, shift=None) -> tuple:
+    """Power iteration on H - shift I for every member at once, each member's vector normalised
+    on its own: returns the last Rayleigh quotient v'(H - shift I)v and ||(H - shift I)v||,
+    both (K,)."""
+    v = _unit(v0)
+    for _ in range(iters):
+        hv = hvp(v)
+        if shift is not None:
+            hv = [h - _per_member(shift, h) * t for h, t in zip(hv, v)]
+        rayleigh, size = _member_dot(v, hv), _member_norm(hv)
+        v = _unit(hv)
+    return rayleigh, size
+
+
+def top_eigenvalue(hvp: Callable[[list], list], v0: list, iters: int) -> torch.Tensor:
+    """The largest (algebraic) eigenvalue per member (K,) of a symmetric operator H that is
+    block-diagonal by member, given by hvp (a list of (K, ...) tensors -> H times it), by
+    `iters` steps of power iteration from v0, estimated by the Rayleigh quotient.
+
+    Power iteration finds the eigenvalue of largest magnitude. Where the first pass does not
+    end on a clearly positive one (its Rayleigh quotient below half of ||Hv||, the magnitude
+    estimate: the dominant eigenvalue is negative, or a positive and a negative one of similar
+    size are not yet told apart), a second power iteration runs on H - lambda I with
+    lambda = -||Hv||, at convergence the dominant negative eigenvalue lambda_min. The shifted
+    eigenvalues lambda_i + ||Hv|| are then >= about 0, so the dominant one is
+    lambda_max + ||Hv||, and lambda_max is the second pass's estimate minus that shift.
+    Shifting by ||Hv|| >= |Rayleigh quotient| rather than by the Rayleigh quotient keeps the
+    second pass right where the first had not separated the two ends of the spectrum. Like
+    every Rayleigh quotient, the result is <= the true lambda_max (up to rounding)."""
+    if iters < 1:
+        raise ValueError(f"power iteration needs iters >= 1, got {iters}")
+    rayleigh, size = _power(hvp, v0, iters)
+    negative = rayleigh < 0.5 * size
+    if not bool(negative.any()):
+        return rayleigh
+    shift = torch.where(negative, -size, torch.zeros_like(size))
+    shifted, _ = _power(hvp, v0, iters, shift)
+    return torch.where(negative, shifted + shift, rayleigh)
+
+
+def _hvp(outputs: list, inputs: list) -> Callable[[list], list]:
+    """v -> d(outputs . v)/d(inputs): Hessian-vector products from gradients built with
+    create_graph (outputs are the gradients with respect to inputs)."""
+    pairs = [(i, g) for i, g in enumerate(outputs) if g.requires_grad]  # else constant
+
+    def hvp(v: list) -> list:
+        if not pairs:
+            return [torch.zeros_like(p) for p in inputs]
+        res = torch.autograd.grad(
+            [g for _, g in pairs],
+            inputs,
+            [v[i] for i, _ in pairs],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return [torch.zeros_like(p) if r is None else r for r, p in zip(res, inputs)]
+
+    return hvp
+
+
+def curvature(ctx: StepContext, lr: float, multipliers: list[float], iters: int = 20) -> list:
+    """Hessian curvature at step t, on its batch, BN in training mode with the step's statistics
+    and masks (everything restored afterwards), H the Hessian of the run's training loss (its
+    reduction, sum or mean; no weight decay) with respect to all parameters at theta_t, the
+    parameters before the step; per member (members are independent, so H is block-diagonal by
+    member and one power iteration serves them all):
+
+    - curv_lambda_max (layer 'all'): the largest eigenvalue of H, by `iters` steps of power
+      iteration with Hessian-vector products (double backward) from a seeded random start
+      (top_eigenvalue: a second, shifted iteration where the dominant eigenvalue is negative);
+    - curv_lr_lambda ('all'): lr * lambda_max. Gradient descent on a quadratic with curvature
+      lambda is stable for lr * lambda < 2, the edge of stability of Cohen et al. 2021
+      (arXiv:2103.00065; for Adam the preconditioned curvature matters instead);
+    - curv_lambda_w_scaled (each scale-invariant linear layer: no bias, feeding a
+      batch-statistics norm, as in update_stats): the largest eigenvalue of the Hessian block
+      of that layer's weight alone times ||W_l||_F^2, which does not change when W_l is
+      rescaled (the block scales as 1/c^2 when W_l scales by c);
+    - curv_gHg (layer 'grad'): g'Hg / ||g||^2, g the step's gradient: the curvature along the
+      step's direction;
+    - curv_overshoot ('grad'): D = max over eta = m * lr, m in `multipliers`, of
+      |L(theta - eta g) - L(theta) + eta ||g||^2| / (eta ||g||^2): how far the loss along -g
+      departs from its first-order prediction, relative to the predicted decrease (about
+      eta g'Hg / (2 ||g||^2) for small eta, 0 in the first-order regime), at the step sizes
+      of landscape (Santurkar et al. 2018, Sec. 3).
+    """
+    names = [n for n, _ in ctx.model.named_parameters()]  # the order of loss_graph's params
+    g = [ctx.grad[n] for n in names]
+    gen = torch.Generator().manual_seed(CURVATURE_SEED)
+    out = []
+    with ctx.loss_graph() as (params, _, grads):
+        v0 = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+        hvp = _hvp(list(grads), params)
+        lam = top_eigenvalue(hvp, v0, iters)
+        out += [
+            ("train", "curv_lambda_max", "all", lam),
+            ("train", "curv_lr_lambda", "all", lr * lam),
+        ]
+        index = {id(p): i for i, p in enumerate(params)}
+        for name, lin in scale_invariant_linears(ctx.model):
+            i = index[id(lin.weight)]
+            block = top_eigenvalue(_hvp([grads[i]], [params[i]]), [v0[i]], iters)
+            w2 = ctx.before[f"{name}.weight"].flatten(1).pow(2).sum(1)
+            out.append(("train", "curv_lambda_w_scaled", name, block * w2))
+        out.append(("train", "curv_gHg", "grad", _member_dot(g, hvp(g)) / _member_norm(g) ** 2))
+    out.append(("train", "curv_overshoot", "grad", overshoot(ctx, lr, multipliers)))
+    return out
+
+
+def overshoot(ctx: StepContext, lr: float, multipliers: list[float]) -> torch.Tensor:
+    """D = max over eta = m * lr of |L(theta - eta g) - L(theta) + eta ||g||^2| / (eta ||g||^2)
+    per member (K,), g the step's gradient, losses on the step's batch in training mode with
+    the step's statistics and masks (StepContext.loss_and_grads)."""
+    names = list(ctx.before)
+    g = [ctx.grad[n] for n in names]
+    gg = _member_norm(g) ** 2
+    base, _ = ctx.loss_and_grads(ctx.before)
+    dev = []
+    for m in multipliers:
+        eta = m * lr
+        loss, _ = ctx.loss_and_grads({n: ctx.before[n] - eta * t for n, t in zip(names, g)})
+        dev.append((loss - base + eta * gg).abs() / (eta * gg))
+    return torch.stack(dev).amax(0)
+
+
 # --------------------------------------------------------------------------- the schedule
 class Prober:
     """Runs the probes of `cfg.probes` on their schedules for one training run."""
@@ -540,7 +751,7 @@ class Prober:
     def before_step(self, step: int):
         """Call before training step `step`: what the step probes need, or None if none due."""
         if step == 0 or not any(
-            self.due(n, step) for n in ("weights", "grads", "ics_grad", "landscape")
+            self.due(n, step) for n in ("weights", "grads", "ics_grad", "landscape", "curvature")
         ):
             return None
         params = {n: p.detach().clone() for n, p in self.model.named_parameters()}
@@ -556,14 +767,15 @@ class Prober:
             out += grad_stats(self.model)
         if self.due("weights", step):
             out += update_stats(self.model, params, self.cfg.optim.lr)
-        if self.due("ics_grad", step) or self.due("landscape", step):
+        if any(self.due(n, step) for n in ("ics_grad", "landscape", "curvature")):
             ctx = StepContext(self.model, x, y, self.cfg.train.loss, params, state)
+            lr, steps = self.cfg.optim.lr, list(self.p.landscape_steps)
             if self.due("ics_grad", step):
                 out += ics_gradient(ctx)
             if self.due("landscape", step):
-                out += landscape(
-                    ctx, self.cfg.optim.lr, list(self.p.landscape_steps), self.realised
-                )
+                out += landscape(ctx, lr, steps, self.realised)
+            if self.due("curvature", step):
+                out += curvature(ctx, lr, steps, self.p.curvature_iters)
         return out
 
     def state_rows(self, step: int) -> list:

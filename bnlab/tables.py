@@ -17,6 +17,13 @@ turn a claim inconclusive):
   jac_{s2_mean,frac_iso,log10_cond}_{fc1,fc2,hidden}   mean over probes after step 0
   jac_spread_{fc1,fc2,hidden}  mean over probes of var(s^2)/mean(s^2)^2: the singular
                            values' spread, separate from the gain mean(s^2) (jac_s2_mean)
+  curv_{lr_lambda,gHg,overshoot}_mean   mean over probes after step 0 of the curvature
+                           probe's lr x lambda_max, g'Hg/||g||^2 and overshoot D
+  curv_{...}_at_{0.3,0.1}  the same at the first evaluation with training-subset loss <= 0.3
+                           (0.1): arms compared at matched training loss
+  init_jac_{gain,spread}_hidden   the hidden layers' end-to-end Jacobian at step 0 as in
+                           training (BN with the batch's statistics): mean s^2 and
+                           var(s^2)/mean(s^2)^2; depth: the number of hidden layers
   fit_step, test_loss_at_fit, test_acc_at_fit, gap_at_fit   at the first evaluation whose
                            training-subset loss is <= FIT_LOSS (matched fit; NaN if never)
   ics_grad_{rel,cos}_{fc2,fc3}, ics_{kl,mean_shift}_{fc2,fc3}   mean over probes after step 0
@@ -29,6 +36,7 @@ turn a claim inconclusive):
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 from pathlib import Path
 
@@ -43,6 +51,8 @@ from .records import atomic_path, member_dir, update_manifest
 
 TARGETS = (0.9, 0.95, 0.97)
 FIT_LOSS = 0.02  # matched fit: the first evaluation with training-subset loss <= this
+MATCHED_LOSS = (0.3, 0.1)  # curvature compared at the first evaluation with loss <= each
+CURVATURE = (("curv_lr_lambda", "all"), ("curv_gHg", "grad"), ("curv_overshoot", "grad"))
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
 RESULT_COLUMNS = [
     "status",
@@ -78,6 +88,7 @@ SOURCES = {
     },
     **{f"ics_grad_{m}": ("ics_grad", _every_run) for m in ("rel", "cos")},
     "var_shift": ("mismatch", _norms(*BATCH_STAT_NORMS)),
+    **{metric: ("curvature", _every_run) for metric, _ in CURVATURE},
     **{
         f"landscape_{m}": ("landscape", _every_run)
         for m in ("loss_max", "loss_min", "beta", "grad_diff_max")
@@ -152,6 +163,39 @@ def _at_fit(h: pd.DataFrame, threshold: float) -> dict[str, pd.Series]:
     return dict(zip(names, values))
 
 
+def _at_loss(h: pd.DataFrame, metric: str, layer: str, threshold: float) -> pd.Series:
+    """Per member, `metric` (split train, `layer`) at the first evaluation whose training-subset
+    loss is at most `threshold` (arms compared at matched training loss, not matched step)."""
+    loss = h[(h["split"] == "train") & (h["metric"] == "loss") & (h["layer"] == "")]
+    first = loss[loss["value"] <= threshold].groupby(["run", "seed"])["step"].min()
+    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == "train")]
+    at = rows.set_index(["run", "seed", "step"])["value"]
+    wanted = first.reset_index().set_index(["run", "seed", "step"]).index
+    return at.reindex(wanted).droplevel("step")
+
+
+def widths_of(value) -> list:
+    """model.widths as collected: a list, an array or its string form."""
+    return list(ast.literal_eval(value)) if isinstance(value, str) else list(value)
+
+
+def init_jacobian(h: pd.DataFrame, layer: str = "hidden") -> pd.DataFrame:
+    """Per member, the Jacobian of `layer` at initialisation (step 0) as in training: with BN,
+    the train-mode variant (jac_batchstat_*: the batch's own statistics); without a batch-
+    statistics norm the eval-mode map is the same map. Columns gain (mean s^2) and spread
+    (var(s^2) / mean(s^2)^2)."""
+    rows = h[(h["step"] == 0) & (h["layer"] == layer) & (h["split"] == "test")]
+    wide = rows.pivot_table(index=["run", "seed"], columns="metric", values="value")
+    out = pd.DataFrame(index=wide.index)
+    for prefix in ("jac", "jac_batchstat"):  # the train-mode value wins where it exists
+        if f"{prefix}_s2_mean" in wide:
+            mean, var = wide[f"{prefix}_s2_mean"], wide[f"{prefix}_s2_var"]
+            out["gain"] = mean.combine_first(out["gain"]) if "gain" in out else mean
+            spread = var / mean**2
+            out["spread"] = spread.combine_first(out["spread"]) if "spread" in out else spread
+    return out
+
+
 def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """One row per member of `runs`: varying settings, results and the measures above."""
     varying = [
@@ -183,6 +227,16 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         cols[f"jac_spread_{layer}"] = _spread_over_probes(h, layer)
     for name, series in _at_fit(h, FIT_LOSS).items():  # NaN for members that never fit
         out[name] = series.reindex(out.index).astype(float)
+    init = init_jacobian(h)
+    for name in ("gain", "spread"):
+        if name in init:
+            cols[f"init_jac_{name}_hidden"] = init[name]
+    if "model.widths" in runs:
+        out["depth"] = [len(widths_of(w)) for w in runs["model.widths"]]
+    for metric, layer in CURVATURE:
+        cols[f"{metric}_mean"] = _mean_over_probes(h, metric, layer, "train")
+        for loss in MATCHED_LOSS:
+            cols[f"{metric}_at_{loss:g}"] = _at_loss(h, metric, layer, loss)
     for layer in ("fc2", "fc3"):
         for m in ("rel", "cos"):
             cols[f"ics_grad_{m}_{layer}"] = _mean_over_probes(h, f"ics_grad_{m}", layer, "train")

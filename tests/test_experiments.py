@@ -3,7 +3,6 @@ registry matches the configs and the figures; a tiny reproduction runs end to en
 
 from __future__ import annotations
 
-import itertools
 import os
 import subprocess
 import sys
@@ -12,6 +11,8 @@ import pandas as pd
 import pytest
 from conftest import DATA_ROOT, REPO
 from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bnlab.config import load_config
@@ -27,8 +28,8 @@ def _points(name: str):
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("config", [f"experiment={name}"], return_hydra_config=True)
         params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
-        axes = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in params.items()]
-        points = [list(p) for p in itertools.product(*axes)]
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+        points = BasicSweeper.split_arguments(parsed, None)[0]  # Hydra's own expansion
         composed = [
             compose("config", [f"experiment={name}", f"data.root={DATA_ROOT}", *p]) for p in points
         ]

@@ -188,3 +188,24 @@ def test_explicit_backward_equals_autograd(over):
         torch.testing.assert_close(p.grad, expect[name], rtol=1e-9, atol=1e-12, msg=name)
     for name, b in manual_model.named_buffers():
         torch.testing.assert_close(b, dict(auto_model.named_buffers())[name])
+
+
+@pytest.mark.parametrize("norm", ["batch", "batch_scratch", "noisy_batch"])
+def test_a_bias_feeding_bn_gets_exactly_zero_gradient(norm):
+    """C16's mechanism: BN subtracts the batch mean, so a bias before it cancels and its
+    gradient is zero (float64: to rounding), while the same bias before no norm learns."""
+    from bnlab.loss import loss_and_grad
+
+    x, y = torch.rand(2, 32, 784, dtype=torch.float64), torch.randint(0, 10, (2, 32))
+    grads = {}
+    for n in (norm, "none"):
+        over = [f"model.norm={n}", "model.widths=[24,16]"]
+        over += ["model.bias_before_norm=true"] if n != "none" else []
+        model = build_model(make_cfg(*over).model, [0, 1]).double()
+        model.train()
+        with torch.no_grad():
+            _, dlogits = loss_and_grad(model(x), y, "sum")
+            model.backward(dlogits)
+        grads[n] = (model.fc1.bias.grad.abs().max().item(), model.fc2.bias.grad.abs().max().item())
+    assert max(grads[norm]) < 1e-12 * max(grads["none"])
+    assert min(grads["none"]) > 1e-6

@@ -15,16 +15,20 @@ from bnlab.optim import make_optimizer
 from bnlab.probes import (
     JAC_BINS,
     StepContext,
+    _power,
     _sv,
     activation_stats,
     capture,
+    curvature,
     grad_stats,
     ics_gradient,
     jacobian_stats,
     landscape,
     mismatch_stats,
+    overshoot,
     singular_values,
     spectral_norm,
+    top_eigenvalue,
     weight_stats,
 )
 from bnlab.records import read_history
@@ -192,6 +196,190 @@ def test_landscape_equals_a_brute_force_loop():
         assert torch.equal(p, ctx.after[n]) and torch.equal(p.grad, ctx.grad[n])
 
 
+def _tiny_stepped(norm, loss, seeds=(0, 1, 2), fan_in=4, b=8, lr=0.05):
+    """A tiny float64 network (fan_in inputs, widths [6, 5], tanh) after one explicit
+    training step, with its StepContext: fc1 is given fan_in inputs instead of 784 so that
+    the full Hessian of a member (about 130 parameters) is cheap to build. The weights, gamma
+    and beta are random, so that no parameter sits at a special value."""
+    cfg = make_cfg(
+        f"model.norm={norm}",
+        "model.widths=[6,5]",
+        "model.activation=tanh",
+        f"train.loss={loss}",
+        f"optim.lr={lr}",
+    )
+    k = len(seeds)
+    model = build_model(cfg.model, list(seeds)).double()
+    g = torch.Generator().manual_seed(0)
+    model.fc1.weight = torch.nn.Parameter(torch.randn(k, 6, fan_in, generator=g).double())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("bn"):  # gamma around 1, beta around 0
+                p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    x = torch.randn(k, b, fan_in, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (k, b), generator=g)
+    opt = make_optimizer(cfg.optim, model)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    state = capture(model)
+    model.train()
+    with torch.no_grad():
+        _, d = loss_and_grad(model(x), y, cfg.train.loss)
+        model.backward(d)
+        opt.step()
+    return cfg, model, StepContext(model, x, y, cfg.train.loss, before, state)
+
+
+def _member_loss(cfg, model, ctx, k):
+    """Oracle: member k's training loss as a function of its flattened parameters (in
+    model.named_parameters() order), written out independently of bnlab's layers: x W^T + b,
+    BN with the batch's mean and biased variance, tanh, cross-entropy with the run's
+    reduction. Returns (loss function, the flat parameters before the step, {name: slice})."""
+    shapes = {n: p.shape[1:] for n, p in model.named_parameters()}
+    where, i = {}, 0
+    for n, shape in shapes.items():
+        where[n] = slice(i, i + shape.numel())
+        i += shape.numel()
+    flat = torch.cat([ctx.before[n][k].flatten() for n in shapes])
+
+    def loss(theta):
+        p = {n: theta[where[n]].view(shapes[n]) for n in shapes}
+        h = ctx.x[k]
+        for name in model.order:
+            if name.startswith("fc"):
+                h = h @ p[f"{name}.weight"].T
+                h = h + p[f"{name}.bias"][0] if f"{name}.bias" in p else h
+            elif name.startswith("bn"):
+                mu, var = h.mean(0), ((h - h.mean(0)) ** 2).mean(0)
+                xhat = (h - mu) / torch.sqrt(var + cfg.model.bn_eps)
+                h = p[f"{name}.weight"] * xhat + p[f"{name}.bias"]
+            else:
+                assert name.startswith("act")
+                h = torch.tanh(h)
+        return torch.nn.functional.cross_entropy(h, ctx.y[k], reduction=cfg.train.loss)
+
+    return loss, flat, where
+
+
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+@pytest.mark.parametrize("norm", ["batch", "batch_scratch", "none"])
+def test_curvature_equals_the_eigenvalues_of_the_full_hessian(norm, loss):
+    """lambda_max, the scale-free per-layer value and g'Hg/||g||^2 against torch.func.hessian
+    of each member's own loss (an independent forward), to 1e-6 relative.
+
+    Power iteration's error shrinks like |lambda_2/lambda_1|^(2 iters), lambda_1 and lambda_2
+    the eigenvalues of largest magnitude. These tiny networks have eigenvalues of largest
+    magnitude within 5-25% of each other (one member without BN: lambda_min = -11.8 against
+    lambda_max = 11.2; another has 7.2 and 6.8 at the top, shifted by 9), so the default 20
+    iterations are off by 1e-1 to 1e-3, 300 still by 1e-6: the test runs 500 (1e-10), to
+    check the computation (Hessian-vector products, one member's block, the negative shift)
+    rather than the convergence rate. In every setting some member's dominant
+    eigenvalue is negative (checked), so its lambda_max comes from the shifted second pass."""
+    cfg, model, ctx = _tiny_stepped(norm, loss)
+    rows = curvature(ctx, 0.05, [1.0], iters=500)
+    lam, ghg = _values(rows, "curv_lambda_max", "all"), _values(rows, "curv_gHg", "grad")
+    torch.testing.assert_close(_values(rows, "curv_lr_lambda", "all"), 0.05 * lam)
+    layers = {lay for _, m, lay, _ in rows if m == "curv_lambda_w_scaled"}
+    assert layers == ({"fc1", "fc2"} if norm != "none" else set())
+    negative_dominant = 0
+    for k in range(3):
+        f, flat, where = _member_loss(cfg, model, ctx, k)
+        hess = torch.func.hessian(f)(flat)
+        ev = torch.linalg.eigvalsh(hess)
+        negative_dominant += int(-ev[0] > ev[-1])
+        assert lam[k].item() == pytest.approx(ev[-1].item(), rel=1e-6)
+        g = torch.func.grad(f)(flat)
+        torch.testing.assert_close(
+            g, torch.cat([ctx.grad[n][k].flatten() for n in where]), rtol=1e-9, atol=1e-12
+        )
+        assert ghg[k].item() == pytest.approx((g @ hess @ g / (g @ g)).item(), rel=1e-9)
+        for name in layers:
+            block = where[f"{name}.weight"]
+            top = torch.linalg.eigvalsh(hess[block, block])[-1]
+            w2 = flat[block].pow(2).sum()
+            value = _values(rows, "curv_lambda_w_scaled", name)[k]
+            assert value.item() == pytest.approx((top * w2).item(), rel=1e-6)
+    assert negative_dominant >= 1  # the shift is exercised
+
+
+def test_curvature_is_the_same_at_any_scale_of_a_scale_invariant_layer():
+    """curv_lambda_w_scaled does not change when W_l is multiplied by c = 3 (BN without bias,
+    eps 0 for exact invariance): the block's eigenvalues scale as 1/c^2, ||W_l||^2 as c^2."""
+    _, model, ctx = _tiny_stepped("batch", "sum")
+    for layer in model.modules():
+        if hasattr(layer, "eps"):
+            layer.eps = 0.0  # exact scale invariance
+    a = curvature(ctx, 0.05, [1.0])
+    ctx.before = {n: t * (3.0 if n == "fc1.weight" else 1.0) for n, t in ctx.before.items()}
+    b = curvature(ctx, 0.05, [1.0])
+    torch.testing.assert_close(
+        _values(a, "curv_lambda_w_scaled", "fc1"),
+        _values(b, "curv_lambda_w_scaled", "fc1"),
+        rtol=1e-6,
+        atol=0,
+    )
+
+
+def test_top_eigenvalue_takes_the_largest_algebraic_eigenvalue_with_a_negative_shift():
+    """On known symmetric matrices, one per member (block-diagonal by member): the top
+    eigenvalue where it also has the largest magnitude, where a negative one dominates, where
+    all are negative, and where a positive and a negative one have almost the same size. A
+    plain power iteration gets the last three wrong (checked), so the shift is tested."""
+    spectra = torch.tensor(
+        [
+            [3.0, -1.0, 1.0, 0.2, -2.5],
+            [-5.0, -1.0, 0.5, 2.0, 1.0],
+            [-4.0, -2.0, -1.0, -3.0, -0.5],
+            [4.9, -5.0, 1.0, 0.5, -0.2],
+        ],
+        dtype=torch.float64,
+    )
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(4, 5, 5, generator=g, dtype=torch.float64))
+    a = q @ torch.diag_embed(spectra) @ q.transpose(1, 2)
+
+    def hvp(v):
+        return [torch.einsum("kij,kj->ki", a, v[0])]
+
+    v0 = [torch.randn(4, 5, generator=g, dtype=torch.float64)]
+    top = top_eigenvalue(hvp, v0, 200)
+    torch.testing.assert_close(top, spectra.amax(1), rtol=1e-8, atol=0)
+    plain, _ = _power(hvp, v0, 200)
+    assert plain[0] == pytest.approx(3.0)
+    assert not torch.isclose(plain[1:], spectra[1:].amax(1), rtol=1e-2).any()
+    with pytest.raises(ValueError):
+        top_eigenvalue(hvp, v0, 0)
+
+
+def test_overshoot_is_zero_in_the_first_order_regime_and_equals_a_brute_force_loop():
+    """tanh, not relu: the loss along -g is then smooth, so D follows its second-order
+    prediction for small steps (with relu a step may cross a kink)."""
+    over = ["model.norm=batch", "model.widths=[12,8]", "model.activation=tanh"]
+    cfg, model, ctx = _stepped(over)
+    steps = [0.5, 1.0, 2.0, 4.0]
+    # first order, and second order: D -> max eta g'Hg / (2 ||g||^2) = 4 lr g'Hg / (2 ||g||^2)
+    rows = curvature(ctx, 1e-7, steps, iters=1)
+    d, ghg = _values(rows, "curv_overshoot", "grad"), _values(rows, "curv_gHg", "grad")
+    assert torch.all(d < 1e-3)
+    torch.testing.assert_close(d, 4 * 1e-7 * ghg.abs() / 2, rtol=1e-2, atol=0)
+    names = list(ctx.before)
+    gg = sum(ctx.grad[n].flatten(1).pow(2).sum(1) for n in names)
+    base, _ = _autograd_grads(cfg, ctx.before, ctx.x, ctx.y)
+    for lr in (0.05, 1e-4):
+        dev = []
+        for m in steps:
+            eta = m * lr
+            loss, _ = _autograd_grads(
+                cfg, {n: ctx.before[n] - eta * ctx.grad[n] for n in names}, ctx.x, ctx.y
+            )
+            dev.append((loss - base + eta * gg).abs() / (eta * gg))
+        expect = torch.stack(dev).amax(0)
+        torch.testing.assert_close(overshoot(ctx, lr, steps), expect, rtol=1e-6, atol=1e-9)
+    assert torch.all(expect > 1e-3)  # lr = 1e-4 already leaves the first-order regime here
+    # the model is left exactly as the real step left it
+    for n, p in model.named_parameters():
+        assert torch.equal(p, ctx.after[n]) and torch.equal(p.grad, ctx.grad[n])
+
+
 def test_activation_percentiles_equal_numpy():
     model = build_model(make_cfg("model.norm=batch", "model.activation=sigmoid").model, [0, 1])
     x = torch.rand(200, 784)
@@ -290,6 +478,7 @@ def test_probes_observe_and_never_steer(tmp_path, norm, optim):
         b = off_[off_["metric"].isin(keep)].reset_index(drop=True)
         assert a.equals(b)  # bit for bit
         probed = {"ics_grad_cos", "landscape_beta", "preact_p50", "w_mean_abs"}
+        probed |= {"curv_lambda_max", "curv_gHg", "curv_overshoot"}
         if norm == "noisy_batch":
             probed |= {"jac_s_mean", "var_shift", "grad_xhat_norm", "rel_update"}
         assert probed <= set(on["metric"])
@@ -358,8 +547,12 @@ def test_every_probe_runs_on_every_norm_setting(tmp_path, norm):
         "preact_p50",
         "ics_grad_cos",
         "landscape_beta",
+        "curv_lambda_max",
+        "curv_gHg",
+        "curv_overshoot",
     } <= metrics
     batch_stats = norm in BATCH_STAT_NORMS
+    assert ("curv_lambda_w_scaled" in metrics) == batch_stats  # bias-free fc feeding BN
     assert ("var_shift" in metrics) == batch_stats  # mismatch only where BN statistics exist
     assert ("jac_s_mean" in metrics) == (norm != "layer")  # layer norm: not per-unit
     assert ("jac_batchstat_s_mean" in metrics) == batch_stats

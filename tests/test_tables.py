@@ -73,3 +73,18 @@ def test_a_probe_that_ran_but_recorded_nothing_is_refused():
     with pytest.raises(MissingMeasure, match="'jac_s2_var'.*probes.jacobian"):
         check_sources(runs, renamed, "s")
     check_sources(runs.assign(**{"probes.jacobian.every": 0}), renamed, "s")  # probe off: fine
+
+
+def test_curvature_at_matched_training_loss():
+    runs, hist = _tables()
+    curv = [
+        (seed, step, "train", "curv_overshoot", "grad", 10.0 * seed + step)
+        for seed in (0, 1)
+        for step in (10, 20, 30)
+    ]
+    hist = pd.concat([hist, pd.DataFrame(curv, columns=hist.columns[:-1]).assign(run="a")])
+    t = measures(runs, hist).set_index("seed")
+    assert t.loc[0, "curv_overshoot_mean"] == 20.0 and t.loc[1, "curv_overshoot_mean"] == 30.0
+    assert t.loc[0, "curv_overshoot_at_0.3"] == 20.0  # seed 0: training loss 0.02 at step 20
+    assert t.loc[1, "curv_overshoot_at_0.3"] == 40.0  # seed 1: 0.3 at step 30
+    assert np.isnan(t.loc[1, "curv_overshoot_at_0.1"])  # never that low
