@@ -9,6 +9,7 @@ shows is missing) is named with the reason, and the command exits 1.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -558,6 +559,17 @@ def empty_panels(fig) -> list[str]:
     ]
 
 
+def _numbered_ids(svg: str) -> str:
+    """The SVG with its element ids numbered in order of appearance. Matplotlib derives an id
+    from its object's exact coordinates, which can differ in the last bits from one process to
+    the next (the layout's float sums); numbered ids keep a redrawn figure the same file."""
+    ids = dict.fromkeys(re.findall(r'id="([A-Za-z]+[0-9a-f]{8,})"', svg))
+    names = {old: f"{old[0]}{i:04d}" for i, old in enumerate(ids)}
+    if not names:
+        return svg
+    return re.sub("|".join(map(re.escape, names)), lambda m: names[m.group(0)], svg)
+
+
 def draw(name: str, res: Results, out: Path) -> list[Path]:
     """Draw one figure and write it; return the files written."""
     made = FIGURES[name](res)
@@ -578,6 +590,8 @@ def draw(name: str, res: Results, out: Path) -> list[Path]:
             with atomic_path(path) as tmp:
                 meta = {"Date": None} if path.suffix == ".svg" else None
                 made.savefig(tmp, dpi=130, metadata=meta)
+                if path.suffix == ".svg":
+                    tmp.write_text(_numbered_ids(tmp.read_text()))
     plt.close(made)
     return paths
 

@@ -266,3 +266,16 @@ def test_a_figure_redrawn_from_the_same_tables_is_the_same_svg_file(tmp_path):
     svg = [p for p in first if p.suffix == ".svg"][0]
     assert svg.read_bytes() == (tmp_path / "b" / svg.name).read_bytes()
     assert b"<dc:date>" not in svg.read_bytes() and len(second) == len(first)
+
+
+def test_svg_ids_are_numbered_in_order_and_references_follow():
+    from bnlab.figures import _numbered_ids
+
+    svg = (
+        '<clipPath id="pbc16143ac6"/><path id="m2f8cf21eb4"/><g clip-path="url(#pbc16143ac6)">'
+        '<use xlink:href="#m2f8cf21eb4" fill="#1f77b4"/></g>'
+    )
+    assert _numbered_ids(svg) == (
+        '<clipPath id="p0000"/><path id="m0001"/><g clip-path="url(#p0000)">'
+        '<use xlink:href="#m0001" fill="#1f77b4"/></g>'
+    )
