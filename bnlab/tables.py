@@ -137,8 +137,14 @@ def _spread_over_probes(h: pd.DataFrame, layer: str) -> pd.Series:
     )
     if wide.empty:
         return pd.Series(dtype=float)
-    spread = wide["jac_s2_var"] / wide["jac_s2_mean"] ** 2
+    spread = _spread(wide["jac_s2_var"], wide["jac_s2_mean"])
     return spread.groupby(["run", "seed"]).mean()
+
+
+def _spread(var: pd.Series, mean: pd.Series) -> pd.Series:
+    """var(s^2) / mean(s^2)^2; NaN where the variance underflowed float32 to 0 (s^2 ~ 1e-35 in
+    a deep sigmoid network: the recorded var says nothing about the spread there)."""
+    return (var / mean**2).where(var > 0)
 
 
 def _at_fit(h: pd.DataFrame, threshold: float) -> dict[str, pd.Series]:
@@ -191,7 +197,7 @@ def init_jacobian(h: pd.DataFrame, layer: str = "hidden") -> pd.DataFrame:
         if f"{prefix}_s2_mean" in wide:
             mean, var = wide[f"{prefix}_s2_mean"], wide[f"{prefix}_s2_var"]
             out["gain"] = mean.combine_first(out["gain"]) if "gain" in out else mean
-            spread = var / mean**2
+            spread = _spread(var, mean)
             out["spread"] = spread.combine_first(out["spread"]) if "spread" in out else spread
     return out
 
