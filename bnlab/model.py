@@ -83,7 +83,7 @@ class MLP(nn.Module):
     def backward(self, dlogits: torch.Tensor, weight_grads: bool = True) -> None:
         """Backpropagate dL/dlogits (K, B, 10) through the last training-mode forward, setting
         .grad of every parameter (the input gradient is not computed). weight_grads=False
-        leaves the linear weights' .grad alone (bnlab.train.SGD updates them without it)."""
+        leaves the linear weights' .grad alone (bnlab.optim.SGD updates them without it)."""
         dy = dlogits
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i][1]
