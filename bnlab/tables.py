@@ -147,37 +147,39 @@ def _spread(var: pd.Series, mean: pd.Series) -> pd.Series:
     return (var / mean**2).where(var > 0)
 
 
+def _fit_steps(h: pd.DataFrame, threshold: float) -> pd.Series:
+    """Per member, the first evaluation step whose training-subset loss (eval mode) is at most
+    `threshold` (members that never get there are absent)."""
+    loss = h[(h["split"] == "train") & (h["metric"] == "loss") & (h["layer"] == "")]
+    return loss[loss["value"] <= threshold].groupby(["run", "seed"])["step"].min()
+
+
+def _at_steps(h: pd.DataFrame, steps: pd.Series, metric: str, layer: str, split: str):
+    """Per member, `metric` (of `split`, `layer`) at that member's step in `steps`."""
+    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
+    at = rows.set_index(["run", "seed", "step"])["value"]
+    return at.reindex(steps.reset_index().set_index(["run", "seed", "step"]).index).droplevel(
+        "step"
+    )
+
+
 def _at_fit(h: pd.DataFrame, threshold: float) -> dict[str, pd.Series]:
-    """Per member, at the first evaluation whose training-subset loss (eval mode) is at most
-    `threshold`: that step, the test loss and accuracy and the training accuracy there."""
-    ev = h[(h["layer"] == "") & h["metric"].isin(["loss", "acc"]) & (h["step"] >= 0)]
-    wide = ev.pivot_table(
-        index=["run", "seed", "step"], columns=["split", "metric"], values="value"
-    )
-    names = ("fit_step", "test_loss_at_fit", "test_acc_at_fit", "gap_at_fit")
-    if wide.empty or ("train", "loss") not in wide or ("test", "acc") not in wide:
-        return {n: pd.Series(dtype=float) for n in names}
-    wide = wide.sort_index()
-    fit = wide[wide[("train", "loss")] <= threshold].reset_index(level="step")
-    fit = fit[~fit.index.duplicated()]  # the first such evaluation of each member
-    values = (
-        fit["step"],
-        fit[("test", "loss")],
-        fit[("test", "acc")],
-        fit[("train", "acc")] - fit[("test", "acc")],
-    )
-    return dict(zip(names, values))
+    """Per member, at the first evaluation whose training-subset loss is at most `threshold`:
+    that step, the test loss and accuracy and the train-test accuracy gap there."""
+    steps = _fit_steps(h, threshold)
+    test_acc = _at_steps(h, steps, "acc", "", "test")
+    return {
+        "fit_step": steps,
+        "test_loss_at_fit": _at_steps(h, steps, "loss", "", "test"),
+        "test_acc_at_fit": test_acc,
+        "gap_at_fit": _at_steps(h, steps, "acc", "", "train") - test_acc,
+    }
 
 
 def _at_loss(h: pd.DataFrame, metric: str, layer: str, threshold: float) -> pd.Series:
     """Per member, `metric` (split train, `layer`) at the first evaluation whose training-subset
     loss is at most `threshold` (arms compared at matched training loss, not matched step)."""
-    loss = h[(h["split"] == "train") & (h["metric"] == "loss") & (h["layer"] == "")]
-    first = loss[loss["value"] <= threshold].groupby(["run", "seed"])["step"].min()
-    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == "train")]
-    at = rows.set_index(["run", "seed", "step"])["value"]
-    wanted = first.reset_index().set_index(["run", "seed", "step"]).index
-    return at.reindex(wanted).droplevel("step")
+    return _at_steps(h, _fit_steps(h, threshold), metric, layer, "train")
 
 
 def widths_of(value) -> list:

@@ -44,10 +44,15 @@ def _stepped(over, seeds=(0, 1), b=16, lr=0.05):
     """A model after one explicit training step, with its StepContext."""
     cfg = make_cfg(*over, f"optim.lr={lr}")
     model = build_model(cfg.model, list(seeds)).double()
-    opt = make_optimizer(cfg.optim, model)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(len(seeds), b, 784, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (len(seeds), b), generator=g)
+    return _step(cfg, model, x, y)
+
+
+def _step(cfg, model, x, y):
+    """One explicit training step of `model` on (x, y); (cfg, model, its StepContext)."""
+    opt = make_optimizer(cfg.optim, model)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = capture(model)
     model.train()
@@ -218,15 +223,7 @@ def _tiny_stepped(norm, loss, seeds=(0, 1, 2), fan_in=4, b=8, lr=0.05):
                 p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     x = torch.randn(k, b, fan_in, generator=g, dtype=torch.float64)
     y = torch.randint(0, 10, (k, b), generator=g)
-    opt = make_optimizer(cfg.optim, model)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    state = capture(model)
-    model.train()
-    with torch.no_grad():
-        _, d = loss_and_grad(model(x), y, cfg.train.loss)
-        model.backward(d)
-        opt.step()
-    return cfg, model, StepContext(model, x, y, cfg.train.loss, before, state)
+    return _step(cfg, model, x, y)
 
 
 def _member_loss(cfg, model, ctx, k):
