@@ -74,6 +74,8 @@ class DataConfig:
     download: bool = True  # fetch through torchvision when the files are absent
     batch_size: int = 64  # training examples per step, per member (>= 2 with a norm)
     holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
+    eval_holdout: bool = False  # also evaluate on the held-out images (split 'valid')
+    standardize: bool = False  # per-pixel standardisation by the training images' mean and SD
     eval_train_size: int = 10000  # fixed training subset (first N) for train loss/acc
     train_classes: list[int] | None = None  # train only on these digits (mismatch study: [0,1])
     test_ratio: float | None = None  # test on digits 1 and 0 only, in this 1:0 ratio (e.g. 9)
@@ -385,6 +387,10 @@ def validate(rc: RunConfig) -> None:
         )
     if d.holdout < 0 or d.eval_train_size < 1:
         raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
+    if d.eval_holdout and not d.holdout:
+        raise ConfigError(
+            "data.eval_holdout=true needs held-out images: set data.holdout, e.g. 5000"
+        )
     if t.threads < 0:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
     pr = rc.probes

@@ -49,17 +49,21 @@ class DataError(RuntimeError):
 
 @dataclass
 class Data:
-    """A dataset held as tensors. Images float32 in [0, 1], flattened; labels int64."""
+    """A dataset held as tensors. Images float32 in [0, 1] (or standardised), flattened;
+    labels int64. x_valid/y_valid: the held-out training images (data.holdout), if any."""
 
     x_train: torch.Tensor  # (N, 784)
     y_train: torch.Tensor  # (N,)
     x_test: torch.Tensor  # (M, 784)
     y_test: torch.Tensor  # (M,)
     name: str
+    x_valid: torch.Tensor | None = None  # (H, 784)
+    y_valid: torch.Tensor | None = None  # (H,)
 
     def to(self, device) -> Data:
         """The same tensors on `device` (no copy when already there)."""
-        return Data(*(t.to(device) for t in self.tensors()), name=self.name)
+        valid = [None if t is None else t.to(device) for t in (self.x_valid, self.y_valid)]
+        return Data(*(t.to(device) for t in self.tensors()), self.name, *valid)
 
     def tensors(self):
         """(x_train (N, 784) float32 in [0, 1], y_train (N,) int64, x_test, y_test)."""
@@ -218,11 +222,13 @@ def skewed_test_set(x: np.ndarray, y: np.ndarray, ratio: float) -> tuple[np.ndar
 
 
 def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
-    """Load the configured dataset once, as float32 tensors in [0, 1] on `device`."""
+    """Load the configured dataset once, as float32 tensors on `device`: pixels in [0, 1], or
+    per pixel standardised with data.standardize; the held-out images as x_valid/y_valid."""
     if cfg.name == "mnist":
         xtr, ytr, xte, yte = load_mnist(cfg.root, cfg.download)
     else:
         xtr, ytr, xte, yte = load_mnist5k()
+    xva, yva = xtr[: cfg.holdout], ytr[: cfg.holdout]
     xtr, ytr = xtr[cfg.holdout :], ytr[cfg.holdout :]
     if cfg.train_classes is not None:
         keep = np.isin(ytr, cfg.train_classes)
@@ -235,13 +241,24 @@ def load_data(cfg: DataConfig, device: str | torch.device = "cpu") -> Data:
             f"training examples of data={cfg.name} (holdout={cfg.holdout}); use a smaller batch"
         )
 
+    mean, sd = 0.0, 1.0
+    if cfg.standardize:  # statistics of the images trained on, applied to every split
+        pixels = xtr.reshape(len(xtr), -1).astype(np.float64) / 255.0
+        mean, sd = pixels.mean(0), pixels.std(0)
+        sd[sd == 0] = 1.0  # constant border pixels: centred only
+
     def images(a):
-        return torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)
+        if not cfg.standardize:
+            return torch.from_numpy(a.reshape(len(a), -1).astype(np.float32) / 255.0)
+        x = a.reshape(len(a), -1).astype(np.float64) / 255.0
+        return torch.from_numpy(((x - mean) / sd).astype(np.float32))
 
     def labels(a):
         return torch.from_numpy(a.astype(np.int64))
 
-    return Data(images(xtr), labels(ytr), images(xte), labels(yte), name=cfg.name).to(device)
+    valid = (images(xva), labels(yva)) if len(yva) else (None, None)
+    data = Data(images(xtr), labels(ytr), images(xte), labels(yte), cfg.name, *valid)
+    return data.to(device)
 
 
 class Batches:

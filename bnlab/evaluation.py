@@ -73,15 +73,19 @@ class Evaluator:
 
     def rows(self) -> list:
         """Rows (split, metric, layer, values per member) of a scheduled evaluation: loss and
-        acc on the test set and on the training subset, BN as bn_eval says."""
+        acc on the test set, the training subset and (data.eval_holdout) the held-out images
+        (split 'valid', for choosing settings without looking at the test set), BN as bn_eval
+        says."""
         t0 = time.perf_counter()
         if self.cfg.model.bn_eval == "population":
             self._population()
-        rows = []
-        for split, x, y in (
+        rows, splits = [], [
             ("test", self.data.x_test, self.data.y_test),
             ("train", self.x_fit, self.y_fit),
-        ):
+        ]
+        if self.cfg.data.eval_holdout:
+            splits.append(("valid", self.data.x_valid, self.data.y_valid))
+        for split, x, y in splits:
             loss, acc = evaluate(self.model, x, y, self.cfg.train.eval_batch)
             rows += [(split, "loss", "", loss.tolist()), (split, "acc", "", acc.tolist())]
         self.seconds += time.perf_counter() - t0

@@ -38,6 +38,7 @@ _ALL = (
         "santurkar2018_landscape_lr",
         ("santurkar2018_landscape_lr",),
     ),
+    Experiment("study_tuned", "study_tuned", ("study_tuned",)),
     Experiment("mlds2017_fig4", "mlds2017", ("mlds2017_fig4",)),
     Experiment("mlds2017_fig5", "mlds2017", ("mlds2017_fig5",)),
     Experiment("mlds2017_fig1", "mlds2017", ("mlds2017_fig1",)),
