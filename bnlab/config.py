@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .layers import ACTIVATIONS
-from .norms import NORMS
+from .norms import BATCH_STAT_NORMS, NORMS, BatchRenorm
 
 PLACEMENTS = ("before", "after")
 DROPOUT_AT = ("after_act", "before_bn", "final")
@@ -37,6 +37,8 @@ PROBES = (
     "ics_grad",
     "landscape",
     "curvature",
+    "ics_train",
+    "scale",
 )
 
 
@@ -161,6 +163,8 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | auto
     progress: bool | None = None  # progress bar; null = only when stderr is a terminal
     final_eval: list[str] = field(default_factory=list)  # extra BN eval modes at the end
+    reorder: int = 0  # at the end: BN running stats redone in N shuffled batch orders (0 = off)
+    reorder_batches: int = 1000  # each member's last N training batches, for train.reorder
     resume: bool = True  # skip members whose summary says finished or diverged
     save_model: bool = True  # write each member's final parameters and buffers (model.pt)
 
@@ -181,7 +185,8 @@ class ProbesConfig:
     """Probe schedules (bnlab/probes.py). Cheap probes default to every 500 steps (the default
     evaluation interval), gradient ICS and landscape to every 2000, the Jacobian to every 5000
     (its eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images); the
-    Hessian curvature probe is off unless asked for."""
+    Hessian curvature probe and the training-mode drift probe (ics_train) are off unless asked
+    for."""
 
     batch: int = 500  # fixed probe batch: this many training and test images, drawn once
     weights: Every = _every(500)  # norms of W, gamma, beta; effective lr of scale-invariant rows
@@ -192,6 +197,8 @@ class ProbesConfig:
     ics_grad: Every = _every(2000)  # gradient ICS (Santurkar Def. 2.1)
     landscape: Every = _every(2000)  # loss range, gradient predictiveness, beta-smoothness
     curvature: Every = _every(0)  # top Hessian eigenvalue, lr*lambda, g'Hg/|g|^2, overshoot
+    ics_train: Every = _every(0)  # per-unit drift of layer inputs in training mode (noise, BN on)
+    scale: Every = _every(0)  # growth of ||W||^2 feeding BN vs the sum of squared SGD steps
     jacobian_samples: int = 100  # probe images used by the Jacobian probe
     jacobian_variants: bool = False  # also the train-mode and the 2017 batch-sum Jacobians
     landscape_steps: list[float] = field(  # step sizes, multiples of lr (or of the update):
@@ -393,6 +400,24 @@ def validate(rc: RunConfig) -> None:
         )
     if t.threads < 0:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
+    if t.reorder < 0 or t.reorder == 1 or t.reorder_batches < 1:
+        raise ConfigError(
+            f"train.reorder={t.reorder} must be 0 (off) or >= 2 orders and "
+            f"train.reorder_batches={t.reorder_batches} >= 1"
+        )
+    if t.reorder and issubclass(NORMS.get(m.norm, type), BatchRenorm):
+        raise ConfigError(
+            "train.reorder needs a norm whose training pass does not read its running "
+            f"statistics; model.norm={m.norm} does: use batch, batch_scratch or noisy_batch"
+        )
+    start = 0.0 if m.bn_momentum is None else (1 - m.bn_momentum) ** t.reorder_batches
+    if t.reorder and m.norm in BATCH_STAT_NORMS and start > 0.01:  # its weight at the end
+        raise ConfigError(
+            f"train.reorder_batches={t.reorder_batches} with model.bn_momentum={m.bn_momentum} "
+            f"leaves the start state a weight {start:.2g} > 0.01 in the recomputed running "
+            f"statistics; use at least {math.ceil(math.log(0.01) / math.log(1 - m.bn_momentum))}"
+            " batches"
+        )
     pr = rc.probes
     for name in PROBES:
         if getattr(pr, name).every < 0:

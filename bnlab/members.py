@@ -80,10 +80,13 @@ class MemberLog:
             self.best[k] = max(self.best[k], self.last[k]["test_acc"])
 
     def final(self, step: int, rows: list) -> None:
-        """Write the final evaluations' rows (test set) and add them to the last values."""
+        """Write the final evaluations' rows (test set) and add those of no particular layer
+        to the last values."""
         self.write(step, rows)
         for k in self.training():
-            self.last[k].update({f"{split}_{metric}": v[k] for split, metric, _, v in rows})
+            self.last[k].update(
+                {f"{split}_{metric}": v[k] for split, metric, layer, v in rows if not layer}
+            )
 
     def postfix(self) -> str:
         """Mean test accuracy and loss of the members still training, for the progress bar."""

@@ -65,6 +65,7 @@ def train_step(
     alive: torch.Tensor | None,
     reduction: str,
     weight_grads: bool = True,
+    record: dict | None = None,
 ) -> torch.Tensor:
     """One optimiser step of every member on its own batch x (K, B, 784), y (K, B).
 
@@ -72,9 +73,11 @@ def train_step(
     .grad is only written when `weight_grads` (probes read it); the update is the same.
     `alive` (K,) bool masks members out (None: all alive). A masked member, or one whose loss
     is not finite, gets a zero loss gradient, so nothing outside its own slice of the
-    parameters can change (run() then freezes it). Returns the per-member losses (K,).
+    parameters can change (run() then freezes it). With `record`, the forward stores every
+    layer's output in it (MLP.forward; the scale probe reads the fc outputs). Returns the
+    per-member losses (K,).
     """
-    losses, dlogits = loss_and_grad(model(x), y, reduction)
+    losses, dlogits = loss_and_grad(model(x, record=record), y, reduction)
     keep = alive
     if not math.isfinite(losses.sum().item()):  # rare: also drop members with non-finite loss
         keep = torch.isfinite(losses) if alive is None else alive & torch.isfinite(losses)

@@ -5,10 +5,12 @@ Each probe is a plain function returning rows (split, metric, layer, values) wit
 `probes.<name>.every` (0 = off; a probe fires at steps that are multiples of it, step 0
 included where it makes sense). State probes look at the model after step t on a fixed probe
 batch drawn once per run; step probes look at step t itself (its batch, its gradient, its
-update). Probes observe and never steer: state probes run in eval mode, which changes nothing,
-and every extra training-mode pass of a step probe restores BN buffers, counters and random
-streams (capture/restore), so the loss history is bit-for-bit what it is with probes off
-(tested). Each probe's docstring cites the paper and section it implements.
+update). One probe also keeps a running sum over every step (scale: ScaleTracker, a dot product
+per layer and step of what the step already computed). Probes observe and never steer: state
+probes run in eval mode, which changes nothing, and every extra training-mode pass (of a step
+probe, or ics_train's) restores BN buffers, counters and random streams (capture/restore), so
+the loss history is bit-for-bit what it is with probes off (tested). Each probe's docstring
+cites the paper and section it implements.
 """
 
 from __future__ import annotations
@@ -153,6 +155,30 @@ def grad_stats(model) -> list:
     return out
 
 
+@torch.no_grad()
+def grad_weight_cosine(model, before: dict) -> list:
+    """Scale invariance seen in the step's gradient (Ioffe & Szegedy 2015, Sec. 3.3): for each
+    linear layer without bias that feeds a batch-statistics norm (scale_invariant_linears),
+    the loss does not change when a unit's incoming weights w_j are multiplied by c > 0, so
+    d/dc L(c w_j) = w_j . g_j = 0 at c = 1 (g_j = dL/dw_j): the gradient is orthogonal to the
+    weights, exactly for eps = 0 and nearly for the norm's eps. With W the weights the step's
+    gradient G was computed at (before the step), in float64: grad_w_cos, the cosine
+    <W, G> / (||W|| ||G||) over the whole layer, and grad_w_cos_unit_abs, the mean over units of
+    |w_j . g_j| / (||w_j|| ||g_j||) (units with g_j = 0 left out)."""
+    out = []
+    for name, lin in scale_invariant_linears(model):
+        w, g = before[f"{name}.weight"].double(), lin.weight.grad.double()  # (K, out, in)
+        dot = (w * g).sum(2)  # (K, out): w_j . g_j
+        cos = dot.sum(1) / (w.flatten(1).norm(dim=1) * g.flatten(1).norm(dim=1))
+        gn = g.norm(dim=2)
+        unit = torch.where(gn > 0, dot.abs() / (w.norm(dim=2) * gn), torch.nan)
+        out += [
+            ("train", "grad_w_cos", name, cos),
+            ("train", "grad_w_cos_unit_abs", name, unit.nanmean(1)),
+        ]
+    return out
+
+
 # --------------------------------------------------------------------------- 3./4. activations
 def _inputs_of(model, record, name):
     """The input of layer `name` in a recorded forward pass."""
@@ -166,7 +192,7 @@ def activation_stats(model, x: torch.Tensor, unit: int = 0) -> tuple[list, dict]
     `unit` and the median over units of each unit's percentiles (Ioffe & Szegedy Fig. 1b,c);
     mean over units of the per-unit mean and variance; the saturated fraction (sigmoid:
     |x| > ln 19; tanh: |x| > ln(19)/2) and for relu the dead fraction (units never active).
-    Also returns the per-unit moments of every linear layer's input, for distributional ICS."""
+    Also returns input_moments of that pass, for distributional ICS."""
     was = model.training
     model.eval()
     record = {}
@@ -191,11 +217,20 @@ def activation_stats(model, x: torch.Tensor, unit: int = 0) -> tuple[list, dict]
             out.append(("test", "saturated_frac", name, (z.abs() > limit).float().mean((1, 2))))
         if layer.spec.dead:
             out.append(("test", "dead_frac", name, (z <= 0).all(1).float().mean(1)))
-    moments = {
-        name: (_inputs_of(model, record, name).mean(1), _inputs_of(model, record, name).var(1))
-        for name, _ in linears(model)[1:]
+    return out, input_moments(model, record)
+
+
+def input_moments(model, record: dict) -> dict:
+    """Per-unit mean and variance (unbiased, over the batch) of the input of every activation
+    (the pre-activation: the norm layer's output where it sits before the activation) and of
+    every linear layer after the first, from a recorded forward pass: {layer: (mean, var)},
+    each (K, C)."""
+    names = [n for n in model.order if isinstance(getattr(model, n), Activation)]
+    names += [n for n, _ in linears(model)[1:]]
+    return {
+        n: (_inputs_of(model, record, n).mean(1), _inputs_of(model, record, n).var(1))
+        for n in names
     }
-    return out, moments
 
 
 def gaussian_kl(m0, v0, m1, v1, eps: float = 1e-8):
@@ -226,6 +261,54 @@ def ics_distribution(moments: dict, previous: dict, initial: dict) -> list:
                 ("test", f"{tag}_kl", name, gaussian_kl(m0, v0, m, v).mean(1)),
             ]
     return out
+
+
+def scale_free_drift(m, v, m_ref, v_ref) -> torch.Tensor:
+    """Per member (K,), the median over units j of
+    d_j = |m_j - m_ref_j| / sqrt(v_ref_j + delta) + 0.5 |log((v_j + delta) / (v_ref_j + delta))|
+    with delta = 0.01 median_j(v_ref_j), from per-unit means m and variances v (K, C) and their
+    reference values: the mean's shift in reference standard deviations plus half the log
+    variance ratio, free of the layer's scale. delta bounds the contribution of units whose
+    input barely varies (nearly dead units), and the median ignores the few units that move
+    most. NaN for a member whose reference variances are all 0."""
+    delta = 0.01 * v_ref.quantile(0.5, dim=1, keepdim=True)
+    shift = (m - m_ref).abs() / (v_ref + delta).sqrt()
+    scale = 0.5 * torch.log((v + delta) / (v_ref + delta)).abs()
+    return (shift + scale).quantile(0.5, dim=1)
+
+
+def drift_rows(moments: dict, previous: dict, initial: dict, split: str, prefix: str) -> list:
+    """Rows `{prefix}_prev` (against the previous probe's moments) and `{prefix}0` (against
+    step 0's) of scale_free_drift for every layer of `moments` (input_moments) that the
+    reference has."""
+    out = []
+    for tag, ref in (("_prev", previous), ("0", initial)):
+        for name, (m, v) in moments.items():
+            if name in ref:
+                out.append((split, f"{prefix}{tag}", name, scale_free_drift(m, v, *ref[name])))
+    return out
+
+
+@torch.no_grad()
+def train_mode_moments(model, x: torch.Tensor) -> dict:
+    """input_moments of one training-mode forward pass on x (N, 784), as a training step's
+    forward: batch-statistics norms normalise with x's own statistics, and noise (Santurkar et
+    al. 2018, Sec. 2.1) and dropout draw from their streams. BN buffers, counters, random
+    streams and every layer's saved tensors are restored afterwards, so training continues as
+    if the pass had not happened."""
+    state = capture(model)
+    layers = [m for m in model.modules() if isinstance(m, Layer)]
+    saved = [dict(m.saved) for m in layers]
+    was, record = model.training, {}
+    try:
+        model.train()
+        model(x, record=record)
+    finally:
+        model.train(was)
+        restore(model, state)
+        for m, s in zip(layers, saved):
+            m.saved = s
+    return input_moments(model, record)
 
 
 # --------------------------------------------------------------------------- 7. Jacobians
@@ -425,6 +508,40 @@ def mismatch_stats(model, x: torch.Tensor) -> list:
             ("train", "mismatch_r", name, ((var_b + layer.eps).sqrt() / sigma_run).mean(1)),
             ("train", "mismatch_d_abs", name, ((mu_b - mu_run).abs() / sigma_run).mean(1)),
             ("train", "var_shift", name, torch.maximum(ratio, 1 / ratio).mean(1)),
+        ]
+    return out
+
+
+@torch.no_grad()
+def bn_gain_stats(model, x: torch.Tensor) -> list:
+    """BN's gain on the training probe batch x (N, 784): a batch-statistics norm multiplies each
+    unit's centred input by s_j = gamma_j / sqrt(var_B,j + eps) (Ioffe & Szegedy 2015,
+    Algorithm 1), which scales the layer Jacobian whatever the spread of its singular values.
+    One forward pass in eval mode with every such norm normalising with x's own statistics
+    (eval_stats='batch': the training-mode normalisation with no buffer, counter or random
+    stream touched; dropout and noise off), var_B the biased batch variance of the norm's
+    input. Per norm layer: bn_log_gain, the mean over units of log10 |s_j|, and bn_log_gain_sd,
+    its SD over units."""
+    layers = norms(model)
+    if not layers:
+        return []
+    modes, was, record = [layer.eval_stats for _, layer in layers], model.training, {}
+    try:
+        for _, layer in layers:
+            layer.eval_stats = "batch"
+        model.eval()
+        model(x, record=record)
+    finally:
+        model.train(was)
+        for (_, layer), mode in zip(layers, modes):
+            layer.eval_stats = mode
+    out = []
+    for name, layer in layers:
+        var = _inputs_of(model, record, name).var(1, unbiased=False)  # (K, C)
+        log_gain = torch.log10(layer.weight.abs() / (var + layer.eps).sqrt())
+        out += [
+            ("train", "bn_log_gain", name, log_gain.mean(1)),
+            ("train", "bn_log_gain_sd", name, log_gain.std(1)),
         ]
     return out
 
@@ -722,6 +839,103 @@ def overshoot(ctx: StepContext, lr: float, multipliers: list[float]) -> torch.Te
     return torch.stack(dev).amax(0)
 
 
+# --------------------------------------------------------------------------- scale invariance
+class ScaleTracker:
+    """probes.scale: how the weights feeding BN grow under plain SGD (Ioffe & Szegedy 2015,
+    Sec. 3.3; van Laarhoven 2017, arXiv:1706.05350; Arora et al. 2019, arXiv:1812.03981).
+
+    For each linear layer without bias that feeds a batch-statistics norm
+    (scale_invariant_linears), with W_t its weight after step t and g_t the gradient step t
+    applied (the run's loss, summed or mean), plain SGD (W_t+1 = W_t - lr g_t) gives exactly
+    ||W_t+1||^2 = ||W_t||^2 - 2 lr <W_t, g_t> + lr^2 ||g_t||^2, and scale invariance makes
+    <W_t, g_t> = 0 (grad_weight_cosine), so ||W_T||^2 = ||W_0||^2 + sum_{t<=T} lr^2 ||g_t||^2:
+    the weights only grow, by the squared steps, and without weight decay nothing holds them
+    back. The norm's eps breaks the invariance slightly (Batch Renorm's r and d break it once
+    they are no longer clipped to 1 and 0); its radial term is first order in lr while the
+    squared steps are second order, so at small learning rates it can dominate the growth
+    (MNIST, the studies protocol, lr 0.01, eps 1e-3: fc2's ratio about 1.45 after 500 steps,
+    1.00005 with eps 1e-7).
+
+    The sum is not formed from the gradients: bnlab's SGD does not write them out on steps
+    without gradient probes, and forming them, or copying the weights to difference them, every
+    step costs several percent of a step. Instead every training step (stepped) adds
+    <W_t, g_t> = sum over the batch and units of z * dz (z = x W_t^T the layer's output in the
+    step's forward, dz = dL/dz from its backward; O(batch x units), on the device, no host
+    sync) to a float64 accumulator R, and the exact SGD identity above gives
+    sum_t lr^2 ||g_t||^2 = growth + 2 lr R (about 2% of a step: 5 members, batch 64, one CPU
+    thread; tests/test_scale.py checks it against autograd gradients summed every step).
+
+    Rows (layer fc*; at the multiples of probes.scale.every, not at step 0), sums over the
+    layer's units, squared norms of the weights as stored, in float64: scale_w2_growth,
+    ||W_t||^2 - ||W_0||^2 (any optimiser); scale_w2_growth_rel, that over ||W_0||^2;
+    scale_step2_sum, sum_{s<=t} lr^2 ||g_s||^2; scale_ratio, the growth over that sum: 1 under
+    exact scale invariance, 1 - 2 lr R / sum otherwise. The last two are NaN unless the
+    optimiser is plain SGD (optim.name=sgd, momentum 0, weight_decay 0): with momentum the step
+    is not -lr g_t, and weight decay shrinks W by a term of its own. A member that diverges is
+    no longer logged (MemberLog), so its rows end there."""
+
+    def __init__(self, cfg, model):
+        o = cfg.optim
+        self.lr, self.layers = o.lr, scale_invariant_linears(model)
+        self.plain = o.name == "sgd" and o.momentum == 0 and o.weight_decay == 0
+        self.w0 = {name: _sq_norm(lin.weight) for name, lin in self.layers}
+        self.radial = {name: torch.zeros_like(w) for name, w in self.w0.items()}  # R, (K,)
+        # train_step records the layers' outputs into it; None: nothing to accumulate
+        self.record: dict | None = {} if self.plain and self.layers else None
+        self.products: list[torch.Tensor] = []  # per layer: sum of z * dz since the last fold
+        self.pending = 0  # steps in self.products
+
+    FOLD = 100  # steps summed elementwise in the model's dtype before a fold into R
+
+    @torch.no_grad()
+    def stepped(self) -> None:
+        """After every training step, run with record=self.record: R += <W_t, g_t>. One
+        in-place multiply-add per layer (a single foreach call: one kernel on a GPU) into a
+        (K, B, units) buffer, folded into R in float64 every FOLD steps (a product and a
+        reduction every step took about 1.7x as long on a CPU)."""
+        if self.record is None:
+            return
+        zs = [self.record[name] for name, _ in self.layers]  # (K, B, units): the outputs
+        dzs = [lin.saved["dy"] for _, lin in self.layers]  # dL/d(output)
+        if not self.products or self.products[0].shape != zs[0].shape:  # first (or new) batch
+            self._fold()
+            self.products = [torch.zeros_like(z) for z in zs]
+        torch._foreach_addcmul_(self.products, zs, dzs)
+        self.record.clear()  # the outputs go now, as without the probe
+        self.pending += 1
+        if self.pending >= self.FOLD:
+            self._fold()
+
+    def _fold(self) -> None:
+        for (name, _), acc in zip(self.layers, self.products):
+            self.radial[name].add_(acc.flatten(1).sum(1, dtype=torch.float64))
+            acc.zero_()
+        self.pending = 0
+
+    @torch.no_grad()
+    def rows(self) -> list:
+        self._fold()
+        out = []
+        for name, lin in self.layers:
+            w0 = self.w0[name]
+            growth = _sq_norm(lin.weight) - w0
+            total = growth + 2 * self.lr * self.radial[name]
+            if not self.plain:
+                total = torch.full_like(growth, torch.nan)
+            out += [
+                ("train", "scale_w2_growth", name, growth),
+                ("train", "scale_w2_growth_rel", name, growth / w0),
+                ("train", "scale_step2_sum", name, total),
+                ("train", "scale_ratio", name, growth / total),
+            ]
+        return out
+
+
+def _sq_norm(w: torch.Tensor) -> torch.Tensor:
+    """Squared norm per member (K,) of a (K, ...) tensor, in float64."""
+    return w.detach().double().flatten(1).pow(2).sum(1)
+
+
 # --------------------------------------------------------------------------- the schedule
 class Prober:
     """Runs the probes of `cfg.probes` on their schedules for one training run."""
@@ -734,7 +948,20 @@ class Prober:
         self.x_test = x_test[torch.randperm(len(x_test), generator=g)[:n].to(x_test.device)]
         self.previous: dict = {}
         self.initial: dict | None = None
+        self.train_previous: dict = {}  # the ics_train probe's moments (training mode)
+        self.train_initial: dict | None = None
         self.realised = cfg.optim.name == "adam" or cfg.optim.momentum > 0
+        self.scale = ScaleTracker(cfg, model) if self.p.scale.every > 0 else None
+
+    @property
+    def record(self) -> dict | None:
+        """The dict every train_step records the layers' outputs into (probes.scale), or None."""
+        return None if self.scale is None else self.scale.record
+
+    def stepped(self) -> None:
+        """Call after every training step (not only probed ones): probes.scale's accumulator."""
+        if self.scale is not None:
+            self.scale.stepped()
 
     def steps(self, steps: int) -> set[int]:
         """The training steps 1..steps at which some probe fires (the loop skips the rest)."""
@@ -764,7 +991,7 @@ class Prober:
         params, state = before
         out = []
         if self.due("grads", step):
-            out += grad_stats(self.model)
+            out += grad_stats(self.model) + grad_weight_cosine(self.model, params)
         if self.due("weights", step):
             out += update_stats(self.model, params, self.cfg.optim.lr)
         if any(self.due(n, step) for n in ("ics_grad", "landscape", "curvature")):
@@ -786,11 +1013,22 @@ class Prober:
         if self.due("activations", step):
             rows_, moments = activation_stats(self.model, self.x_test)
             self.initial = moments if self.initial is None else self.initial
-            out += rows_ + ics_distribution(moments, self.previous, self.initial)
+            inputs = {n: moments[n] for n, _ in linears(self.model)[1:]}  # ics_*: linear inputs
+            out += rows_ + ics_distribution(inputs, self.previous, self.initial)
+            out += drift_rows(moments, self.previous, self.initial, "test", "drift")
             self.previous = moments
+            out += bn_gain_stats(self.model, self.x_train)
+        if self.due("ics_train", step):
+            moments = train_mode_moments(self.model, self.x_train)
+            self.train_initial = moments if self.train_initial is None else self.train_initial
+            ref = self.train_previous, self.train_initial
+            out += drift_rows(moments, *ref, "train", "train_drift")
+            self.train_previous = moments
         if self.due("mismatch", step):
             out += mismatch_stats(self.model, self.x_train)
         if self.due("jacobian", step):
             x = self.x_test[: self.p.jacobian_samples]
             out += jacobian_stats(self.model, x, self.p.jacobian_variants)
+        if self.due("scale", step) and step > 0:
+            out += self.scale.rows()
         return out

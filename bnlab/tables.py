@@ -10,6 +10,7 @@ Measures (NaN where a member did not record what they need; a sweep whose runs h
 on but recorded none of a metric the measures read is refused: a renamed metric must not
 turn a claim inconclusive):
   gap                      final train accuracy - test accuracy
+  valid_acc, valid_loss    at the last evaluation on the held-out images (data.eval_holdout)
   steps_to_T               first evaluated step with test accuracy >= T (T = 0.9, 0.95, 0.97);
                            members that never reach it get steps_done + 1 and reached_T=False
   w2_mean_abs_start/_final mean |W2| at step 0 / at the last probe (the 2017 study's Fig. 1)
@@ -31,6 +32,27 @@ turn a claim inconclusive):
   landscape_{beta,loss_range,grad_diff_max}[_early]    mean over probes (first quarter of the
                            run for _early), along the gradient
   var_shift_{bn1,bn2}_final                            dropout variance shift (Li et al.)
+  reorder_{acc,loss}_{sd,shift}, reorder_{mean,log_var}_ratio_{bn1,bn2}   the batch-order
+                           intervention (train.reorder, bnlab.reorder): SD across orders and
+                           mean over orders - own; running statistics' spread across orders
+  drift_prev_L, drift_prev_L_final, drift0_L_final     scale-free drift of the input of layer L
+                           (act1, act2: pre-activations; fc2, fc3) between consecutive probes
+                           (mean over probes after step 0; at the last probe) and since step 0
+                           (at the last probe); eval mode, test probe batch (activations probe)
+  drift_prev_L_at_X, drift0_L_at_X   the same at the first evaluation with training-subset loss
+                           <= X (0.3, 0.1): NaN unless that step is also an activations probe step
+  train_drift_...          all of the above from the ics_train probe: training mode (noise and
+                           BN batch statistics on), training probe batch
+  scale_ratio_{fc1,fc2}    (||W_T||^2 - ||W_0||^2) / sum_t lr^2 ||g_t||^2 at the last scale probe:
+                           1 where scale invariance makes the weights grow by the squared SGD
+                           steps alone (plain SGD only, else NaN; fc feeding BN without bias)
+  scale_growth_rel_{fc1,fc2}   (||W_T||^2 - ||W_0||^2) / ||W_0||^2 at the last scale probe
+  bn_log_gain_{bn1,bn2}_{start,final}   mean over units of log10(|gamma| / sqrt(var_B + eps)),
+                           batch statistics of the training probe batch, at step 0 / the last
+                           activations probe
+  grad_w_cos_abs_{fc1,fc2}, grad_w_cos_unit_abs_{fc1,fc2}   mean over grads probes after step
+                           0 of |cos(W, dL/dW)| over the layer, and of the mean over units of
+                           |cos(w_j, dL/dw_j)|: 0 under exact scale invariance
 """
 
 from __future__ import annotations
@@ -52,6 +74,8 @@ from .records import atomic_path, member_dir, update_manifest
 TARGETS = (0.9, 0.95, 0.97)
 FIT_LOSS = 0.02  # matched fit: the first evaluation with training-subset loss <= this
 MATCHED_LOSS = (0.3, 0.1)  # curvature compared at the first evaluation with loss <= each
+DRIFT_LAYERS = ("act1", "act2", "fc2", "fc3")  # pre-activations (BN outputs), next layers' inputs
+DRIFTS = (("drift", "test"), ("train_drift", "train"))  # eval mode (activations), ics_train
 CURVATURE = (("curv_lr_lambda", "all"), ("curv_gHg", "grad"), ("curv_overshoot", "grad"))
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
 RESULT_COLUMNS = [
@@ -77,6 +101,29 @@ def _norms(*names: str):
     return lambda runs: runs["model.norm"].isin(names)
 
 
+def _configured(column: str):
+    """The runs whose config has `column`: recorded by a bnlab that knows that setting."""
+    return lambda runs: runs[column].notna() if column in runs else ~_every_run(runs)
+
+
+def _feeds_bn(runs: pd.DataFrame) -> pd.Series:
+    """The runs with a linear layer without bias right before a batch-statistics norm
+    (bnlab.probes.scale_invariant_linears), recorded by a bnlab that has probes.scale."""
+
+    def col(name, default):
+        return runs[name] if name in runs else pd.Series(default, index=runs.index)
+
+    out = runs["model.norm"].isin(BATCH_STAT_NORMS) & (col("model.placement", "before") == "before")
+    out &= ~col("model.bias_before_norm", False).eq(True)
+    out &= ~((col("model.dropout", 0.0) > 0) & (col("model.dropout_at", "") == "before_bn"))
+    return out & _configured("probes.scale.every")(runs)
+
+
+def _bn_configured(runs: pd.DataFrame) -> pd.Series:
+    """Batch-statistics norm runs of a bnlab whose activations probe records bn_log_gain."""
+    return _norms(*BATCH_STAT_NORMS)(runs) & _configured("probes.scale.every")(runs)
+
+
 # history metric a measure reads -> (the probe recording it, the runs that record it)
 SOURCES = {
     "w_mean_abs": ("weights", _every_run),
@@ -87,7 +134,14 @@ SOURCES = {
         for s in ("s2_mean", "s2_var", "frac_iso", "log10_cond")
     },
     **{f"ics_grad_{m}": ("ics_grad", _every_run) for m in ("rel", "cos")},
+    # the activations probe's drift rows came with probes.ics_train: older runs lack both
+    **{f"drift{t}": ("activations", _configured("probes.ics_train.every")) for t in ("_prev", "0")},
+    **{f"train_drift{t}": ("ics_train", _every_run) for t in ("_prev", "0")},
     "var_shift": ("mismatch", _norms(*BATCH_STAT_NORMS)),
+    # the gain and cosine rows came with probes.scale: older runs lack all three
+    "scale_ratio": ("scale", _feeds_bn),
+    "bn_log_gain": ("activations", _bn_configured),
+    "grad_w_cos": ("grads", _feeds_bn),
     **{metric: ("curvature", _every_run) for metric, _ in CURVATURE},
     **{
         f"landscape_{m}": ("landscape", _every_run)
@@ -111,6 +165,14 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
                 f"in {int(due.sum())} members; the probe or the measure was renamed: make "
                 "bnlab/tables.py and bnlab/probes.py agree"
             )
+    reorder = runs.get("train.reorder")  # the batch-order intervention's final rows
+    if reorder is not None and "reorder_acc_sd" not in recorded:
+        due = (reorder > 0) & runs["model.norm"].isin(BATCH_STAT_NORMS)
+        if (due & (runs["status"] == "finished")).any():
+            raise MissingMeasure(
+                f"{sweep}: no member recorded metric 'reorder_acc_sd' although train.reorder "
+                "was on; make bnlab/tables.py and bnlab/reorder.py agree"
+            )
 
 
 def _mean_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str, upto=None):
@@ -119,6 +181,12 @@ def _mean_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str, upto
     if upto is not None:
         rows = rows[rows["step"] <= upto]
     return rows.groupby(["run", "seed"])["value"].mean()
+
+
+def _mean_abs_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str = "train"):
+    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
+    rows = rows[rows["step"] > 0]
+    return rows["value"].abs().groupby([rows["run"], rows["seed"]]).mean()
 
 
 def _at(h: pd.DataFrame, metric: str, layer: str, split: str, last: bool):
@@ -223,6 +291,8 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         out[f"reached_{t}"] = first.reindex(out.index).notna()
         out[f"steps_to_{t}"] = first.reindex(out.index).fillna(out["steps_done"] + 1)
     cols = {
+        "valid_acc": _at(h, "acc", "", "valid", last=True),
+        "valid_loss": _at(h, "loss", "", "valid", last=True),
         "w2_mean_abs_start": _at(h, "w_mean_abs", "fc2", "train", last=False),
         "w2_mean_abs_final": _at(h, "w_mean_abs", "fc2", "train", last=True),
         "grad1_mean_abs_1k": _mean_over_probes(h, "grad_mean_abs", "fc1", "train", upto=1000),
@@ -252,6 +322,23 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
             cols[f"ics_{m}_{layer}"] = _mean_over_probes(h, f"ics_{m}", layer, "test")
     for layer in ("bn1", "bn2"):
         cols[f"var_shift_{layer}_final"] = _at(h, "var_shift", layer, "train", last=True)
+        for stat in ("mean", "log_var"):  # train.reorder
+            name = f"reorder_{stat}_ratio"
+            cols[f"{name}_{layer}"] = _at(h, name, layer, "test", last=True)
+    for m in ("acc_sd", "acc_shift", "loss_sd", "loss_shift"):
+        cols[f"reorder_{m}"] = _at(h, f"reorder_{m}", "", "test", last=True)
+    fits = {loss: _fit_steps(h, loss) for loss in MATCHED_LOSS}
+    for prefix, split in DRIFTS:
+        if f"{prefix}_prev" not in set(h["metric"]):
+            continue  # not recorded (an older sweep, or ics_train off): no columns of NaN
+        prev, since0 = f"{prefix}_prev", f"{prefix}0"
+        for layer in DRIFT_LAYERS:
+            cols[f"{prev}_{layer}"] = _mean_over_probes(h, prev, layer, split)
+            cols[f"{prev}_{layer}_final"] = _at(h, prev, layer, split, last=True)
+            cols[f"{since0}_{layer}_final"] = _at(h, since0, layer, split, last=True)
+            for loss, steps in fits.items():
+                for m in (prev, since0):
+                    cols[f"{m}_{layer}_at_{loss:g}"] = _at_steps(h, steps, m, layer, split)
     quarter = (runs["steps_done"].max() or 0) / 4
     for suffix, upto in (("", None), ("_early", quarter)):
         lmax = _mean_over_probes(h, "landscape_loss_max", "grad", "train", upto)
@@ -261,6 +348,15 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
             cols[f"landscape_{m}{suffix}"] = _mean_over_probes(
                 h, f"landscape_{m}", "grad", "train", upto
             )
+    for layer in ("fc1", "fc2"):  # scale invariance of the weights feeding BN
+        cols[f"scale_ratio_{layer}"] = _at(h, "scale_ratio", layer, "train", last=True)
+        cols[f"scale_growth_rel_{layer}"] = _at(h, "scale_w2_growth_rel", layer, "train", True)
+        cols[f"grad_w_cos_abs_{layer}"] = _mean_abs_over_probes(h, "grad_w_cos", layer)
+        unit = "grad_w_cos_unit_abs"  # already |.| per unit, averaged over units
+        cols[f"{unit}_{layer}"] = _mean_abs_over_probes(h, unit, layer)
+    for layer in ("bn1", "bn2"):
+        for suffix, last in (("start", False), ("final", True)):
+            cols[f"bn_log_gain_{layer}_{suffix}"] = _at(h, "bn_log_gain", layer, "train", last)
     for name, series in cols.items():
         if len(series):
             out[name] = series.reindex(out.index)

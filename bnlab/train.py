@@ -37,6 +37,7 @@ from .records import (
     write_config,
     write_json,
 )
+from .reorder import reorder_rows
 
 
 def total_steps(cfg, n_train: int) -> int:
@@ -214,8 +215,9 @@ def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: Member
             x, y = batches.next()  # (K, B, 784), (K, B)
             before = prober.before_step(step) if step in probed else None
             losses = train_step(
-                model, opt, x, y, log.mask, cfg.train.loss, weight_grads=before is not None
+                model, opt, x, y, log.mask, cfg.train.loss, before is not None, prober.record
             )
+            prober.stepped()  # every step: the scale probe's accumulator (nothing when off)
             diverged = log.add_losses(step, losses)
             for k in diverged:  # zeroed and masked: finite and inert from now on
                 freeze_member(model, opt, k)
@@ -226,7 +228,10 @@ def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: Member
             if step in when:
                 evaluate(step)
             bar.update(1)
-        log.final(step, evaluator.final_rows())
+        final = evaluator.final_rows()
+        if cfg.train.reorder and log.training():  # after the last step: training unchanged
+            final += reorder_rows(cfg, model, data, seeds, step)
+        log.final(step, final)
     finally:
         bar.close()
     return steps, batches.epoch + 1, evaluator.seconds

@@ -476,8 +476,11 @@ def test_probes_observe_and_never_steer(tmp_path, norm, optim):
         assert a.equals(b)  # bit for bit
         probed = {"ics_grad_cos", "landscape_beta", "preact_p50", "w_mean_abs"}
         probed |= {"curv_lambda_max", "curv_gHg", "curv_overshoot"}
+        probed |= {"drift_prev", "drift0", "train_drift_prev", "train_drift0"}
         if norm == "noisy_batch":
             probed |= {"jac_s_mean", "var_shift", "grad_xhat_norm", "rel_update"}
+        if norm in BATCH_STAT_NORMS:  # fc without bias feeding BN: scale invariance, gain
+            probed |= {"scale_ratio", "scale_w2_growth", "grad_w_cos", "bn_log_gain"}
         assert probed <= set(on["metric"])
         assert set(on[on["metric"] == "grad_mean_abs"]["step"]) == set(range(3, 31, 3))
 
