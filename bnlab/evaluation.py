@@ -79,10 +79,13 @@ class Evaluator:
         t0 = time.perf_counter()
         if self.cfg.model.bn_eval == "population":
             self._population()
-        rows, splits = [], [
-            ("test", self.data.x_test, self.data.y_test),
-            ("train", self.x_fit, self.y_fit),
-        ]
+        rows, splits = (
+            [],
+            [
+                ("test", self.data.x_test, self.data.y_test),
+                ("train", self.x_fit, self.y_fit),
+            ],
+        )
         if self.cfg.data.eval_holdout:
             splits.append(("valid", self.data.x_valid, self.data.y_valid))
         for split, x, y in splits:

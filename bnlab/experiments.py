@@ -18,6 +18,7 @@ class Experiment:
     sweep: str  # its sweep folder under RESULTS/sweeps
     figures: tuple[str, ...] = ()  # figures drawn from its runs (bnlab.figures.FIGURES)
     reproduce: bool = True  # part of `bnlab reproduce`
+    seeds: int = 5  # members per run in the reproduction (a test checks the YAML agrees)
 
 
 # In reproduction order: cheap experiments first, so an interrupted reproduction has results.
@@ -33,12 +34,13 @@ _ALL = (
     Experiment("study_bias", "study_bias", ("study_bias",)),
     Experiment("study_order", "study_order", ("study_order",)),
     Experiment("yang2019_depth", "yang2019_depth", ("yang2019_depth",)),
+    Experiment("study_input_scale", "yang2019_depth"),  # C3's control, in the depth study's folder
     Experiment(
         "santurkar2018_landscape_lr",
         "santurkar2018_landscape_lr",
         ("santurkar2018_landscape_lr",),
     ),
-    Experiment("study_tuned", "study_tuned", ("study_tuned",)),
+    Experiment("study_tuned", "study_tuned", ("study_tuned",), seeds=3),  # 30 runs x 20k steps
     Experiment("mlds2017_fig4", "mlds2017", ("mlds2017_fig4",)),
     Experiment("mlds2017_fig5", "mlds2017", ("mlds2017_fig5",)),
     Experiment("mlds2017_fig1", "mlds2017", ("mlds2017_fig1",)),

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots, tables
+from .claims import at_best_lr
 from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
 from .experiments import EXPERIMENTS, REPRODUCTION, experiments_of, figures_of, sweep
@@ -395,6 +396,55 @@ def yang2019_depth(res: Results):
     return fig
 
 
+def arms(runs: pd.DataFrame) -> pd.Series:
+    """Each member's arm of a norm x placement comparison: 'no BN', 'BN before', 'BN after'."""
+    place = runs.get("model.placement", "before")
+    return ("BN " + pd.Series(place, index=runs.index).astype(str)).where(
+        runs["model.norm"] != "none", "no BN"
+    )
+
+
+def study_tuned(res: Results):
+    """C4, C14, C18, C19: held-out accuracy against the learning rate per arm, and test
+    accuracy over training at each arm's chosen learning rate."""
+    runs, hist = res.load("study_tuned")
+    valid = hist[(hist["split"] == "valid") & (hist["metric"] == "acc")]
+    last = valid.sort_values("step").groupby(["run", "seed"])["value"].last().rename("valid_acc")
+    runs = runs.assign(arm=arms(runs)).merge(last.reset_index(), on=["run", "seed"], how="left")
+    scored = runs.assign(error=1 - runs["valid_acc"].where(runs["status"] == "finished", 0.0))
+    fig = plt.figure(figsize=(10, 7.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    plots.final_points(
+        scored,
+        "optim.lr",
+        "error",
+        hue="arm",
+        facet="model.activation",
+        logx=True,
+        ylabel="held-out error at 20,000 steps\n(1 - accuracy; diverged = 1)",
+        xlabel="SGD learning rate (mean loss)",
+        fig=top,
+    )
+    for ax in top.axes:
+        ax.set_yscale("log")
+    best = at_best_lr(runs)
+    plots.curves(
+        best,
+        hist,
+        "acc",
+        facet="model.activation",
+        hue="arm",
+        ylabel="test accuracy at the chosen lr",
+        ylim=(0.9, 1.0),
+        fig=bottom,
+    )
+    fig.suptitle(
+        "C4, C14, C18, C19: each arm at its own best learning rate, chosen on 5,000 held-out\n"
+        "training images (top); test accuracy at that rate (bottom). SGD, mean loss, batch 64"
+    )
+    return fig
+
+
 def santurkar2018_noisy_bn(res: Results):
     """BN vs noisy BN vs noise without BN: accuracy and drift of the activations."""
     runs, hist = res.load("santurkar2018_noisy_bn")
@@ -407,14 +457,18 @@ def santurkar2018_noisy_bn(res: Results):
     plots.curves(
         runs,
         hist,
-        "ics0_mean_shift",
+        "train_drift_prev",
+        split="train",
         facet="model.activation",
         layer="fc3",
         logy=True,
-        ylabel="mean shift of layer-3 input vs step 0",
+        ylabel="drift of the layer-3 input\nbetween probes (median unit)",
         fig=bottom,
     )
-    bottom.suptitle("instability of the activations (probe images, no noise at evaluation)")
+    bottom.suptitle(
+        "instability of the layer-3 input: scale-free drift over 250 steps, training mode with "
+        "the noise on (probe images)"
+    )
     fig.suptitle("Santurkar et al. 2018 Sec. 2.1: noisy BN (relu/sigmoid, SGD lr 0.1, mean loss)")
     return fig
 
@@ -499,9 +553,27 @@ def study_bias(res: Results):
 
 
 def study_order(res: Results):
-    """C17: accuracy spread from the data order alone vs init and order."""
-    runs, _ = res.load("study_order")
+    """C17: the test accuracy with BN's running statistics recomputed over shuffled orders of
+    the last batches (weights frozen), and the spread from the data order with the weights."""
+    runs, hist = res.load("study_order")
     base, _ = res.load("study_lr")
+    fig = plt.figure(figsize=(11, 4.6), layout="constrained")
+    left, right = fig.subfigures(1, 2)
+    names = {
+        "reorder_acc_shift": "mean over orders\nminus own order",
+        "reorder_acc_sd": "SD across orders",
+    }
+    rows = hist[(hist["split"] == "test") & hist["metric"].isin(list(names))]
+    rows = plots.with_config(rows, runs, ["model.norm"])
+    plots.final_points(
+        rows.assign(what=rows["metric"].map(names)),
+        "what",
+        "value",
+        ylabel="test accuracy",
+        xlabel="running statistics from 10 shuffled orders of the last 1,000 batches",
+        fig=left,
+    )
+    left.suptitle("the order alone (weights frozen)")
     table = pd.concat(
         [
             runs.assign(members="same init,\nown data order"),
@@ -509,14 +581,17 @@ def study_order(res: Results):
         ],
         ignore_index=True,
     )
-    return plots.final_points(
+    plots.final_points(
         table,
         "members",
         "test_acc",
         ylabel="test accuracy after 5,000 steps",
         xlabel="what differs between members",
-        title="C17: spread from the data order alone vs init and order",
+        fig=right,
     )
+    right.suptitle("the order with the weights it leads to")
+    fig.suptitle("C17: does the order of mini-batches matter? (BN, SGD lr 0.1, mean loss)")
+    return fig
 
 
 # figure name -> function(Results) -> Figure (or an animation, written as a GIF)
@@ -542,6 +617,7 @@ FIGURES = {
     "study_dropout": study_dropout,
     "study_bias": study_bias,
     "study_order": study_order,
+    "study_tuned": study_tuned,
     "demo": lambda res: plots.accuracy_curves(
         *res.load("demo"), title="Demo: BN vs no BN, SGD lr 0.01 on the summed loss"
     ),

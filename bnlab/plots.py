@@ -43,6 +43,12 @@ NORM_LABELS = {
     "noise": "noise, no BN",
     "layer": "layer norm",
 }
+# study_tuned's arms: no BN and BN in the norm colours, BN after the activation in teal
+ARM_COLORS = {
+    "no BN": NORM_COLORS["none"],
+    "BN before": NORM_COLORS["batch"],
+    "BN after": "#17a589",
+}
 # seaborn's dash codes for solid, dashed, dotted, dash-dot (one per value of a style column)
 DASHES = ["", (4, 1.5), (1, 1), (3, 1.25, 1.5, 1.25)]
 MARKERS = ["o", "s", "^", "D", "v"]
@@ -71,6 +77,8 @@ def label(column: str | None, value) -> str:
     """Legend / title text for a setting: 'BN' for model.norm=batch, else 'name=value'."""
     if column == "model.norm":
         return NORM_LABELS.get(value, str(value))
+    if column == "arm":  # already a label ('BN before')
+        return str(value)
     return f"{short(column)}={value}" if column else ""
 
 
@@ -78,6 +86,8 @@ def colors_for(column: str, values) -> dict:
     """A colour per value: the fixed norm colours for model.norm, a palette otherwise."""
     if column == "model.norm":
         return {v: NORM_COLORS.get(v, "black") for v in values}
+    if column == "arm":
+        return {v: ARM_COLORS.get(v, "black") for v in values}
     return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(values)}
 
 
@@ -85,6 +95,7 @@ def colors_for(column: str, values) -> dict:
 PREFERRED = {
     "model.norm": list(NORM_COLORS),
     "model.placement": ["before", "after"],
+    "arm": list(ARM_COLORS),
     "model.dropout_at": ["no dropout", "after_act", "before_bn", "final"],
 }
 
@@ -176,7 +187,7 @@ def curves(
         rows = rows[rows["step"] <= xmax]
     if logy:  # e.g. drift from step 0 is 0 at step 0: not drawable on a log axis
         rows = rows[rows["value"] > 0]
-    rows = with_config(rows, runs, [hue, facet, style, "model.bn_eval"])
+    rows = with_config(rows, runs, [hue, facet, style, "model.bn_eval", "model.norm"])
     if rows.empty:
         raise ValueError(f"no rows of metric {metric!r} (split {split!r}, layer {layer!r})")
     panels = facet_values or (ordered(rows[facet]) if facet else [None])

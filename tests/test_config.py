@@ -62,6 +62,7 @@ def test_defaults_are_the_2017_study_architecture():
         (["optim.name=rmsprop"], "optim='rmsprop' is not allowed; choose one of: sgd, adam"),
         (["model.foo=1"], "unknown config key 'model.foo'; known keys of model: widths"),
         (["train.steps=abc"], "bad value for 'train.steps'"),
+        (["data.eval_holdout=true"], "data.eval_holdout=true needs held-out images"),
     ],
 )
 def test_bad_values_are_refused_with_field_and_choices(overrides, message):

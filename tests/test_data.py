@@ -31,6 +31,38 @@ def test_the_study_split_holds_out_the_first_5000(mnist_root, mnist):
     assert torch.equal(data.x_train[0], mnist.x_train[5000])
 
 
+def test_the_held_out_images_are_the_validation_split(mnist_root, mnist):
+    data = load_data(DataConfig(root=str(mnist_root), download=False, holdout=5000))
+    assert torch.equal(data.x_valid, mnist.x_train[:5000])
+    assert torch.equal(data.y_valid, mnist.y_train[:5000])
+    assert load_data(DataConfig(root=str(mnist_root), download=False)).x_valid is None
+
+
+def test_standardised_pixels_use_the_training_images_statistics(mnist_root):
+    cfg = DataConfig(root=str(mnist_root), download=False, holdout=5000, standardize=True)
+    data = load_data(cfg)
+    raw = load_data(DataConfig(root=str(mnist_root), download=False, holdout=5000))
+    x = raw.x_train.double()
+    mean, sd = x.mean(0), x.std(0, unbiased=False)
+    varying = sd > 0
+    assert (~varying).sum() > 0  # MNIST has constant border pixels: centred, not divided
+    assert torch.allclose(
+        data.x_train.double().mean(0), torch.zeros(784, dtype=torch.float64), atol=1e-5
+    )
+    assert torch.allclose(
+        data.x_train.double().std(0, unbiased=False)[varying],
+        torch.ones(1, dtype=torch.float64),
+        atol=1e-4,
+    )
+    expected = (raw.x_test.double() - mean) / torch.where(varying, sd, 1.0)  # test: train stats
+    assert torch.allclose(data.x_test.double(), expected, atol=1e-5)
+    assert torch.allclose(
+        data.x_valid.double(),
+        (raw.x_valid.double() - mean) / torch.where(varying, sd, 1.0),
+        atol=1e-5,
+    )
+
+
 def test_missing_files_fail_with_what_to_do(tmp_path):
     with pytest.raises(DataError) as err:
         load_mnist(tmp_path, download=False)

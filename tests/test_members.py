@@ -53,15 +53,25 @@ def test_member_log_marks_divergence_and_keeps_last_best_and_batch_loss(tmp_path
 
 
 def test_evaluator_equals_a_direct_computation():
-    cfg = make_cfg("model.norm=batch", "data.eval_train_size=100", "train.final_eval=[batch]")
+    cfg = make_cfg(
+        "model.norm=batch",
+        "data.eval_train_size=100",
+        "train.final_eval=[batch]",
+        "data.holdout=50",
+        "data.eval_holdout=true",
+    )
     data = synthetic_data(n_train=256, n_test=64)
+    held = synthetic_data(n_train=50, n_test=1, seed=1)
+    data.x_valid, data.y_valid = held.x_train, held.y_train
     model = build_model(cfg.model, [0, 1])
     rows = {(s, m): torch.tensor(v) for s, m, _, v in Evaluator(cfg, model, data).rows()}
     model.eval()
     subsets = {
         "test": (data.x_test, data.y_test),
         "train": (data.x_train[:100], data.y_train[:100]),
+        "valid": (data.x_valid, data.y_valid),  # data.eval_holdout
     }
+    assert {split for split, _ in rows} == set(subsets)
     with torch.no_grad():
         for split, (x, y) in subsets.items():
             logits = model(x)
