@@ -354,7 +354,9 @@ def _build(spec: Claim, tables: Tables) -> Claim:
     "scale-invariant, so their norm only sets their effective learning rate lr/||w||^2.",
     test="mean |W2| at the end of the 40,000-step SGD runs (lr 1e-4, summed loss), no BN > BN, "
     "pooled over activation x seed (paired); and at each learning rate of study_lr (relu, "
-    "mean loss, 5,000 steps); compared as a ratio, margin {growth:.0%}. Per activation as notes.",
+    "mean loss, 5,000 steps); compared as a ratio, margin {growth:.0%}. Per activation as notes, "
+    "and, with BN, the identity ||W_T||^2 = ||W_0||^2 + sum_t lr^2 ||g_t||^2 of plain SGD for "
+    "weights that BN makes scale-invariant, checked on every step.",
 )
 def c1(c, t, lrs, growth):
     """Layer 2's final mean |W|, larger without BN: BN makes a layer invariant to its weights'
@@ -383,6 +385,17 @@ def c1(c, t, lrs, growth):
         bn = arm(lrs, "w2_mean_abs_final", model__norm="batch", optim__lr=lr)
         label = f"lr {lr:g} (mean loss, relu): no BN > BN"
         out.append(Comparison(label, no, bn, math.log(1 + growth), log=True))
+    for layer in ("fc1", "fc2"):  # the identity, checked on every BN member of study_lr
+        cols = (f"scale_ratio_{layer}", f"scale_growth_rel_{layer}")
+        bn = require(lrs, *cols)[lrs["model.norm"] == "batch"].groupby("optim.lr")
+        ratio, rel = bn[f"scale_ratio_{layer}"].mean(), bn[f"scale_growth_rel_{layer}"].mean()
+        c.notes.append(
+            f"with BN, {layer} (scale-invariant, no weight decay): (||W_T||^2 - ||W_0||^2) / "
+            "sum_t lr^2 ||g_t||^2 per lr (1: the growth is the squared steps, nothing else) "
+            + ", ".join(f"{lr:g}: {v:.3g}" for lr, v in ratio.items())
+            + "; relative growth ||W_T||^2/||W_0||^2 - 1 "
+            + ", ".join(f"{lr:g}: {v:.3g}" for lr, v in rel.items())
+        )
     return out
 
 
@@ -524,11 +537,16 @@ def c4(c, t, faithful, margin):
     gains = {x.label.split(":")[0]: x.diff()[0] for x in out}
     if gains:
         top = max(gains, key=gains.get)
+        rank = (
+            "all within the margin: no activation gains most"
+            if max(abs(v) for v in gains.values()) < margin
+            else f"largest for {top}"
+            + (" (as claimed)" if top == "sigmoid" else " (the claim says sigmoid)")
+        )
         c.notes.append(
             "gain from BN at the best learning rates (mean test accuracy difference): "
             + ", ".join(f"{k} {v:+.4f}" for k, v in gains.items())
-            + f"; largest for {top}"
-            + (" (as claimed)" if top == "sigmoid" else " (the claim says sigmoid)")
+            + f"; {rank}"
         )
     if faithful is not None:
         for x in _bn_vs_none(faithful, "test_acc", margin, optim__name="sgd"):

@@ -379,7 +379,7 @@ def test_overshoot_is_zero_in_the_first_order_regime_and_equals_a_brute_force_lo
 
 def test_activation_percentiles_equal_numpy():
     model = build_model(make_cfg("model.norm=batch", "model.activation=sigmoid").model, [0, 1])
-    x = torch.rand(200, 784)
+    x = torch.rand(200, 784, generator=torch.Generator().manual_seed(0))
     rows, _ = activation_stats(model, x, unit=3)
     model.eval()
     record = {}
@@ -395,6 +395,7 @@ def test_activation_percentiles_equal_numpy():
             _values(rows, f"preact_med_p{p}", "act2").numpy(),
             np.median(np.percentile(z, p, axis=1), axis=1),
             rtol=1e-5,
+            atol=1e-7,  # float32 rounding of a median near 0
         )
     sat = (np.abs(z) > np.log(19)).mean((1, 2))
     np.testing.assert_allclose(_values(rows, "saturated_frac", "act2").numpy(), sat, rtol=1e-6)
