@@ -24,7 +24,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .config import RunConfig, to_dict
 from .records import DONE_STATUSES, JOBS_FILE, atomic_path, flatten, member_dir, read_history
 
 SUMMARY_COLUMNS = [
@@ -120,9 +119,6 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     return sorted(runs)
 
 
-DEFAULTS = {k: v for k, v in flatten(to_dict(RunConfig())).items() if k not in ("seeds", "name")}
-
-
 def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]]:
     """The rows and histories of one run folder's members; an unreadable file makes its
     member (or the whole run, for config.yaml) a 'corrupt' row naming the file."""
@@ -131,8 +127,7 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
         config = _read_dict(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text()))
     except ValueError as e:
         return [_corrupt(name, None, run_dir / "config.yaml", e)], []
-    # a field missing from an older run's config counts as its default (as resume reads it)
-    fields = {**DEFAULTS, **flatten({k: v for k, v in config.items() if k != "seeds"})}
+    fields = flatten({k: v for k, v in config.items() if k != "seeds"})
     seeds = config.get("seeds")
     if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         failure = run_dir / "failure.json"  # a config too broken to name its members
