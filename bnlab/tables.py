@@ -277,7 +277,7 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     varying = [
         c
         for c in runs.columns
-        if "." in c and c != "data.root" and runs[c].astype(str).nunique() > 1
+        if "." in c and c != "data.root" and runs[c].astype(str).nunique(dropna=False) > 1
     ]
     config = list(dict.fromkeys([c for c in ALWAYS if c in runs] + varying))
     modes = [c for c in runs.columns if c.startswith(("test_acc_", "test_loss_"))]
