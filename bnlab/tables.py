@@ -69,7 +69,8 @@ import torch
 from . import experiments
 from .collect import read_tables
 from .norms import BATCH_STAT_NORMS
-from .records import atomic_path, member_dir, update_manifest
+from .config import RunConfig, to_dict
+from .records import atomic_path, flatten, member_dir, update_manifest
 
 TARGETS = (0.9, 0.95, 0.97)
 FIT_LOSS = 0.02  # matched fit: the first evaluation with training-subset loss <= this
@@ -87,6 +88,13 @@ RESULT_COLUMNS = [
     "test_loss",
     "train_loss",
 ]
+
+
+SCALAR_DEFAULTS = {  # settings with a non-null scalar default, by column name
+    k: v
+    for k, v in flatten(to_dict(RunConfig())).items()
+    if isinstance(v, bool | int | float | str) and k not in ("name", "data.root")
+}
 
 
 class MissingMeasure(ValueError):
@@ -273,11 +281,14 @@ def init_jacobian(h: pd.DataFrame, layer: str = "hidden") -> pd.DataFrame:
 
 
 def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
-    """One row per member of `runs`: varying settings, results and the measures above."""
+    """One row per member of `runs`: varying settings, results and the measures above. A
+    setting missing from an older member's config counts as its default (as resume reads it),
+    so a new setting varies against the members trained before it existed."""
+    runs = runs.fillna({c: v for c, v in SCALAR_DEFAULTS.items() if c in runs})
     varying = [
         c
         for c in runs.columns
-        if "." in c and c != "data.root" and runs[c].astype(str).nunique(dropna=False) > 1
+        if "." in c and c != "data.root" and runs[c].astype(str).nunique() > 1
     ]
     config = list(dict.fromkeys([c for c in ALWAYS if c in runs] + varying))
     modes = [c for c in runs.columns if c.startswith(("test_acc_", "test_loss_"))]
