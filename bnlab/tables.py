@@ -68,8 +68,8 @@ import torch
 
 from . import experiments
 from .collect import read_tables
-from .norms import BATCH_STAT_NORMS
 from .config import RunConfig, to_dict
+from .norms import BATCH_STAT_NORMS
 from .records import atomic_path, flatten, member_dir, update_manifest
 
 TARGETS = (0.9, 0.95, 0.97)
