@@ -3,7 +3,7 @@
 #               into results/demo/ (about a minute of training)
 #   make test   set up .venv with the dev extras and run the tests, notebooks included
 #               (about 15 minutes on 2 cores)
-#   make reproduce   every experiment, figure and the claims report (about 70 minutes, 2 cores)
+#   make reproduce   every experiment, figure and the claims report (about 95 minutes, 2 cores)
 # Data: MNIST is read from $BNLAB_DATA_ROOT when set, else from ../shared/data when that
 # holds it (offline), else `make demo` downloads it to ./data (tests never download).
 

@@ -376,6 +376,9 @@ def yang2019_depth(res: Results):
     with np.errstate(divide="ignore"):  # float32 underflow (deep sigmoid): left out, not -inf
         logs = np.log10(rows[["gain", "spread"]].where(rows[["gain", "spread"]] > 0))
     rows = rows.assign(log_gain=logs["gain"], log_spread=logs["spread"])
+    arm = rows["model.norm"].map({"none": "no BN", "batch": "BN"})
+    standardised = rows.get("data.standardize", pd.Series(False, index=rows.index)).eq(True)
+    rows = rows.assign(arm=arm.where(~standardised, arm + ", standardised pixels"))
     fig = plt.figure(figsize=(9, 7), layout="constrained")
     subs = fig.subfigures(2, 1)
     for sub, y, ylabel in (
@@ -390,9 +393,13 @@ def yang2019_depth(res: Results):
             logx=True,
             ylabel=ylabel,
             xlabel="hidden layers",
+            hue="arm",
             fig=sub,
         )
-    fig.suptitle("End-to-end Jacobian at initialisation, BN in training mode, by depth")
+    fig.suptitle(
+        "End-to-end Jacobian at initialisation by depth, BN in training mode\n"
+        "(C3's control at 2 hidden layers: per-pixel standardised inputs)"
+    )
     return fig
 
 

@@ -43,11 +43,14 @@ NORM_LABELS = {
     "noise": "noise, no BN",
     "layer": "layer norm",
 }
-# study_tuned's arms: no BN and BN in the norm colours, BN after the activation in teal
+# arms of a comparison (study_tuned, the depth study), the norms in their own colours
 ARM_COLORS = {
     "no BN": NORM_COLORS["none"],
     "BN before": NORM_COLORS["batch"],
     "BN after": "#17a589",
+    "BN": NORM_COLORS["batch"],
+    "no BN, standardised pixels": "#b3b3b3",  # C3's input-scale control
+    "BN, standardised pixels": "#9ecae1",
 }
 # seaborn's dash codes for solid, dashed, dotted, dash-dot (one per value of a style column)
 DASHES = ["", (4, 1.5), (1, 1), (3, 1.25, 1.5, 1.25)]
