@@ -1299,9 +1299,10 @@ def _arm_text(s: pd.Series) -> str:
 DIFFERENCES = """\
 ## Settings that differ from the originals, and why
 
-- **Seeds.** Every configuration runs 5 seeds (the 2017 study ran one). Within one sweep, BN
-  and no-BN members of a seed start from the same weights, so comparisons within a sweep's
-  table are paired by seed; comparisons across tables (C15, C17) use Welch's t-test.
+- **Seeds.** Every configuration runs 5 seeds (3 in study_tuned; the 2017 study ran one).
+  Within one sweep, BN and no-BN members of a seed start from the same weights, so
+  comparisons within a sweep's table are paired by seed; comparisons across tables (C15) use
+  Welch's t-test.
 - **Evaluation schedule.** Test accuracy every 1,000 steps (every 250 for the first 5,000)
   instead of every 50 steps, to keep evaluation a small share of the run time.
 - **BN at test time.** Curves use BN's running statistics (the correct inference mode); the

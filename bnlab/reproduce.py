@@ -40,7 +40,10 @@ TINY = [
     "model.population_batches=4",
     "probes.batch=64",
     "probes.jacobian_samples=8",
-    *(f"probes.{p}.every=8" for p in ("weights", "activations", "mismatch", "jacobian")),
+    *(
+        f"probes.{p}.every=8"
+        for p in ("weights", "activations", "ics_train", "scale", "mismatch", "jacobian")
+    ),
     *(f"probes.{p}.every=12" for p in ("ics_grad", "landscape")),
     "probes.grads.every=4",
 ]
