@@ -424,7 +424,7 @@ def c2(c, t, growth):
     statement="BN pushes layer-Jacobian singular values toward 1 (better isometry).",
     source="2017 study; Ioffe & Szegedy Sec. 3.3 (conjecture); Yang et al. 2019",
     experiment="mlds2017_fig4",
-    optional=["yang2019_depth"],
+    optional=["yang2019_depth", "study_lr"],
     figure="mlds2017_fig3",
     gain=1.25,
     spread=1.25,
@@ -438,7 +438,7 @@ def c2(c, t, growth):
     "(ratio, margin {spread:g}x). At initialisation, 32 hidden layers (yang2019_depth), BN in "
     "training mode: the end-to-end gain closer to 1 with BN (margin log {gain:g}).",
 )
-def c3(c, t, depth, gain, spread):
+def c3(c, t, depth, lrs, gain, spread):
     """Isometry is two things: a gain near 1 (mean s^2) and a small spread of the singular
     values around it. BN scales a layer by gamma/sigma_B, which moves the gain without
     making the values any more alike, so the two are compared apart. The 2017 study's
@@ -460,6 +460,15 @@ def c3(c, t, depth, gain, spread):
                 f"{act}, {layer}: fraction of s in [1/2, 2] (the study's measure) "
                 f"{f['batch'].mean():.3f} with BN, {f['none'].mean():.3f} without"
             )
+    if lrs is not None:  # BN's own gain, recorded on study_lr's runs
+        bn = require(lrs, "bn_log_gain_bn1_start", "bn_log_gain_bn1_final")
+        bn = bn[bn["model.norm"] == "batch"]
+        end = bn.groupby("optim.lr")["bn_log_gain_bn1_final"].mean()
+        c.notes.append(
+            "BN's own gain gamma/sigma_B at bn1 (geometric mean over units, study_lr, relu): "
+            f"{10 ** bn['bn_log_gain_bn1_start'].mean():.3g} at step 0 (raw pixels), after "
+            "5,000 steps " + ", ".join(f"{10**v:.3g} at lr {lr:g}" for lr, v in end.items())
+        )
     if depth is None:
         c.notes.append("yang2019_depth not run")
         return out
