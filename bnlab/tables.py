@@ -183,18 +183,17 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
             )
 
 
-def _mean_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str, upto=None):
+def _mean_over_probes(
+    h: pd.DataFrame, metric: str, layer: str, split: str, upto=None, absolute: bool = False
+):
+    """Per member, the mean of `metric` (of |metric| with absolute) over probes after step 0
+    (up to step `upto`)."""
     rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
     rows = rows[rows["step"] > 0]
     if upto is not None:
         rows = rows[rows["step"] <= upto]
-    return rows.groupby(["run", "seed"])["value"].mean()
-
-
-def _mean_abs_over_probes(h: pd.DataFrame, metric: str, layer: str, split: str = "train"):
-    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
-    rows = rows[rows["step"] > 0]
-    return rows["value"].abs().groupby([rows["run"], rows["seed"]]).mean()
+    values = rows["value"].abs() if absolute else rows["value"]
+    return values.groupby([rows["run"], rows["seed"]]).mean()
 
 
 def _at(h: pd.DataFrame, metric: str, layer: str, split: str, last: bool):
@@ -362,9 +361,10 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     for layer in ("fc1", "fc2"):  # scale invariance of the weights feeding BN
         cols[f"scale_ratio_{layer}"] = _at(h, "scale_ratio", layer, "train", last=True)
         cols[f"scale_growth_rel_{layer}"] = _at(h, "scale_w2_growth_rel", layer, "train", True)
-        cols[f"grad_w_cos_abs_{layer}"] = _mean_abs_over_probes(h, "grad_w_cos", layer)
+        cos = _mean_over_probes(h, "grad_w_cos", layer, "train", absolute=True)
+        cols[f"grad_w_cos_abs_{layer}"] = cos
         unit = "grad_w_cos_unit_abs"  # already |.| per unit, averaged over units
-        cols[f"{unit}_{layer}"] = _mean_abs_over_probes(h, unit, layer)
+        cols[f"{unit}_{layer}"] = _mean_over_probes(h, unit, layer, "train")
     for layer in ("bn1", "bn2"):
         for suffix, last in (("start", False), ("final", True)):
             cols[f"bn_log_gain_{layer}_{suffix}"] = _at(h, "bn_log_gain", layer, "train", last)
