@@ -19,6 +19,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from .layers import ACTIVATIONS
 from .norms import BATCH_STAT_NORMS, NORMS, BatchRenorm
+from .schedules import SCHEDULES
+from .shift import SHIFTS
 
 PLACEMENTS = ("before", "after")
 DROPOUT_AT = ("after_act", "before_bn", "final")
@@ -129,6 +131,8 @@ class ModelConfig:
     bn_eps: float = 1e-3  # the study's (TensorFlow) value; PyTorch's default is 1e-5
     bn_momentum: float | None = 0.1  # running-stat EMA rate (PyTorch); null = cumulative mean
     bn_eval: str = "running"  # BN at evaluation: running | population | batch (its own)
+    bn_group: int = 0  # ghost BN: training statistics over groups of this many examples; 0 = batch
+    invariant_init_scale: float = 1.0  # multiplies the initial weights feeding a batch-stat norm
     population_batches: int = 200  # training batches for population statistics (Alg. 2)
     population_lower: str = "batch"  # lower layers in batch | inference mode meanwhile
     renorm: RenormConfig = field(default_factory=RenormConfig)
@@ -143,6 +147,10 @@ class OptimConfig:
     lr: float = 1e-4  # learning rate (the 2017 study: 1e-4 on the summed loss)
     momentum: float = 0.0  # sgd
     weight_decay: float = 0.0  # L2 coefficient added to the gradient (torch.optim's)
+    schedule: str = "constant"  # lr schedule: constant | step | cosine (bnlab.optim.SCHEDULES)
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: run fractions
+    gamma: float = 0.1  # step: the lr is multiplied by this at each milestone
+    invariant_lr_scale: float = 1.0  # multiplies the lr of the weights feeding a batch-stat norm
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
     eps: float = 1e-8  # adam
 
@@ -165,6 +173,7 @@ class TrainConfig:
     final_eval: list[str] = field(default_factory=list)  # extra BN eval modes at the end
     reorder: int = 0  # at the end: BN running stats redone in N shuffled batch orders (0 = off)
     reorder_batches: int = 1000  # each member's last N training batches, for train.reorder
+    shifts: list[str] = field(default_factory=list)  # at the end: shifted test sets, KIND:STRENGTH
     resume: bool = True  # skip members whose summary says finished or diverged
     save_model: bool = True  # write each member's final parameters and buffers (model.pt)
 
@@ -371,6 +380,52 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError(f"model.bn_momentum={m.bn_momentum!r} must be in (0, 1] or null")
     if o.weight_decay < 0 or o.momentum < 0:
         raise ConfigError("optim.weight_decay and optim.momentum must be >= 0")
+    _choice("optim.schedule", o.schedule, list(SCHEDULES))
+    if not all(0 < f < 1 for f in o.milestones) or not 0 < o.gamma <= 1:
+        raise ConfigError(
+            f"optim.milestones={list(o.milestones)} must be fractions of the run in (0, 1) and "
+            f"optim.gamma={o.gamma} in (0, 1], e.g. milestones=[0.5,0.75] gamma=0.1"
+        )
+    _positive("model.invariant_init_scale", m.invariant_init_scale)
+    _positive("optim.invariant_lr_scale", o.invariant_lr_scale)
+    invariant = m.norm in BATCH_STAT_NORMS and m.placement == "before" and not m.bias_before_norm
+    if (m.invariant_init_scale != 1 or o.invariant_lr_scale != 1) and not invariant:
+        raise ConfigError(
+            "model.invariant_init_scale and optim.invariant_lr_scale act on the weights that "
+            f"feed a batch-statistics norm; model.norm={m.norm} placement={m.placement} "
+            f"bias_before_norm={m.bias_before_norm} has none: use model.norm=batch, "
+            "placement=before, bias_before_norm=false"
+        )
+    if m.bn_group:
+        if m.norm not in ("batch", "batch_scratch"):
+            raise ConfigError(
+                f"model.bn_group={m.bn_group} (ghost BN) needs model.norm=batch or batch_scratch;"
+                f" got model.norm={m.norm}"
+            )
+        if t.reorder:
+            raise ConfigError(
+                f"train.reorder={t.reorder} recomputes whole-batch statistics; it does not "
+                f"support model.bn_group={m.bn_group} (ghost BN): set one of them to 0"
+            )
+        if m.bn_group < 2 or d.batch_size % m.bn_group:
+            raise ConfigError(
+                f"model.bn_group={m.bn_group} must be >= 2 and divide data.batch_size="
+                f"{d.batch_size}, e.g. model.bn_group=16 with data.batch_size=64 (0 = off)"
+            )
+    for entry in t.shifts:
+        kind, _, strength = entry.partition(":")
+        _choice("train.shifts entry kind", kind, list(SHIFTS))
+        try:
+            float(strength)
+        except ValueError:
+            raise ConfigError(
+                f"train.shifts entry {entry!r} needs KIND:STRENGTH, e.g. rotation:30"
+            ) from None
+    if t.shifts and d.standardize:
+        raise ConfigError(
+            f"train.shifts={list(t.shifts)} shifts pixels in [0, 1]: it needs "
+            "data.standardize=false"
+        )
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
         raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
     if d.train_classes is not None and (

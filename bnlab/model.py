@@ -18,7 +18,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .layers import Activation, Dropout, Linear, generator
-from .norms import BATCH_STAT_NORMS, make_norm
+from .norms import BATCH_STAT_NORMS, BatchStatNorm, make_norm
 
 IN_FEATURES, CLASSES = 784, 10
 
@@ -96,6 +96,18 @@ class MLP(nn.Module):
                 dy = layer.backward(dy)
 
 
+def scale_invariant_linears(model: MLP) -> list[tuple[str, Linear]]:
+    """The linear layers without bias whose output goes straight into a batch-statistics norm:
+    each unit's incoming weights are scale-invariant (the loss does not change when they are
+    multiplied by a positive number, up to the norm's eps)."""
+    layers = [getattr(model, name) for name in model.order]
+    return [
+        (name, layer)
+        for name, layer, following in zip(model.order, layers, layers[1:])
+        if isinstance(layer, Linear) and layer.bias is None and isinstance(following, BatchStatNorm)
+    ]
+
+
 def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
     """Draw member k's initial parameters from `seed` alone.
 
@@ -103,6 +115,9 @@ def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
     not depend on the norm setting or on which biases exist (paired BN/no-BN comparisons).
     study: truncated normal cut at 2 sd, sd = sqrt(2/fan_in) (the 2017 study); normal: sd
     init_std; torch: PyTorch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    model.invariant_init_scale multiplies the weights feeding a batch-statistics norm, and the
+    norm's initial running variance by its square: the same network, in training and in
+    evaluation, as without it (with optim.invariant_lr_scale and bn_eps scaled to match).
     """
     g = generator(seed, "init")
     with torch.no_grad():
@@ -117,6 +132,11 @@ def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
             else:
                 w.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
             lin.weight[k] = (w * cfg.init_scale).T  # drawn (in, out): same values as before
+        scale = cfg.invariant_init_scale
+        for name, lin in scale_invariant_linears(model):
+            lin.weight[k] *= scale
+            norm = getattr(model, model.order[model.order.index(name) + 1])
+            norm.running_var[k] *= scale * scale
         for lin in model.linears():
             fan_out, fan_in = lin.weight.shape[1:]
             b = torch.full((fan_out,), cfg.bias_init)

@@ -14,7 +14,8 @@ Batch-statistics norms evaluate with `eval_stats`: 'running' (EMA, or cumulative
 momentum is None; PyTorch's convention: biased batch variance to normalise in training, the
 unbiased one in the running estimate), 'population' (Algorithm 2, recomputed after training
 by population_statistics), or 'batch' (the evaluated batch's own statistics, what the 2017
-study did at test time).
+study did at test time). `model.bn_group` = g (batch, batch_scratch) makes training ghost BN
+(Hoffer et al. 2017): statistics over consecutive groups of g examples (ghost_split).
 """
 
 from __future__ import annotations
@@ -35,15 +36,40 @@ def _col(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1)
 
 
+def ghost_split(x: torch.Tensor, group: int) -> tuple[torch.Tensor, ...]:
+    """Views of x (K, B, C) cut into ghost batches of `group` consecutive examples, as blocks
+    (K, m, G, C) that a batch norm normalises over dim 1 in one call each. When group divides
+    B: one block, m = group, G = B/group (group i is [:, :, i]). Otherwise (a probe's
+    training-mode pass on an odd batch; config makes training batches multiples): the
+    max(1, B // group) near-equal consecutive slices of torch.tensor_split, G = 1 each."""
+    k, b, c = x.shape
+    if b % group:
+        return tuple(s.unsqueeze(2) for s in x.tensor_split(max(1, b // group), dim=1))
+    return (x.view(k, b // group, group, c).transpose(1, 2),)
+
+
+def ghost_join(blocks: tuple[torch.Tensor, ...], shape: torch.Size, group: int) -> torch.Tensor:
+    """ghost_split's inverse: the blocks back to one (K, B, C) tensor."""
+    if shape[1] % group:
+        return torch.cat(blocks, 1).view(shape)
+    return blocks[0].transpose(1, 2).reshape(shape)
+
+
+def ghost_params(p: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    """gamma or beta (K, C) shared by a ghost block's G groups: a (K, G, C) view."""
+    return p.unsqueeze(1).expand(-1, block.shape[2], -1)
+
+
 class BatchStatNorm(Layer):
     """What the batch-statistics norms share: gamma, beta, running and population statistics,
-    and evaluation. Subclasses implement train_forward and backward."""
+    and evaluation. Subclasses implement train_forward and backward (and block_forward,
+    block_backward for ghost BN, `group` > 0)."""
 
     state = ("batches_seen",)
 
     @classmethod
     def build(cls, cfg: ModelConfig, members: int, width: int) -> BatchStatNorm:
-        return cls(members, width, cfg.bn_eps, cfg.bn_momentum, cfg.bn_eval)
+        return cls(members, width, cfg.bn_eps, cfg.bn_momentum, cfg.bn_eval, cfg.bn_group)
 
     def __init__(
         self,
@@ -52,9 +78,11 @@ class BatchStatNorm(Layer):
         eps: float,
         momentum: float | None,
         eval_stats: str = "running",
+        group: int = 0,
     ):
         super().__init__()
         self.eps, self.momentum, self.eval_stats = eps, momentum, eval_stats
+        self.group = group  # ghost batch size in training (Hoffer et al. 2017); 0 = whole batch
         self.weight = nn.Parameter(torch.ones(members, width))  # gamma
         self.bias = nn.Parameter(torch.zeros(members, width))  # beta
         self.register_buffer("running_mean", torch.zeros(members, width))
@@ -67,6 +95,13 @@ class BatchStatNorm(Layer):
         """Weight of the new batch in the running estimate (counts the batch)."""
         self.batches_seen += 1
         return self.momentum or 1.0 / self.batches_seen
+
+    def track(self, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Move the running statistics towards one step's mean and unbiased variance (K, C)."""
+        rate = self.rate()
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, rate)
+            self.running_var.lerp_(var, rate)
 
     def running_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, std) used at inference with eval_stats='running', each (K, C)."""
@@ -86,33 +121,80 @@ class BatchStatNorm(Layer):
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def block_forward(self, x, weight, bias):
+        """Training-mode BN over dim 1 of x (K, m, *units) with weight, bias (K, *units), the
+        buffers untouched: (y, what block_backward needs, mean, unbiased variance (K, *units))."""
+        raise NotImplementedError
+
+    def block_backward(self, dy, saved, weight):
+        """block_forward's backward: (dL/dx, dL/dweight, dL/dbias)."""
+        raise NotImplementedError
+
+    def ghost_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Ghost BN (Hoffer et al. 2017): each ghost batch (ghost_split) normalised with its own
+        mean and biased variance, gamma and beta shared by all groups. The running statistics
+        move once per step (one rate(), the momentum of the ungrouped layer, so the same EMA
+        time scale) towards the mean over groups of the group means and of the groups'
+        unbiased variances: both estimate the population moments."""
+        blocks = ghost_split(x, self.group)
+        weight, bias = (ghost_params(p, blocks[0]) for p in (self.weight, self.bias))
+        y, self.saved["ghost"], mean, var = zip(
+            *(self.block_forward(b, weight, bias) for b in blocks)
+        )
+        self.track(torch.cat(mean, 1).mean(1), torch.cat(var, 1).mean(1))
+        return ghost_join(y, x.shape, self.group)
+
+    def ghost_backward(self, dy: torch.Tensor) -> torch.Tensor:
+        """ghost_forward's backward: block_backward per block, gamma's and beta's gradients
+        summed over the groups."""
+        blocks = ghost_split(dy, self.group)
+        weight = ghost_params(self.weight, blocks[0])
+        dx, dw, db = zip(
+            *(self.block_backward(d, s, weight) for d, s in zip(blocks, self.saved["ghost"]))
+        )
+        self.weight.grad, self.bias.grad = torch.cat(dw, 1).sum(1), torch.cat(db, 1).sum(1)
+        return ghost_join(dx, dy.shape, self.group)
+
 
 class BatchNorm(BatchStatNorm):
     """PyTorch's batch-norm kernels, one set of statistics per member."""
 
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, b, c = x.shape
-        flat = x.transpose(0, 1).reshape(b, k * c)  # member k's unit j is channel k*c + j
+        if self.group:
+            return self.ghost_forward(x)
+        y, self.saved["kernel"] = self.kernel(
+            x, self.weight, self.bias, self.running_mean, self.running_var, self.rate()
+        )
+        return y.contiguous()  # bmm is slow on other layouts
+
+    def kernel(self, x, weight, bias, running_mean, running_var, rate):
+        """native_batch_norm over dim 1 of x (K, B, *units), weight and bias (K, *units),
+        moving the running buffers (K, *units) by `rate`: y and what block_backward needs."""
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)  # channels: member-major
         y, mean, invstd = torch.native_batch_norm(
             flat,
-            self.weight.view(-1),
-            self.bias.view(-1),
-            self.running_mean.view(-1),
-            self.running_var.view(-1),
+            weight.reshape(-1),
+            bias.reshape(-1),
+            running_mean.view(-1),
+            running_var.view(-1),
             True,
-            self.rate(),
+            rate,
             self.eps,
         )
-        self.saved["flat"], self.saved["mean"], self.saved["invstd"] = flat, mean, invstd
-        return y.view(b, k, c).transpose(0, 1).contiguous()  # bmm is slow on other layouts
+        return y.view(x.transpose(0, 1).shape).transpose(0, 1), (flat, mean, invstd)
 
-    def backward(self, dy: torch.Tensor) -> torch.Tensor:
-        flat, mean, invstd = self.saved["flat"], self.saved["mean"], self.saved["invstd"]
-        k, b, c = dy.shape
+    def block_forward(self, x, weight, bias):
+        """kernel with fresh buffers at rate 1: they catch the block's mean, unbiased var."""
+        mean, var = x.new_zeros(weight.shape), x.new_zeros(weight.shape)
+        y, saved = self.kernel(x, weight, bias, mean, var, 1.0)
+        return y, saved, mean, var
+
+    def block_backward(self, dy, saved, weight):
+        flat, mean, invstd = saved
         dx, dw, db = aten.native_batch_norm_backward(
-            dy.transpose(0, 1).reshape(b, k * c),
+            dy.transpose(0, 1).reshape(flat.shape),
             flat,
-            self.weight.view(-1),
+            weight.reshape(-1),
             None,
             None,
             mean,
@@ -121,12 +203,21 @@ class BatchNorm(BatchStatNorm):
             self.eps,
             [True, True, True],
         )
-        self.weight.grad, self.bias.grad = dw.view(k, c), db.view(k, c)
-        return dx.view(b, k, c).transpose(0, 1).contiguous()
+        shape = weight.shape
+        return dx.view(dy.transpose(0, 1).shape).transpose(0, 1), dw.view(shape), db.view(shape)
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        if self.group:
+            return self.ghost_backward(dy)
+        dx, self.weight.grad, self.bias.grad = self.block_backward(
+            dy, self.saved["kernel"], self.weight
+        )
+        return dx.contiguous()
 
 
 def bn_forward(x, gamma, beta, eps):
-    """Ioffe & Szegedy 2015, Algorithm 1, over the batch axis (dim 1) of x (K, B, C).
+    """Ioffe & Szegedy 2015, Algorithm 1, over the batch axis (dim 1) of x (K, B, C)
+    (or of a ghost block (K, m, G, C), gamma and beta then (K, G, C)).
 
     Returns y and the cache the backward needs (x, mu_B, var_B, xhat).
     """
@@ -176,19 +267,28 @@ class ScratchBatchNorm(BatchStatNorm):
     """BN from the paper's formulas (bn_forward, bn_backward): the reference implementation."""
 
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():  # autograd callers get the printed backward through it
-            y = BatchNormFunction.apply(x, self.weight, self.bias, self.eps)
-            mu, var = x.detach().mean(1, keepdim=True), x.detach().var(1, False, keepdim=True)
-        else:
-            y, self.saved["cache"] = bn_forward(x, self.weight, self.bias, self.eps)
-            _, mu, var, _ = self.saved["cache"]
-        m, rate = x.shape[1], self.rate()
-        with torch.no_grad():  # running statistics, PyTorch's convention (unbiased variance)
-            self.running_mean.lerp_(mu[:, 0], rate)
-            self.running_var.lerp_(var[:, 0] * m / (m - 1), rate)
+        if self.group:
+            return self.ghost_forward(x)
+        y, self.saved["cache"], mean, var = self.block_forward(x, self.weight, self.bias)
+        self.track(mean, var)
         return y
 
+    def block_forward(self, x, weight, bias):
+        if torch.is_grad_enabled():  # autograd callers get the printed backward through it
+            y, cache = BatchNormFunction.apply(x, weight, bias, self.eps), None
+            mu, var = x.detach().mean(1, keepdim=True), x.detach().var(1, False, keepdim=True)
+        else:
+            y, cache = bn_forward(x, weight, bias, self.eps)
+            _, mu, var, _ = cache
+        m = x.shape[1]  # running statistics, PyTorch's convention (unbiased variance)
+        return y, cache, mu[:, 0], var[:, 0] * m / (m - 1)
+
+    def block_backward(self, dy, saved, weight):
+        return bn_backward(dy, saved, weight, self.eps)
+
     def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        if self.group:
+            return self.ghost_backward(dy)
         dx, self.weight.grad, self.bias.grad = bn_backward(
             dy, self.saved["cache"], self.weight, self.eps
         )

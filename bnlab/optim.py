@@ -1,5 +1,7 @@
 """Optimisers and the training step: plain SGD with the update fused into the gradient
-product, torch.optim's SGD (momentum, weight decay) and Adam, all per member."""
+product, torch.optim's SGD (momentum, weight decay) and Adam, all per member; the learning
+rate of every step (optim.schedule, bnlab.schedules) and of the weights feeding BN
+(optim.invariant_lr_scale)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 
 from .config import OptimConfig
 from .loss import loss_and_grad
-from .model import MLP
+from .model import MLP, scale_invariant_linears
 
 
 class SGD:
@@ -21,39 +23,57 @@ class SGD:
     (bnlab bench times whole steps). Rounds differently from gradient-then-update in
     the last bit."""
 
-    def __init__(self, model: MLP, lr: float):
-        self.lr, self.linears = lr, model.linears()
+    def __init__(self, model: MLP, lr: float, invariant_scale: float = 1.0):
+        self.linears = model.linears()
+        invariant = {id(lin) for _, lin in scale_invariant_linears(model)}
+        self.scales = [invariant_scale if id(lin) in invariant else 1.0 for lin in self.linears]
         fused = {id(lin.weight) for lin in self.linears}
         self.others = [p for p in model.parameters() if id(p) not in fused]
         self.state: dict = {}  # no optimiser state (run() zeroes a diverged member's state)
+        self.param_groups = [{"lr": lr, "scale": 1.0}]  # set_lr's interface, as torch.optim's
 
     @torch.no_grad()
     def step(self) -> None:
         """Call after MLP.backward."""
-        for lin in self.linears:
-            lin.sgd_step(self.lr)
-        torch._foreach_add_(self.others, [p.grad for p in self.others], alpha=-self.lr)
+        lr = self.param_groups[0]["lr"]
+        for lin, scale in zip(self.linears, self.scales):
+            lin.sgd_step(lr * scale)
+        torch._foreach_add_(self.others, [p.grad for p in self.others], alpha=-lr)
 
 
 def make_optimizer(cfg: OptimConfig, model: MLP) -> SGD | torch.optim.Optimizer:
     """bnlab's SGD for plain SGD; torch.optim's SGD (multi-tensor) with momentum or weight
     decay; torch.optim's Adam (fused kernel: ~4x faster than multi-tensor on CPU). All update
-    elementwise (or per member), so each ensemble member is updated exactly as if alone."""
+    elementwise (or per member), so each ensemble member is updated exactly as if alone. The
+    weights feeding a batch-statistics norm get lr * optim.invariant_lr_scale (a second
+    parameter group; every group keeps its multiplier under 'scale' for set_lr)."""
     if cfg.name == "sgd" and cfg.momentum == 0 and cfg.weight_decay == 0:
-        return SGD(model, cfg.lr)
+        return SGD(model, cfg.lr, cfg.invariant_lr_scale)
+    invariant = {id(lin.weight) for _, lin in scale_invariant_linears(model)}
     params = list(model.parameters())
+    groups = [
+        {"params": [p for p in params if id(p) not in invariant], "scale": 1.0},
+        {"params": [p for p in params if id(p) in invariant], "scale": cfg.invariant_lr_scale},
+    ]
+    groups = [{**g, "lr": cfg.lr * g["scale"]} for g in groups if g["params"]]
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True
         )
     return torch.optim.Adam(
-        params,
+        groups,
         lr=cfg.lr,
         betas=tuple(cfg.betas),
         eps=cfg.eps,
         weight_decay=cfg.weight_decay,
         fused=True,
     )
+
+
+def set_lr(opt: SGD | torch.optim.Optimizer, lr: float) -> None:
+    """Set the base learning rate of every parameter group (times the group's 'scale')."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group["scale"]
 
 
 @torch.no_grad()

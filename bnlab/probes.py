@@ -25,7 +25,18 @@ from . import records
 from .config import PROBES
 from .layers import Activation, Dropout, Layer, Linear
 from .loss import loss_and_grad, member_losses
-from .norms import BatchStatNorm, LayerNorm, Noise, ScratchBatchNorm, bn_forward
+from .model import scale_invariant_linears
+from .norms import (
+    BatchStatNorm,
+    LayerNorm,
+    Noise,
+    ScratchBatchNorm,
+    bn_forward,
+    ghost_join,
+    ghost_params,
+    ghost_split,
+)
+from .schedules import lr_factor
 
 JAC_BINS = torch.tensor(records.JAC_BINS)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
@@ -67,19 +78,6 @@ def linears(model) -> list[tuple[str, Linear]]:
 
 def norms(model, kind=BatchStatNorm) -> list[tuple[str, object]]:
     return [(n, getattr(model, n)) for n in model.order if isinstance(getattr(model, n), kind)]
-
-
-def scale_invariant_linears(model) -> list[tuple[str, Linear]]:
-    """The linear layers without bias whose output goes straight into a batch-statistics norm:
-    each unit's incoming weights are scale-invariant (the loss does not change when they are
-    multiplied by a positive number, up to the norm's eps)."""
-    out = []
-    for name, lin in linears(model):
-        if lin.bias is not None or name == model.order[-1]:
-            continue
-        if isinstance(getattr(model, model.order[model.order.index(name) + 1]), BatchStatNorm):
-            out.append((name, lin))
-    return out
 
 
 # --------------------------------------------------------------------------- 1. weights
@@ -133,12 +131,13 @@ def update_stats(model, old: dict, lr: float) -> list:
 
 # --------------------------------------------------------------------------- 2. gradients
 @torch.no_grad()
-def grad_stats(model) -> list:
+def grad_stats(model, reduction: str = "sum") -> list:
     """Gradients of the step just taken (current training batch, the run's loss reduction):
     per linear layer mean |dL/dW| (the study's Fig. 2 quantity), Frobenius norm and
     ||grad W||/||W||; per norm layer the backprop signal ||dL/dxhat|| = ||dL/dy * gamma||
-    over the batch (y = gamma * xhat + beta)."""
-    out = []
+    over the batch (y = gamma * xhat + beta); per hidden layer the activation-space gradient
+    (activation_grads)."""
+    out = activation_grads(model, reduction)
     for name, lin in linears(model):
         g, w = lin.weight.grad, lin.weight
         fro = g.flatten(1).norm(dim=1)
@@ -152,6 +151,26 @@ def grad_stats(model) -> list:
         if dy is not None:
             dxhat = dy * layer.weight.unsqueeze(1)
             out.append(("train", "grad_xhat_norm", name, dxhat.flatten(1).norm(dim=1)))
+    return out
+
+
+@torch.no_grad()
+def activation_grads(model, reduction: str) -> list:
+    """Activation-space gradients of the step just taken: for every hidden layer l, the
+    pre-activation z_l (the activation's input: the linear output, or BN's output when BN
+    comes before the activation) and grad_z = the mean over the batch of ||d(sum_j L_j)/dz_il||,
+    the gradient of the batch's summed loss with respect to example i's z_l (the backward's
+    dL/dz times the batch size when the run's loss is the batch mean; without BN below the
+    loss, example i's own loss gradient). Its ratio between the first and the last hidden
+    layer (tables) is what "vanishing gradients" is about. Read from the backward pass that
+    the step already made (MLP.backward keeps every layer's output gradient)."""
+    out = []
+    for i, name in enumerate(model.order):
+        if isinstance(getattr(model, name), Activation) and i > 0:
+            dz = getattr(model, model.order[i - 1]).saved.get("dy")  # dL/d(activation input)
+            if dz is not None:
+                scale = dz.shape[1] if reduction == "mean" else 1.0
+                out.append(("train", "grad_z", name, dz.norm(dim=2).mean(1) * scale))
     return out
 
 
@@ -626,7 +645,12 @@ def _twice_differentiable(model) -> Iterator[None]:
 
 
 def _scratch_forward(layer: ScratchBatchNorm, x: torch.Tensor) -> torch.Tensor:
-    return bn_forward(x, layer.weight, layer.bias, layer.eps)[0]
+    if not layer.group:
+        return bn_forward(x, layer.weight, layer.bias, layer.eps)[0]
+    blocks = ghost_split(x, layer.group)  # ghost BN: each group with its own statistics
+    params = [ghost_params(p, blocks[0]) for p in (layer.weight, layer.bias)]
+    out = tuple(bn_forward(block, *params, layer.eps)[0] for block in blocks)
+    return ghost_join(out, x.shape, layer.group)
 
 
 def _member_norm(tensors) -> torch.Tensor:
@@ -870,14 +894,16 @@ class ScaleTracker:
     ||W_t||^2 - ||W_0||^2 (any optimiser); scale_w2_growth_rel, that over ||W_0||^2;
     scale_step2_sum, sum_{s<=t} lr^2 ||g_s||^2; scale_ratio, the growth over that sum: 1 under
     exact scale invariance, 1 - 2 lr R / sum otherwise. The last two are NaN unless the
-    optimiser is plain SGD (optim.name=sgd, momentum 0, weight_decay 0): with momentum the step
-    is not -lr g_t, and weight decay shrinks W by a term of its own. A member that diverges is
-    no longer logged (MemberLog), so its rows end there."""
+    optimiser is plain SGD at a constant lr (optim.name=sgd, momentum 0, weight_decay 0,
+    schedule constant; lr here is the layer's, optim.lr * optim.invariant_lr_scale): with
+    momentum the step is not -lr g_t, and weight decay shrinks W by a term of its own. A member
+    that diverges is no longer logged (MemberLog), so its rows end there."""
 
     def __init__(self, cfg, model):
         o = cfg.optim
-        self.lr, self.layers = o.lr, scale_invariant_linears(model)
+        self.lr, self.layers = o.lr * o.invariant_lr_scale, scale_invariant_linears(model)
         self.plain = o.name == "sgd" and o.momentum == 0 and o.weight_decay == 0
+        self.plain = self.plain and o.schedule == "constant"
         self.w0 = {name: _sq_norm(lin.weight) for name, lin in self.layers}
         self.radial = {name: torch.zeros_like(w) for name, w in self.w0.items()}  # R, (K,)
         # train_step records the layers' outputs into it; None: nothing to accumulate
@@ -952,6 +978,11 @@ class Prober:
         self.train_initial: dict | None = None
         self.realised = cfg.optim.name == "adam" or cfg.optim.momentum > 0
         self.scale = ScaleTracker(cfg, model) if self.p.scale.every > 0 else None
+        self.total = cfg.train.steps  # steps() sets the run's real length
+
+    def lr(self, step: int) -> float:
+        """The base learning rate step `step` used (optim.lr under optim.schedule)."""
+        return self.cfg.optim.lr * lr_factor(self.cfg.optim, step, self.total)
 
     @property
     def record(self) -> dict | None:
@@ -965,6 +996,7 @@ class Prober:
 
     def steps(self, steps: int) -> set[int]:
         """The training steps 1..steps at which some probe fires (the loop skips the rest)."""
+        self.total = steps
         out: set[int] = set()
         for name in PROBES:
             every = getattr(self.p, name).every
@@ -991,12 +1023,15 @@ class Prober:
         params, state = before
         out = []
         if self.due("grads", step):
-            out += grad_stats(self.model) + grad_weight_cosine(self.model, params)
+            out += grad_stats(self.model, self.cfg.train.loss)
+            out += grad_weight_cosine(self.model, params)
         if self.due("weights", step):
-            out += update_stats(self.model, params, self.cfg.optim.lr)
+            out += update_stats(
+                self.model, params, self.lr(step) * self.cfg.optim.invariant_lr_scale
+            )
         if any(self.due(n, step) for n in ("ics_grad", "landscape", "curvature")):
             ctx = StepContext(self.model, x, y, self.cfg.train.loss, params, state)
-            lr, steps = self.cfg.optim.lr, list(self.p.landscape_steps)
+            lr, steps = self.lr(step), list(self.p.landscape_steps)
             if self.due("ics_grad", step):
                 out += ics_gradient(ctx)
             if self.due("landscape", step):

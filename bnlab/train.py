@@ -23,7 +23,7 @@ from .data import Batches, Data, load_data
 from .evaluation import Evaluator, eval_steps
 from .members import MemberLog
 from .model import CLASSES, IN_FEATURES, MLP, build_model
-from .optim import freeze_member, make_optimizer, train_step
+from .optim import freeze_member, make_optimizer, set_lr, train_step
 from .probes import Prober
 from .records import (
     DONE_STATUSES,
@@ -38,6 +38,8 @@ from .records import (
     write_json,
 )
 from .reorder import reorder_rows
+from .schedules import lr_factor
+from .shift import shift_rows
 
 
 def total_steps(cfg, n_train: int) -> int:
@@ -213,6 +215,8 @@ def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: Member
         log.write(step, prober.state_rows(step))
         for step in range(1, steps + 1):
             x, y = batches.next()  # (K, B, 784), (K, B)
+            if cfg.optim.schedule != "constant":
+                set_lr(opt, cfg.optim.lr * lr_factor(cfg.optim, step, steps))
             before = prober.before_step(step) if step in probed else None
             losses = train_step(
                 model, opt, x, y, log.mask, cfg.train.loss, before is not None, prober.record
@@ -231,6 +235,8 @@ def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: Member
         final = evaluator.final_rows()
         if cfg.train.reorder and log.training():  # after the last step: training unchanged
             final += reorder_rows(cfg, model, data, seeds, step)
+        if cfg.train.shifts and log.training():
+            final += shift_rows(cfg, model, data)
         log.final(step, final)
     finally:
         bar.close()
