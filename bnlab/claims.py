@@ -1,6 +1,6 @@
 """The claims report: `bnlab claims` reads RESULTS/tables/*.csv (bnlab.tables) and writes
-RESULTS/CLAIMS.md, one section per claim C1-C19 (the claims made by the 2017 study, the BN
-explainers and the papers they cite).
+RESULTS/CLAIMS.md, one section per claim: C1-C19, the claims made by the 2017 study, the BN
+explainers and the papers they cite; C20-C26, mechanisms studied since (the extra studies).
 
 The claims are a ledger: one function per claim, registered in order by the @claim decorator,
 which carries what is claimed, its source, the experiments whose tables it reads, its figure
@@ -38,6 +38,7 @@ from .verdicts import TESTS, Comparison, Result, combine, judge
 ACC_MARGIN = 0.005  # the smallest accuracy difference that matters: half a percentage point
 ACTS = ["relu", "lrelu", "sigmoid", "softplus", "tanh"]
 RELU_SIGMOID = ["relu", "sigmoid"]
+SHIFT_MODES = ("running", "adapted", "batch")  # bnlab.shift's evaluation modes
 NORMS2 = ("none", "batch")
 
 
@@ -204,7 +205,7 @@ def diverged_rule(table: pd.DataFrame) -> pd.DataFrame:
     diverged member did not train: its accuracies count as 0 and its other measures are
     missing (its last good evaluation before divergence is not a result)."""
     t = table.replace([np.inf, -np.inf], np.nan)
-    settings = ("seed", "data.", "model.", "optim.", "train.", "probes.")
+    settings = ("seed", "data.", "model.", "optim.", "train.", "probes.", "depth")
     results = [c for c in t.select_dtypes("number").columns if not c.startswith(settings)]
     div = t["status"] == "diverged"
     t.loc[div, results] = np.nan
@@ -281,14 +282,14 @@ def _bn(norm: str) -> str:
 ARM_KEYS = ["model.activation", "model.norm", "model.placement"]
 
 
-def at_best_lr(t: pd.DataFrame) -> pd.DataFrame:
-    """The members of each arm (activation x norm x placement) at the arm's own best learning
-    rate: the lr whose members have the highest mean accuracy on the held-out training images
-    at the end of the run (valid_acc; diverged members count as 0). The test set plays no part
-    in the choice. Adds acc0 (final test accuracy, diverged = 0)."""
-    t = with_acc0(require(t, "valid_acc", "optim.lr"))
+def at_best_lr(t: pd.DataFrame, extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The members of each arm (activation x norm x placement, and the `extra` columns) at the
+    arm's own best learning rate: the lr whose members have the highest mean accuracy on the
+    held-out training images at the end of the run (valid_acc; diverged members count as 0).
+    The test set plays no part in the choice. Adds acc0 (final test accuracy, diverged = 0)."""
+    t = with_acc0(require(t, "valid_acc", "optim.lr", *extra))
     t = t.assign(valid0=t["valid_acc"].where(t["status"] == "finished", 0.0))
-    keys = [k for k in ARM_KEYS if k in t]
+    keys = [k for k in [*ARM_KEYS, *extra] if k in t]
     mean = t.groupby([*keys, "optim.lr"], dropna=False)["valid0"].transform("mean")
     top = mean == mean.groupby([t[k] for k in keys], dropna=False).transform("max")
     lr = t["optim.lr"].where(top)  # the best lr (the lowest of tied ones), per arm
@@ -300,6 +301,8 @@ def at_best_lr(t: pd.DataFrame) -> pd.DataFrame:
 
 def _best_lr_note(best: pd.DataFrame) -> str:
     """'relu: no BN lr 0.3, BN before lr 1, ...': each arm's selected learning rate."""
+    if "model.placement" not in best:  # one placement in the sweep: BN before (the default)
+        best = best.assign(**{"model.placement": "before"})
     arms = best.groupby(ARM_KEYS, dropna=False)["optim.lr"].first()
     order = {"none": 0, "before": 1, "after": 2}
     parts = []
@@ -309,6 +312,11 @@ def _best_lr_note(best: pd.DataFrame) -> str:
         name = _bn(norm) + ("" if norm == "none" else f" {place}")
         parts.append(f"{act}, {name}: lr {lr:g}")
     return "learning rate chosen on the held-out images: " + "; ".join(parts)
+
+
+def _none_bn(values: pd.Series, key: tuple, spec: str) -> str:
+    """'no BN x, BN y' from a Series indexed by (*key, model.norm)."""
+    return ", ".join(f"{_bn(n)} {format(values.get((*key, n), np.nan), spec)}" for n in NORMS2)
 
 
 def _as_note(prefix: str, cmp: Comparison) -> str:
@@ -1278,6 +1286,391 @@ def c19(c, t, faithful, ioffe, ratio, target, faithful_target):
         bn = arm(ioffe, f"steps_to_{target}", model__norm="batch")
         cmp = Comparison(f"steps to {target:.0%} without BN > with BN", no, bn, 0.0, log=True)
         c.notes.append(_as_note("Ioffe Fig. 1 setting, uncalibrated lr (not judged)", cmp))
+    return out
+
+
+@claim(
+    "C20",
+    statement="With BN the weights feeding it are scale-invariant: scaling them by a at "
+    "initialisation and their learning rate by a^2 trains the same network, so what their "
+    "learning rate sets is the effective learning rate lr/||w||^2.",
+    source="Ioffe & Szegedy 2015, Sec. 3.3; van Laarhoven 2017; Arora et al. 2019",
+    experiment="study_scale_equiv",
+    margin=ACC_MARGIN,
+    eff=1.05,
+    protocol="Decided on paired runs built for it (study_scale_equiv): the same seed, data order "
+    "and every other parameter, only the weights feeding BN, their learning rate and BN's eps "
+    "rescaled; no other protocol isolates the equivalence.",
+    test="studies protocol (relu, BN before the activation, SGD lr 0.1 on the mean loss, 5,000 "
+    "steps): each rescaled version against the reference of the same seed, final test accuracy "
+    "equal within {margin:g} (TOST), for a = 4 and a = 3 with eps x a^2 and for a = 4 and 1/4 "
+    "with eps fixed; and for a = 4 and 3 the final effective learning rate lr/||w_j||^2 of "
+    "fc1 and fc2 equal within a factor {eff:g}. How far each version's loss history drifts "
+    "from the reference's, and whether it is bit for bit the same, as notes.",
+)
+def c20(c, t, margin, eff):
+    """Rescaled versions against the reference of the same seed: equal accuracy (TOST) and
+    equal effective lr; the histories' distance and exactness as notes."""
+    versions = (
+        (4.0, True, "a = 4, eps x16"),
+        (3.0, True, "a = 3, eps x9"),
+        (4.0, False, "a = 4, eps fixed"),
+        (0.25, False, "a = 1/4, eps fixed"),
+    )
+    t = require(t, "model.invariant_init_scale", "model.bn_eps", "equiv_max_rel_loss")
+    eps0 = t.loc[t["model.invariant_init_scale"] == 1.0, "model.bn_eps"].iloc[0]
+    ref = dict(model__invariant_init_scale=1.0)
+    out = []
+    for a, scaled, label in versions:
+        where = dict(model__invariant_init_scale=a, model__bn_eps=eps0 * a * a if scaled else eps0)
+        if select(t, **where).empty:
+            continue
+        acc, acc_ref = arm(t, "test_acc", **where), arm(t, "test_acc", **ref)
+        out.append(
+            Comparison(f"{label}: test accuracy ~ reference", acc, acc_ref, margin, "equivalent")
+        )
+        if scaled:
+            for layer in ("fc1", "fc2"):
+                col = f"eff_lr_{layer}_final"
+                cmp = Comparison(
+                    f"{label}: {layer} effective lr ~ reference",
+                    arm(t, col, **where),
+                    arm(t, col, **ref),
+                    math.log(eff),
+                    "equivalent",
+                    log=True,
+                )
+                out.append(cmp)
+        m = select(t, **where)
+        c.notes.append(
+            f"{label}: loss history (test and training subset, every 250 steps) bit for bit the "
+            f"reference's in {int(m['equiv_exact'].astype(bool).sum())} of {len(m)} seeds; largest "
+            f"relative loss difference {m['equiv_max_rel_loss'].max():.2g}, largest test "
+            f"accuracy difference {m['equiv_max_acc'].max():.4f}"
+        )
+    r = select(t, **ref)
+    c.notes.append(
+        "reference, effective lr lr/||w_j||^2 (mean over units) from half-way to the end: "
+        + ", ".join(
+            f"{layer} {r[f'eff_lr_{layer}_half'].mean():.3g} -> "
+            f"{r[f'eff_lr_{layer}_final'].mean():.3g}"
+            for layer in ("fc1", "fc2")
+        )
+        + f"; growth identity ratio (C1) fc1 {r['scale_ratio_fc1'].mean():.4f}, fc2 "
+        f"{r['scale_ratio_fc2'].mean():.4f}"
+    )
+    return out
+
+
+def _eff_lr_change(t: pd.DataFrame, layer: str) -> pd.Series:
+    """|log(effective lr at the end / at half-way)| of a layer feeding BN: 0 at equilibrium."""
+    return (np.log(t[f"eff_lr_{layer}_final"] / t[f"eff_lr_{layer}_half"])).abs()
+
+
+@claim(
+    "C21",
+    statement="With BN, weight decay does not shrink the function but the weights feeding BN: "
+    "their norm, and with it the effective learning rate, settles at an equilibrium, while "
+    "without weight decay the effective learning rate keeps falling.",
+    source="van Laarhoven 2017; Zhang et al. 2019; Li & Arora 2020",
+    experiment="study_wd",
+    change=0.05,
+    ratio=1.25,
+    wd=0.005,
+    protocol="Decided on a weight-decay sweep built for it (study_wd); no faithful protocol uses "
+    "weight decay.",
+    test="studies protocol (relu, SGD lr 0.1 on the mean loss) for 10,000 steps, BN before the "
+    "activation: the change of the effective learning rate lr/||w_j||^2 of fc1 and fc2 over "
+    "the second half of training, |log(end / half-way)|, larger with weight decay 0 than with "
+    "{wd:g} (margin {change:g}); and the final effective learning rate of fc1 and fc2 larger "
+    "with weight decay {wd:g} than without (ratio, margin {ratio:g}x). Test accuracy per "
+    "weight decay, with and without BN, as notes.",
+)
+def c21(c, t, change, ratio, wd):
+    """Equilibrium: the effective lr stops changing with weight decay and keeps falling without
+    it; and weight decay keeps it higher."""
+    bn = select(t, model__norm="batch")
+    bn = bn.assign(**{f"eff_change_{lay}": _eff_lr_change(bn, lay) for lay in ("fc1", "fc2")})
+    bn.attrs = t.attrs
+    out = []
+    for layer in ("fc1", "fc2"):
+        col = f"eff_change_{layer}"
+        a, b = (arm(bn, col, optim__weight_decay=w) for w in (0.0, wd))
+        label = f"{layer}: effective-lr change over the second half, wd 0 > wd {wd:g}"
+        out.append(Comparison(label, a, b, change))
+    for layer in ("fc1", "fc2"):
+        col = f"eff_lr_{layer}_final"
+        a, b = (arm(bn, col, optim__weight_decay=w) for w in (wd, 0.0))
+        label = f"{layer}: final effective lr, wd {wd:g} > wd 0"
+        out.append(Comparison(label, a, b, math.log(ratio), log=True))
+    for norm in NORMS2:
+        accs = t[t["model.norm"] == norm].groupby("optim.weight_decay")["test_acc"].mean()
+        c.notes.append(
+            f"{_bn(norm)}, mean final test accuracy by weight decay: "
+            + ", ".join(f"{w:g}: {v:.4f}" for w, v in accs.items())
+        )
+    for w, g in bn.groupby("optim.weight_decay"):
+        c.notes.append(
+            f"BN, wd {w:g}: fc2 effective lr half-way {g['eff_lr_fc2_half'].mean():.3g}, end "
+            f"{g['eff_lr_fc2_final'].mean():.3g}; ||W2|| {g['w_fro_fc2_half'].mean():.3g} -> "
+            f"{g['w_fro_fc2_final'].mean():.3g}"
+        )
+    return out
+
+
+@claim(
+    "C22",
+    statement="The noise of BN's batch statistics, apart from SGD's noise, costs accuracy when "
+    "BN normalises over very few examples, and regularises at moderate group sizes (ghost "
+    "batch norm).",
+    source="Hoffer et al. 2017; the small-batch claims C6 and C18",
+    experiment="study_ghost",
+    margin=ACC_MARGIN,
+    small=4,
+    ghost=16,
+    protocol="Decided on ghost batch norm at one fixed SGD batch of 64 (study_ghost), which "
+    "changes the noise of BN's statistics and nothing else; the 2017 batch-size runs change "
+    "both noises, and the number of epochs, together.",
+    test="studies protocol (SGD lr 0.1 on the mean loss, batch 64, 5,000 steps), relu and "
+    "sigmoid, BN evaluated with running statistics: final test accuracy with statistics over "
+    "all 64 examples > over groups of {small} (margin {margin:g}); final test loss with "
+    "statistics over all 64 > over groups of {ghost} (margin {margin:g}).",
+)
+def c22(c, t, margin, small, ghost):
+    """At a fixed SGD batch, tiny BN groups cost accuracy; moderate groups lower the test
+    loss (Hoffer et al.'s regularisation)."""
+    out = []
+    for act in RELU_SIGMOID:
+        full = arm(t, "test_acc", model__bn_group=0, model__activation=act)
+        few = arm(t, "test_acc", model__bn_group=small, model__activation=act)
+        label = f"{act}: test accuracy, BN over 64 > over groups of {small}"
+        out.append(Comparison(label, full, few, margin))
+    for act in RELU_SIGMOID:
+        full = arm(t, "test_loss", model__bn_group=0, model__activation=act)
+        grouped = arm(t, "test_loss", model__bn_group=ghost, model__activation=act)
+        label = f"{act}: test loss, BN over 64 > over groups of {ghost}"
+        out.append(Comparison(label, full, grouped, margin))
+    for act in RELU_SIGMOID:
+        g = select(t, model__activation=act).groupby("model.bn_group")
+        c.notes.append(
+            f"{act}, by group size (0 = all 64): test accuracy with running / batch statistics, "
+            "train - test gap: "
+            + "; ".join(
+                f"{int(k)}: {v['test_acc_running'].mean():.4f} / {v['test_acc_batch'].mean():.4f}, "
+                f"{v['gap'].mean():+.4f}"
+                for k, v in g
+            )
+        )
+    return out
+
+
+@claim(
+    "C23",
+    statement="BN fights vanishing gradients: the loss gradient reaches the first hidden "
+    "layer's pre-activations about as large as the last hidden layer's.",
+    source="seed explainers; 2017 study (Fig. 2); Yang et al. 2019 (the opposite at depth)",
+    experiment="mlds2017_fig2",
+    optional=["yang2019_depth"],
+    figure="activation_grads",
+    ratio=0.1,
+    protocol="Decided in activation space, where vanishing gradients are defined: C2 reads "
+    "weight gradients, which also scale with the layer's input, so a larger dL/dW1 does "
+    "not say the backpropagated signal is larger.",
+    test="per-example ||dL/dz|| at each hidden layer's pre-activation z (the activation's "
+    "input), log10 of its ratio between hidden layer 1 and the last hidden layer: |log10 "
+    "ratio| without BN > with BN (margin {ratio:g}, i.e. x1.26) averaged over steps 1-1,000 of "
+    "the 2017 Fig. 2 runs (sigmoid and relu), and at the initial weights in the depth study "
+    "(8 and 32 hidden layers, BN in training mode).",
+)
+def c23(c, t, depth, ratio):
+    """|log ratio| of first- to last-layer activation gradients, smaller with BN: in the 2017
+    runs, and at initialisation at depth."""
+    t = t.assign(agrad_abs=require(t, "agrad_log_ratio_1k")["agrad_log_ratio_1k"].abs())
+    t.attrs["table"] = t.attrs.get("table")
+    out = _bn_vs_none(
+        t,
+        "agrad_abs",
+        ratio,
+        acts=["sigmoid", "relu"],
+        flip=True,
+        label="{act}, 2017 Fig. 2 runs: |log10 ratio| without BN > with BN",
+    )
+    for act in ("sigmoid", "relu"):
+        signed = {
+            n: arm(t, "agrad_log_ratio_1k", model__norm=n, model__activation=act) for n in NORMS2
+        }
+        c.notes.append(
+            f"{act}, 2017 runs, signed log10(first / last): "
+            + ", ".join(f"{_bn(n)} {v.mean():+.3f}" for n, v in signed.items())
+        )
+    if depth is None:
+        c.notes.append("yang2019_depth not run")
+        return out
+    d = depth.assign(
+        agrad_abs=require(depth, "agrad_log_ratio_first")["agrad_log_ratio_first"].abs()
+    )
+    d.attrs = depth.attrs
+    for layers in (8, 32):
+        out += _bn_vs_none(
+            d,
+            "agrad_abs",
+            ratio,
+            acts=["sigmoid", "relu"],
+            flip=True,
+            depth=layers,
+            label=f"{{act}}, {layers} layers at initialisation: |log10 ratio| without BN > with BN",
+        )
+    for act in ("relu", "sigmoid"):
+        g = select(depth, model__activation=act).groupby(["depth", "model.norm"])
+        signed = g["agrad_log_ratio_first"].mean()
+        c.notes.append(
+            f"{act} at initialisation, signed log10(first / last) by depth: "
+            + "; ".join(
+                f"{k:g}: {_none_bn(signed, (k,), '+.2f')}" for k in sorted(depth["depth"].unique())
+            )
+        )
+    return out
+
+
+@claim(
+    "C24",
+    statement="BN makes deep MLPs trainable where plain ones fail.",
+    source="Ioffe & Szegedy 2015; Yang et al. 2019; Santurkar et al. 2018",
+    experiment="study_depth",
+    optional=["yang2019_depth"],
+    margin=ACC_MARGIN,
+    depths=(8, 16, 32),
+    protocol="Decided on a depth sweep with each arm at its own best learning rate, chosen on "
+    "held-out images (study_depth): at one learning rate, depth and learning rate are "
+    "confounded.",
+    test="hidden layers of width 100, 1,000 steps of SGD (batch 64, mean loss) at lr 0.01, 0.1 "
+    "or 1, each arm (activation x BN x depth) at its best lr on the held-out images (diverged "
+    "= 0): final test accuracy with BN > without, at {depths:d} hidden layers, relu and "
+    "sigmoid; margin {margin:g}. Depths 2 and 4, and the end-to-end Jacobian's gain at "
+    "initialisation, as notes.",
+)
+def c24(c, t, init, margin, depths):
+    """BN vs none per depth at each arm's best lr."""
+    best = at_best_lr(t, extra=("depth",))
+    out = []
+    for act in RELU_SIGMOID:
+        for layers in depths:
+            out += _bn_vs_none(
+                best,
+                "acc0",
+                margin,
+                acts=[act],
+                depth=layers,
+                label=f"{{act}}, {layers} layers: BN > no BN",
+            )
+    for act in RELU_SIGMOID:
+        m = select(best, model__activation=act).groupby(["depth", "model.norm"])
+        acc, lr = m["acc0"].mean(), m["optim.lr"].first()
+        c.notes.append(
+            f"{act}, test accuracy (lr chosen) by depth: "
+            + "; ".join(
+                f"{k:g}: {_none_bn(acc, (k,), '.4f')} (lr {_none_bn(lr, (k,), 'g')})"
+                for k in sorted(best["depth"].unique())
+            )
+        )
+    if init is not None and "init_jac_gain_hidden" in init:
+        g = init.groupby(["model.activation", "depth", "model.norm"])["init_jac_gain_hidden"].mean()
+        for act in RELU_SIGMOID:
+            c.notes.append(
+                f"{act}, end-to-end Jacobian gain mean(s^2) at initialisation (yang2019_depth; BN "
+                "in training mode) by depth: "
+                + "; ".join(
+                    f"{k:g}: {_none_bn(g, (act, k), '.3g')}" for k in sorted(init["depth"].unique())
+                )
+            )
+    return out
+
+
+@claim(
+    "C25",
+    statement="Under covariate shift at test time, re-estimating BN's statistics on the "
+    "shifted data recovers accuracy that BN's running statistics lose.",
+    source="Nado et al. 2020; Schneider et al. 2020",
+    experiment="study_shift",
+    margin=ACC_MARGIN,
+    shifts=("rotation:45", "noise:0.6", "contrast:0.2"),
+    protocol="Decided on test sets shifted by bnlab itself (rotation, pixel noise, lower "
+    "contrast), a shift of the inputs; the mismatch study (C8) shifts the labels.",
+    test="studies protocol networks (relu and sigmoid, BN before the activation, 5,000 steps of "
+    "SGD lr 0.1): accuracy on the shifted test set with BN's statistics re-estimated on the "
+    "whole shifted set > with its running statistics, at the strongest shift of each kind "
+    "({shifts}); margin {margin:g}. The milder shifts, prediction-time BN on test batches of "
+    "64, and the networks without BN as notes.",
+)
+def c25(c, t, margin, shifts):
+    """Adapted > running statistics at the strongest shifts."""
+    out = []
+    for act in RELU_SIGMOID:
+        for entry in shifts:
+            where = dict(model__norm="batch", model__activation=act)
+            adapted = arm(t, f"shift_acc_adapted_{entry}", **where)
+            running = arm(t, f"shift_acc_running_{entry}", **where)
+            out.append(
+                Comparison(f"{act}, {entry}: re-estimated > running", adapted, running, margin)
+            )
+    entries = sorted({col.split("_", 3)[3] for col in t if col.startswith("shift_acc_running_")})
+    for act in RELU_SIGMOID:
+        bn = select(t, model__norm="batch", model__activation=act)
+        no = select(t, model__norm="none", model__activation=act)
+        c.notes.append(
+            f"{act}, mean test accuracy, BN running / re-estimated / per batch of 64; no BN: "
+            + "; ".join(
+                f"{e}: "
+                + " / ".join(f"{bn[f'shift_acc_{m}_{e}'].mean():.3f}" for m in SHIFT_MODES)
+                + f"; {no[f'shift_acc_running_{e}'].mean():.3f}"
+                for e in entries
+            )
+        )
+    return out
+
+
+@claim(
+    "C26",
+    statement="BN's benefits hold with SGD with momentum and a learning-rate schedule, the "
+    "setup people use: better accuracy and faster training.",
+    source="the setups of Ioffe & Szegedy 2015 and later practice; C4 and C19 under plain SGD",
+    experiment="study_momentum",
+    optional=["study_tuned"],
+    margin=ACC_MARGIN,
+    ratio=1.5,
+    target=0.97,
+    protocol="Decided on study_tuned's comparison with SGD momentum 0.9 and a cosine schedule "
+    "(study_momentum), each arm at its own best learning rate chosen on held-out images.",
+    test="10,000 steps (batch 64, mean loss), SGD momentum 0.9, cosine schedule, lr 0.003-1, "
+    "each arm at its best lr on the held-out images (diverged = 0), relu and sigmoid, BN "
+    "before the activation vs no BN: final test accuracy BN > no BN (margin {margin:g}), and "
+    "steps to {target:g} test accuracy no BN > BN (ratio, margin {ratio:g}x). study_tuned's "
+    "plain-SGD results (C4, C19) as notes, to say what changes.",
+)
+def c26(c, t, tuned, margin, ratio, target):
+    """C4 and C19 again with momentum and a cosine schedule."""
+    best = at_best_lr(t)
+    c.notes.append(_best_lr_note(best))
+    out = _bn_vs_none(best, "acc0", margin, acts=RELU_SIGMOID, label="{act}: accuracy BN > no BN")
+    label = f"{{act}}: steps to {target:.0%} without BN > with BN"
+    out += _bn_vs_none(
+        best, f"steps_to_{target}", math.log(ratio), RELU_SIGMOID, flip=True, log=True, label=label
+    )
+    if tuned is not None:
+        plain = at_best_lr(tuned)
+        plain = plain[plain["model.placement"] != "after"]
+        for x in _bn_vs_none(plain, "acc0", margin, acts=RELU_SIGMOID):
+            c.notes.append(_as_note("plain SGD, constant lr (study_tuned, C4)", x))
+        for x in _bn_vs_none(
+            plain,
+            f"steps_to_{target}",
+            math.log(ratio),
+            RELU_SIGMOID,
+            flip=True,
+            log=True,
+            label=label,
+        ):
+            c.notes.append(_as_note("plain SGD, constant lr (study_tuned, C19)", x))
     return out
 
 

@@ -18,12 +18,13 @@ class Experiment:
     sweep: str  # its sweep folder under RESULTS/sweeps
     figures: tuple[str, ...] = ()  # figures drawn from its runs (bnlab.figures.FIGURES)
     reproduce: bool = True  # part of `bnlab reproduce`
+    extra: bool = False  # not in the default reproduction: `bnlab reproduce --extras` adds it
     seeds: int = 5  # members per run in the reproduction (a test checks the YAML agrees)
 
 
 # In reproduction order: cheap experiments first, so an interrupted reproduction has results.
 _ALL = (
-    Experiment("mlds2017_fig2", "mlds2017_early", ("mlds2017_fig2",)),
+    Experiment("mlds2017_fig2", "mlds2017_early", ("mlds2017_fig2", "activation_grads")),
     Experiment("mlds2017_fig3", "mlds2017_early", ("mlds2017_fig3", "mlds2017_fig3_anim")),
     Experiment("mlds2017_mismatch", "mlds2017_mismatch", ("mlds2017_mismatch",)),
     Experiment("santurkar2018_noisy_bn", "santurkar2018_noisy_bn", ("santurkar2018_noisy_bn",)),
@@ -50,11 +51,19 @@ _ALL = (
     Experiment("mlds2017_fig9", "mlds2017_batch", ("mlds2017_fig9",)),
     Experiment("mlds2017_fig6_epochs", "mlds2017_batch_epochs"),  # Fig. 6's companion panel
     Experiment("ioffe2015_fig1", "ioffe2015", ("ioffe2015_fig1",)),
+    # the extras (C20-C26): mechanisms studied since 2018; about 30 more minutes on 2 cores
+    Experiment("study_scale_equiv", "study_scale_equiv", ("study_scale_equiv",), extra=True),
+    Experiment("study_wd", "study_wd", ("study_wd",), extra=True),
+    Experiment("study_ghost", "study_ghost", ("study_ghost",), extra=True),
+    Experiment("study_shift", "study_shift", ("study_shift",), extra=True),
+    Experiment("study_depth", "study_depth", ("study_depth",), seeds=3, extra=True),
+    Experiment("study_momentum", "study_momentum", ("study_momentum",), seeds=3, extra=True),
     Experiment("demo", "demo", ("demo",), reproduce=False),
     Experiment("bn_small_batch_demo", "bn_small_batch_demo", reproduce=False),
 )
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in _ALL}
-REPRODUCTION: list[str] = [e.name for e in _ALL if e.reproduce]
+REPRODUCTION: list[str] = [e.name for e in _ALL if e.reproduce and not e.extra]
+EXTRAS: list[str] = [e.name for e in _ALL if e.extra]
 
 
 def sweep(name: str) -> str:
@@ -65,8 +74,10 @@ def sweep(name: str) -> str:
 
 
 def sweeps(names: list[str] | None = None) -> list[str]:
-    """The sweep folders of these experiments (default: the reproduction's), first-use order."""
-    return list(dict.fromkeys(sweep(n) for n in (REPRODUCTION if names is None else names)))
+    """The sweep folders of these experiments (default: the reproduction's and the extras'),
+    first-use order."""
+    names = [*REPRODUCTION, *EXTRAS] if names is None else names
+    return list(dict.fromkeys(sweep(n) for n in names))
 
 
 def experiments_of(sweep_name: str) -> list[str]:

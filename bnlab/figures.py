@@ -22,7 +22,7 @@ from . import plots, tables
 from .claims import at_best_lr
 from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
-from .experiments import EXPERIMENTS, REPRODUCTION, experiments_of, figures_of, sweep
+from .experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, experiments_of, figures_of, sweep
 from .records import atomic_path
 
 DONE = ("finished", "diverged")
@@ -414,11 +414,29 @@ def arms(runs: pd.DataFrame) -> pd.Series:
 def study_tuned(res: Results):
     """C4, C14, C18, C19: held-out accuracy against the learning rate per arm, and test
     accuracy over training at each arm's chosen learning rate."""
-    runs, hist = res.load("study_tuned")
+    return _tuned_figure(
+        res,
+        "study_tuned",
+        "20,000",
+        "C4, C14, C18, C19: each arm at its own best learning rate, chosen on 5,000 held-out\n"
+        "training images (top); test accuracy at that rate (bottom). SGD, mean loss, batch 64",
+    )
+
+
+def _with_valid(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
+    """runs with valid_acc, the last held-out accuracy, and valid0: that, diverged = 0."""
     valid = hist[(hist["split"] == "valid") & (hist["metric"] == "acc")]
     last = valid.sort_values("step").groupby(["run", "seed"])["value"].last().rename("valid_acc")
-    runs = runs.assign(arm=arms(runs)).merge(last.reset_index(), on=["run", "seed"], how="left")
-    scored = runs.assign(error=1 - runs["valid_acc"].where(runs["status"] == "finished", 0.0))
+    runs = runs.merge(last.reset_index(), on=["run", "seed"], how="left")
+    return runs.assign(valid0=runs["valid_acc"].where(runs["status"] == "finished", 0.0))
+
+
+def _tuned_figure(res: Results, experiment: str, steps: str, title: str):
+    """Held-out error against the learning rate per arm (top) and test accuracy over training
+    at each arm's chosen learning rate (bottom)."""
+    runs, hist = res.load(experiment)
+    runs = _with_valid(runs.assign(arm=arms(runs)), hist)
+    scored = runs.assign(error=1 - runs["valid0"])
     fig = plt.figure(figsize=(10, 7.5), layout="constrained")
     top, bottom = fig.subfigures(2, 1)
     plots.final_points(
@@ -428,7 +446,7 @@ def study_tuned(res: Results):
         hue="arm",
         facet="model.activation",
         logx=True,
-        ylabel="held-out error at 20,000 steps\n(1 - accuracy; diverged = 1)",
+        ylabel=f"held-out error at {steps} steps\n(1 - accuracy; diverged = 1)",
         xlabel="SGD learning rate (mean loss)",
         fig=top,
     )
@@ -445,11 +463,260 @@ def study_tuned(res: Results):
         ylim=(0.9, 1.0),
         fig=bottom,
     )
+    fig.suptitle(title)
+    return fig
+
+
+def reparam_arms(runs: pd.DataFrame) -> pd.Series:
+    """Each member's version in the scale-equivalence study: 'reference', or 'a = 4, eps x a^2'
+    / 'a = 4, eps fixed' (a: the factor on the weights feeding BN)."""
+    a, eps = runs["model.invariant_init_scale"], runs["model.bn_eps"]
+    eps0 = eps[a == 1.0].iloc[0]
+    kind = np.where(np.isclose(eps, eps0 * a * a) & (a != 1.0), "eps x a^2", "eps fixed")
+    names = [f"a = {x:g}, {k}" for x, k in zip(a, kind)]
+    return pd.Series(names, index=runs.index).where(a != 1.0, "reference")
+
+
+def study_scale_equiv(res: Results):
+    """C20: each rescaled version's test loss against the reference's over training (its
+    relative difference), and the effective learning rate of the weights feeding BN."""
+    runs, hist = res.load("study_scale_equiv")
+    runs = runs.assign(version=reparam_arms(runs))
+    loss = hist[(hist["metric"] == "loss") & (hist["split"] == "test") & (hist["layer"] == "")]
+    loss = plots.with_config(loss, runs, ["version"])
+    ref = loss[loss["version"] == "reference"].set_index(["seed", "step"])["value"]
+    dev = loss[loss["version"] != "reference"]
+    ref_values = ref.reindex(pd.MultiIndex.from_frame(dev[["seed", "step"]])).to_numpy()
+    rel = (dev["value"] - ref_values).abs() / ref_values
+    # exact agreement is drawn at 1e-9 (a log axis has no 0), labelled as such
+    dev = dev.assign(metric="loss_dev", value=rel.clip(lower=1e-9))
+    fig = plt.figure(figsize=(11, 4.6), layout="constrained")
+    left, right = fig.subfigures(1, 2)
+    plots.curves(
+        runs,
+        dev,
+        "loss_dev",
+        hue="version",
+        logy=True,
+        fig=left,
+        ylabel="|test loss - reference| / reference\n(1e-9: bit for bit equal)",
+    )
+    plots.curves(
+        runs,
+        hist,
+        "lr_over_w2",
+        split="train",
+        layer="fc2",
+        hue="version",
+        logy=True,
+        fig=right,
+        ylabel="effective lr of fc2: lr / ||w_j||^2\n(mean over units)",
+    )
     fig.suptitle(
-        "C4, C14, C18, C19: each arm at its own best learning rate, chosen on 5,000 held-out\n"
-        "training images (top); test accuracy at that rate (bottom). SGD, mean loss, batch 64"
+        "C20: weights feeding BN x a at initialisation, their lr x a^2 (BN relu, SGD lr 0.1, "
+        "mean loss)"
     )
     return fig
+
+
+def study_wd(res: Results):
+    """C21: effective learning rate and norm of the weights feeding BN, and test accuracy,
+    over training per weight decay."""
+    runs, hist = res.load("study_wd")
+    bn = runs[runs["model.norm"] == "batch"]
+    fig = plt.figure(figsize=(12, 7.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    left, right = top.subfigures(1, 2)
+    wd = "optim.weight_decay"
+    plots.curves(
+        bn,
+        hist,
+        "lr_over_w2",
+        split="train",
+        layer="fc2",
+        hue=wd,
+        logy=True,
+        fig=left,
+        ylabel="BN: effective lr of fc2\nlr / ||w_j||^2 (mean over units)",
+    )
+    plots.curves(
+        runs,
+        hist,
+        "w_fro",
+        split="train",
+        layer="fc2",
+        hue=wd,
+        style="model.norm",
+        logy=True,
+        fig=right,
+        ylabel="||W2|| (Frobenius)",
+    )
+    plots.curves(
+        runs,
+        hist,
+        "acc",
+        facet="model.norm",
+        hue=wd,
+        ylim=(0.95, 0.99),
+        fig=bottom,
+        ylabel="test accuracy",
+    )
+    fig.suptitle("C21: weight decay with and without BN (relu, SGD lr 0.1, mean loss, batch 64)")
+    return fig
+
+
+def study_ghost(res: Results):
+    """C22: test accuracy over training and final test loss and gap per ghost-BN group size
+    (0: the whole batch of 64)."""
+    runs, hist = res.load("study_ghost")
+    runs = runs.assign(group=runs["model.bn_group"].replace(0, 64))
+    fig = plt.figure(figsize=(11, 7.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    plots.curves(
+        runs,
+        hist,
+        "acc",
+        facet="model.activation",
+        hue="group",
+        ylim=(0.9, 0.99),
+        fig=top,
+        ylabel="test accuracy (running statistics)",
+    )
+    left, right = bottom.subfigures(1, 2)
+    for sub, y, ylabel in (
+        (left, "test_loss", "final test loss"),
+        (right, "gap", "train - test accuracy"),
+    ):
+        plots.final_points(
+            runs.assign(gap=runs["train_acc"] - runs["test_acc"]),
+            "group",
+            y,
+            hue="model.activation",
+            logx=True,
+            ylabel=ylabel,
+            xlabel="examples per BN group (SGD batch 64)",
+            fig=sub,
+        )
+    fig.suptitle("C22: ghost batch norm, BN statistics over groups of the SGD batch (SGD lr 0.1)")
+    return fig
+
+
+def activation_grads(res: Results):
+    """C23: the log ratio of first- to last-hidden-layer activation gradients over the 2017
+    Fig. 2 runs, and at initialisation against depth (when yang2019_depth has been run)."""
+    runs, hist = res.load("mlds2017_fig2")
+    series = tables.agrad_log_ratio(hist).rename(columns={"ratio": "value"})
+    series = series.assign(split="train", metric="agrad_log_ratio", layer="")
+    try:
+        druns, dhist = res.load("yang2019_depth")
+    except FileNotFoundError:
+        druns = None
+    fig = plt.figure(figsize=(11, 7.5 if druns is not None else 4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1) if druns is not None else (fig, None)
+    ylabel = "log10 ||dL/dz_1|| / ||dL/dz_last||"
+    plots.curves(
+        runs,
+        series,
+        "agrad_log_ratio",
+        split="train",
+        facet="model.activation",
+        fig=top,
+        ylabel=f"{ylabel}\n(0: no vanishing)",
+    )
+    top.suptitle("2017 Fig. 2 runs (SGD lr 1e-4, summed loss), steps 1-1,000")
+    if druns is not None:
+        init = tables.activation_gradients(dhist)["agrad_log_ratio_first"].rename("ratio")
+        plain = ~druns.get("data.standardize", pd.Series(False, index=druns.index)).eq(True)
+        drows = druns[plain].assign(
+            depth=druns["model.widths"].map(lambda w: len(tables.widths_of(w)))
+        )
+        plots.final_points(
+            drows.merge(init.reset_index(), on=["run", "seed"]),
+            "depth",
+            "ratio",
+            facet="model.activation",
+            logx=True,
+            xlabel="hidden layers",
+            ylabel=f"{ylabel}\nat initialisation",
+            fig=bottom,
+        )
+        bottom.suptitle("at initialisation by depth (yang2019_depth), BN in training mode")
+    fig.suptitle("C23: activation-space gradients, first vs last hidden layer")
+    return fig
+
+
+def study_depth(res: Results):
+    """C24: test accuracy at each arm's best learning rate against depth, and the held-out
+    accuracy at every learning rate."""
+    runs, hist = res.load("study_depth")
+    runs = runs.assign(depth=runs["model.widths"].map(lambda w: len(tables.widths_of(w))))
+    runs = _with_valid(runs, hist)
+    best = at_best_lr(runs, extra=("depth",))
+    fig = plt.figure(figsize=(11, 7.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    plots.final_points(
+        best,
+        "depth",
+        "acc0",
+        facet="model.activation",
+        logx=True,
+        xlabel="hidden layers (width 100)",
+        ylabel="test accuracy at the chosen lr\n(1,000 steps; diverged = 0)",
+        fig=top,
+    )
+    lr = runs["optim.lr"].map(lambda v: f"lr {v:g}")
+    plots.final_points(
+        runs.assign(setting=runs["model.norm"].map(plots.NORM_LABELS) + ", " + lr),
+        "depth",
+        "valid0",
+        hue="setting",
+        facet="model.activation",
+        logx=True,
+        xlabel="hidden layers",
+        ylabel="held-out accuracy at every lr\n(diverged = 0)",
+        fig=bottom,
+    )
+    fig.suptitle("C24: depth, BN vs none, each arm at its best SGD learning rate (batch 64)")
+    return fig
+
+
+SHIFT_MODE_NAMES = {
+    "running": "BN, running stats",
+    "adapted": "BN, re-estimated",
+    "batch": "BN, per batch of 64",
+}
+
+
+def study_shift(res: Results):
+    """C25: accuracy on the shifted test sets per BN evaluation mode, and without BN."""
+    runs, hist = res.load("study_shift")
+    rows = hist[hist["metric"].str.startswith("shift_acc_")]
+    rows = plots.with_config(rows, runs, ["model.norm", "model.activation"])
+    mode = rows["metric"].str.removeprefix("shift_acc_")
+    how = mode.map(SHIFT_MODE_NAMES).where(rows["model.norm"] != "none", "no BN")
+    rows = rows.assign(how=how, shift=rows["layer"])
+    return plots.final_points(
+        rows,
+        "shift",
+        "value",
+        hue="how",
+        facet="model.activation",
+        ylabel="test accuracy",
+        xlabel="test set",
+        title="C25: covariate shift at test time (SGD lr 0.1, 5,000 steps)",
+        ylim=(0, 1),
+    )
+
+
+def study_momentum(res: Results):
+    """C26: study_tuned's figure with SGD momentum 0.9 and a cosine schedule."""
+    return _tuned_figure(
+        res,
+        "study_momentum",
+        "10,000",
+        "C26: SGD momentum 0.9, cosine schedule, each arm at its own best learning rate (top),\n"
+        "test accuracy at that rate (bottom); mean loss, batch 64",
+    )
 
 
 def santurkar2018_noisy_bn(res: Results):
@@ -625,6 +892,13 @@ FIGURES = {
     "study_bias": study_bias,
     "study_order": study_order,
     "study_tuned": study_tuned,
+    "study_scale_equiv": study_scale_equiv,
+    "study_wd": study_wd,
+    "study_ghost": study_ghost,
+    "activation_grads": activation_grads,
+    "study_depth": study_depth,
+    "study_shift": study_shift,
+    "study_momentum": study_momentum,
     "demo": lambda res: plots.accuracy_curves(
         *res.load("demo"), title="Demo: BN vs no BN, SGD lr 0.01 on the summed loss"
     ),
@@ -688,7 +962,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")  # files only (the plot functions leave the backend to the caller)
     out = args.out or args.results / "figures"
     res = Results(args.results)
-    names = figures_of(REPRODUCTION) if "all" in args.names else args.names
+    names = figures_of(REPRODUCTION + EXTRAS) if "all" in args.names else args.names
     failed = []
     for name in names:
         try:

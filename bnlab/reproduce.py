@@ -8,7 +8,8 @@ busy to the end; runs that experiments share are trained once. Finished members 
 wall time and, per experiment, its runs' job-seconds, member-steps and time spent evaluating go to
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
-  bnlab reproduce                  # everything (about 65 minutes on a 2-core CPU)
+  bnlab reproduce                  # everything (about 95 minutes on a 2-core CPU)
+  bnlab reproduce --extras         # and the extra studies of C20-C26 (about 30 minutes more)
   bnlab reproduce --only mlds2017_fig6 mlds2017_fig9
   bnlab reproduce --stage report   # collect, tables, figures, claims only
   bnlab reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import REPRODUCTION, experiments_of, figures_of, sweeps
+from .experiments import EXTRAS, REPRODUCTION, experiments_of, figures_of, sweeps
 from .records import JOBS_FILE, read_summary
 
 # every point of every experiment shortened to a smoke test (CI, `--tiny`)
@@ -125,14 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--only", nargs="+", choices=REPRODUCTION, help="these experiments only")
+    p.add_argument(
+        "--only", nargs="+", choices=REPRODUCTION + EXTRAS, help="these experiments only"
+    )
+    p.add_argument("--extras", action="store_true", help="also the extra studies (C20-C26)")
     p.add_argument("--stage", choices=["all", "train", "report"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (default 2)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     p.add_argument("--tiny", action="store_true", help="a few steps and 2 seeds per point")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every point")
     args = p.parse_args(argv)
-    names = args.only or REPRODUCTION
+    names = args.only or REPRODUCTION + (EXTRAS if args.extras else [])
     rc = 0
     if args.stage in ("all", "train"):
         rc, wall = train(

@@ -53,6 +53,15 @@ turn a claim inconclusive):
   grad_w_cos_abs_{fc1,fc2}, grad_w_cos_unit_abs_{fc1,fc2}   mean over grads probes after step
                            0 of |cos(W, dL/dW)| over the layer, and of the mean over units of
                            |cos(w_j, dL/dw_j)|: 0 under exact scale invariance
+  eff_lr_{fc1,fc2}_{half,final}, w_fro_{fc1,fc2}_{half,final}   effective learning rate
+                           lr/||w_j||^2 (mean over units) and ||W|| of the weights feeding BN,
+                           at the last probe at or before half the run, and at the end
+  agrad_log_ratio_first, agrad_log_ratio_1k   log10 of the activation-space gradient (grad_z)
+                           at the first hidden layer over the last: at the first grads probe
+                           (step 1: the initial weights) and averaged over steps 1-1,000
+  shift_{acc,loss}_MODE_ENTRY   the covariate-shift evaluation (train.shifts, bnlab.shift)
+  equiv_max_rel_loss, equiv_max_acc, equiv_exact   where model.invariant_init_scale varies:
+                           each member against the unscaled member of its seed (equivalence)
 """
 
 from __future__ import annotations
@@ -150,6 +159,7 @@ SOURCES = {
     "scale_ratio": ("scale", _feeds_bn),
     "bn_log_gain": ("activations", _bn_configured),
     "grad_w_cos": ("grads", _feeds_bn),
+    "grad_z": ("grads", _configured("model.bn_group")),  # came with model.bn_group
     **{metric: ("curvature", _every_run) for metric, _ in CURVATURE},
     **{
         f"landscape_{m}": ("landscape", _every_run)
@@ -173,6 +183,13 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
                 f"in {int(due.sum())} members; the probe or the measure was renamed: make "
                 "bnlab/tables.py and bnlab/probes.py agree"
             )
+    shifts = runs.get("train.shifts")  # the covariate-shift evaluation's final rows
+    due = shifts is not None and (shifts.astype(str).ne("[]") & (runs["status"] == "finished"))
+    if shifts is not None and "shift_acc_running" not in recorded and due.any():
+        raise MissingMeasure(
+            f"{sweep}: no member recorded metric 'shift_acc_running' although train.shifts "
+            "was set; make bnlab/tables.py and bnlab/shift.py agree"
+        )
     reorder = runs.get("train.reorder")  # the batch-order intervention's final rows
     if reorder is not None and "reorder_acc_sd" not in recorded:
         due = (reorder > 0) & runs["model.norm"].isin(BATCH_STAT_NORMS)
@@ -368,10 +385,98 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     for layer in ("bn1", "bn2"):
         for suffix, last in (("start", False), ("final", True)):
             cols[f"bn_log_gain_{layer}_{suffix}"] = _at(h, "bn_log_gain", layer, "train", last)
+    cols.update(activation_gradients(h))
+    half = (runs.set_index(["run", "seed"])["steps_done"] / 2).rename("step")
+    for layer in ("fc1", "fc2"):  # effective lr and norm of the weights feeding BN
+        for metric, name in (("lr_over_w2", "eff_lr"), ("w_fro", "w_fro")):
+            cols[f"{name}_{layer}_final"] = _at(h, metric, layer, "train", last=True)
+            cols[f"{name}_{layer}_half"] = _at_or_before(h, half, metric, layer, "train")
+    cols.update(shift_columns(h))
     for name, series in cols.items():
         if len(series):
             out[name] = series.reindex(out.index)
-    return out.reset_index()
+    out = out.reset_index()
+    return pd.concat([out, equivalence(out, h)], axis=1)
+
+
+def _at_or_before(h: pd.DataFrame, steps: pd.Series, metric: str, layer: str, split: str):
+    """Per member, `metric` at its last record at or before the member's step in `steps`."""
+    rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
+    rows = rows.join(steps.rename("upto"), on=["run", "seed"])
+    rows = rows[rows["step"] <= rows["upto"]].sort_values("step")
+    return rows.groupby(["run", "seed"])["value"].last()
+
+
+def agrad_log_ratio(h: pd.DataFrame) -> pd.DataFrame:
+    """Per member and grads probe after step 0: log10 of grad_z (the mean per-example
+    ||dL/dz|| at a hidden layer's pre-activation) at the first hidden layer over that at the
+    member's last hidden layer. Columns run, seed, step, ratio."""
+    rows = h[(h["metric"] == "grad_z") & (h["split"] == "train") & (h["step"] > 0)]
+    if rows.empty:
+        return pd.DataFrame(columns=["run", "seed", "step", "ratio"])
+    wide = rows.pivot_table(index=["run", "seed", "step"], columns="layer", values="value")
+    wide = wide[sorted(wide.columns, key=lambda name: int(name[3:]))]  # act1, act2, ...
+    deepest = wide.ffill(axis=1).iloc[:, -1]  # each member's last hidden layer
+    return np.log10(wide["act1"] / deepest).rename("ratio").reset_index()
+
+
+def activation_gradients(h: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per member, agrad_log_ratio at the first probe after step 0 (agrad_log_ratio_first:
+    step 1's backward is at the initial weights) and averaged over the probes of steps
+    1-1,000 (agrad_log_ratio_1k). 0: the gradient reaches the first layer undiminished;
+    negative: it vanishes on the way down; positive: it grows (explodes)."""
+    ratio = agrad_log_ratio(h).sort_values("step")
+    if ratio.empty:
+        return {}
+    early = ratio[ratio["step"] <= 1000].groupby(["run", "seed"])["ratio"]
+    return {
+        "agrad_log_ratio_first": ratio.groupby(["run", "seed"])["ratio"].first(),
+        "agrad_log_ratio_1k": early.mean(),
+    }
+
+
+def shift_columns(h: pd.DataFrame) -> dict[str, pd.Series]:
+    """shift_{acc,loss}_MODE_ENTRY: the covariate-shift evaluation (train.shifts,
+    bnlab.shift) of each member, one column per mode and shifted test set."""
+    rows = h[h["metric"].str.startswith("shift_") & (h["split"] == "test")]
+    return {
+        f"{metric}_{entry}": g.set_index(["run", "seed"])["value"]
+        for (metric, entry), g in rows.groupby(["metric", "layer"])
+    }
+
+
+def equivalence(table: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
+    """Where a sweep scales the weights feeding BN (model.invariant_init_scale), each member
+    against the member of the same seed with the weights unscaled (C20): the largest relative
+    difference over every evaluation of the test and training-subset loss
+    (equiv_max_rel_loss), the largest absolute difference of test accuracy (equiv_max_acc),
+    and whether every evaluation's loss and accuracy is bit for bit the same (equiv_exact)."""
+    scale = "model.invariant_init_scale"
+    if scale not in table or table[scale].nunique() < 2:
+        return pd.DataFrame(index=table.index)
+    ev = h[
+        (h["layer"] == "") & h["metric"].isin(["loss", "acc"]) & h["split"].isin(["test", "train"])
+    ]
+    ev = ev.pivot_table(index=["run", "seed"], columns=["split", "metric", "step"], values="value")
+    ref_runs = table[table[scale] == 1.0].set_index("seed")["run"]
+    out = []
+    for _, row in table.iterrows():
+        key, ref = (row["run"], row["seed"]), ref_runs.get(row["seed"])
+        if ref is None or key not in ev.index or (ref, row["seed"]) not in ev.index:
+            out.append({})
+            continue
+        a, b = ev.loc[key], ev.loc[(ref, row["seed"])]
+        loss = (a.xs("loss", level="metric") - b.xs("loss", level="metric")).abs()
+        rel = loss / b.xs("loss", level="metric").abs()
+        acc = (a.xs("acc", level="metric") - b.xs("acc", level="metric")).abs()
+        out.append(
+            {
+                "equiv_max_rel_loss": rel.max(),
+                "equiv_max_acc": acc.xs("test", level="split").max(),
+                "equiv_exact": bool((a == b).all()),
+            }
+        )
+    return pd.DataFrame(out, index=table.index)
 
 
 def running_stats(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import numpy as np
@@ -27,7 +28,7 @@ from bnlab.verdicts import CONTRADICTED, INCONCLUSIVE, MIXED, SUPPORTED
 
 
 def test_the_ledger_states_the_numbers_its_code_uses():
-    keys = [f"C{i}" for i in range(1, 20)]
+    keys = [f"C{i}" for i in range(1, 27)]
     assert list(LEDGER) == [*keys[:8], "C9a", "C9b", *keys[9:]]
     drawn = {f for e in experiments.EXPERIMENTS.values() for f in e.figures}
     assert all(c.figure in drawn for c in LEDGER.values())
@@ -79,8 +80,11 @@ def _tuned(gains: dict, best_lr: float = 1.0) -> list[dict]:
 
 
 def _members(settings: dict, values, **columns) -> list[dict]:
+    """One finished member per seed with test accuracy `values`; a column given as an array
+    holds one value per seed."""
     return [
-        {"seed": s, "status": "finished", **settings, **columns, "test_acc": v}
+        {"seed": s, "status": "finished", **settings, "test_acc": v}
+        | {k: c[s] if isinstance(c, np.ndarray) else c for k, c in columns.items()}
         for s, v in zip(SEEDS, values)
     ]
 
@@ -305,3 +309,104 @@ def test_a_renamed_or_unrecorded_measure_fails_the_report_naming_it(tmp_path, ca
     claims = {c.key: c for c in build_claims(Tables(tables))}
     assert claims["C16"].verdict == "not run"
     assert "ioffe2015 not run" in claims["C19"].notes and len(claims["C19"].comparisons) == 2
+
+
+NOISE = np.array([0.001, -0.002, 0.0, 0.002, -0.001])
+
+
+def test_c20_rescaled_versions_train_the_same_network_within_the_margin(tmp_path):
+    rows = []
+    for a, eps, off in ((1.0, 0.001, 0.0), (4.0, 0.016, 0.0), (3.0, 0.009, 1e-7),
+                        (4.0, 0.001, 0.0005), (0.25, 0.001, 0.02)):  # fmt: skip
+        rows += _members(
+            {"model.invariant_init_scale": a, "model.bn_eps": eps},
+            0.97 + NOISE + off + NOISE[::-1] * (off > 0.01),
+            equiv_max_rel_loss=off, equiv_max_acc=off, equiv_exact=off == 0.0,
+            eff_lr_fc1_half=0.2, eff_lr_fc1_final=0.1 * (1 + NOISE), eff_lr_fc2_half=0.2,
+            eff_lr_fc2_final=0.1 * (1 + NOISE), scale_ratio_fc1=1.0, scale_ratio_fc2=1.0,
+        )  # fmt: skip
+    _write(tmp_path, "study_scale_equiv", rows)
+    (c20,) = build_claims(Tables(tmp_path), ["C20"])
+    assert [x.label for x in c20.comparisons][:3] == [
+        "a = 4, eps x16: test accuracy ~ reference",
+        "a = 4, eps x16: fc1 effective lr ~ reference",
+        "a = 4, eps x16: fc2 effective lr ~ reference",
+    ]
+    verdicts = {x.label: r.verdict for x, r in zip(c20.comparisons, c20.results)}
+    assert verdicts["a = 4, eps fixed: test accuracy ~ reference"] == SUPPORTED
+    assert verdicts["a = 1/4, eps fixed: test accuracy ~ reference"] == CONTRADICTED  # +0.02
+    assert "a = 4, eps x16: loss history (test and training subset, every 250 steps) bit for " \
+        "bit the reference's in 5 of 5 seeds" in " ".join(c20.notes)  # fmt: skip
+
+
+def test_c21_c22_c25_on_known_tables(tmp_path):
+    wd = []
+    for w, change in ((0.0, 0.5), (0.0005, 0.2), (0.005, 0.01)):
+        for norm in ("none", "batch"):
+            wd += _members(
+                {"model.norm": norm, "optim.weight_decay": w}, 0.97 + NOISE,
+                eff_lr_fc1_half=0.1, eff_lr_fc1_final=0.1 * math.exp(-change) * (1 + NOISE),
+                eff_lr_fc2_half=0.1, eff_lr_fc2_final=0.1 * math.exp(-change) * (1 + NOISE),
+                w_fro_fc2_half=10.0, w_fro_fc2_final=10.0,
+            )  # fmt: skip
+    _write(tmp_path, "study_wd", wd)
+    ghost = []
+    for act in ("relu", "sigmoid"):
+        for group, acc, loss in ((0, 0.97, 0.10), (16, 0.97, 0.08), (4, 0.95, 0.15)):
+            ghost += _members(
+                {"model.activation": act, "model.bn_group": group}, acc + NOISE,
+                test_loss=loss + NOISE, test_acc_running=acc, test_acc_batch=acc, gap=0.01,
+            )  # fmt: skip
+    _write(tmp_path, "study_ghost", ghost)
+    shift = []
+    for act in ("relu", "sigmoid"):
+        for norm in ("none", "batch"):
+            cols = {}
+            for e in ("clean", "rotation:45", "noise:0.6", "contrast:0.2"):
+                cols[f"shift_acc_running_{e}"] = 0.9 if e == "clean" else 0.5
+                if norm == "batch":
+                    cols[f"shift_acc_adapted_{e}"] = 0.9 if e != "rotation:45" else 0.5
+                    cols[f"shift_acc_batch_{e}"] = 0.8
+            shift += _members({"model.activation": act, "model.norm": norm}, 0.97 + NOISE, **cols)
+    _write(tmp_path, "study_shift", pd.DataFrame(shift).assign(
+        **{"shift_acc_adapted_noise:0.6": lambda d: d["shift_acc_adapted_noise:0.6"]
+           + np.tile(NOISE, 4) * (d["model.norm"] == "batch")}))  # fmt: skip
+    c21, c22, c25 = build_claims(Tables(tmp_path), ["C21", "C22", "C25"])
+    assert [r.verdict for r in c21.results] == [SUPPORTED] * 4  # settled, and kept higher
+    assert c22.verdict == SUPPORTED  # groups of 4 cost 0.02; groups of 16 lower the loss
+    verdicts = [r.verdict for r in c25.results]  # rotation: adapting gains nothing
+    assert verdicts == ["negligible", SUPPORTED, SUPPORTED] * 2
+    assert "relu, mean test accuracy, BN running / re-estimated / per batch of 64; no BN: " \
+        "clean: 0.900 / 0.900 / 0.800; 0.900" in " ".join(c25.notes)  # fmt: skip
+
+
+def test_c23_c24_c26_on_known_tables(tmp_path):
+    early = []
+    for act, ratio in (("sigmoid", -1.0), ("relu", -0.05)):
+        for norm in ("none", "batch"):
+            value = ratio if norm == "none" else -0.02
+            early += _members({"model.activation": act, "model.norm": norm}, 0.9 + NOISE,
+                              agrad_log_ratio_1k=value + NOISE)  # fmt: skip
+    _write(tmp_path, "mlds2017_early", early)
+    (c23,) = build_claims(Tables(tmp_path), ["C23"])
+    assert [r.verdict for r in c23.results] == [SUPPORTED, "negligible"]
+    assert "yang2019_depth not run" in c23.notes
+    depth, tuned = [], _tuned(gains={"relu": 0.01, "sigmoid": 0.2})
+    for layers in (2, 8, 16, 32):
+        for r in _tuned(gains={"relu": 0.0 if layers < 16 else 0.3, "sigmoid": 0.0}):
+            if r["model.placement"] != "after":
+                depth.append({**r, "depth": layers})
+    _write(tmp_path, "study_depth", depth)
+    _write(tmp_path, "study_momentum", [r for r in tuned if r["model.placement"] != "after"])
+    _write(tmp_path, "study_tuned", tuned)
+    c24, c26 = build_claims(Tables(tmp_path), ["C24", "C26"])
+    assert [x.label for x in c24.comparisons][:3] == [
+        f"relu, {d} layers: BN > no BN" for d in (8, 16, 32)
+    ]
+    assert [r.verdict for r in c24.results] == ["negligible", SUPPORTED, SUPPORTED] + [
+        "negligible"
+    ] * 3
+    assert c26.verdict == SUPPORTED
+    assert "plain SGD, constant lr (study_tuned, C4), sigmoid: BN > no BN: +0.2000" in " ".join(
+        c26.notes
+    )

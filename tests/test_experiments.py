@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from bnlab.config import load_config
-from bnlab.experiments import EXPERIMENTS, REPRODUCTION, figures_of
+from bnlab.experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, figures_of
 from bnlab.figures import FIGURES
 
 CONFIGS = REPO / "bnlab" / "conf"
@@ -42,7 +42,7 @@ def test_every_sweep_point_validates(name):
     assert points
     configs = [load_config({k: v for k, v in c.items() if k != "hydra"}) for c in points]
     assert sweep_dir == f"results/sweeps/{EXPERIMENTS[name].sweep}"  # the registry's folder
-    if name in REPRODUCTION:
+    if name in REPRODUCTION + EXTRAS:
         seeds = EXPERIMENTS[name].seeds  # 5, or fewer where the registry says so
         assert all(len(c.seeds) == seeds for c in configs)
 

@@ -153,10 +153,17 @@ def test_rescaling_without_weights_feeding_bn_is_refused(over):
         make_cfg(*over)
 
 
-@pytest.mark.parametrize("over", [["optim.schedule=linear"], ["optim.milestones=[0.5,1.5]"],
-                                  ["optim.gamma=0"], ["train.shifts=[blur:2]"],
-                                  ["train.shifts=[rotation:x]"],
-                                  ["train.shifts=[noise:0.3]", "data.standardize=true"]])  # fmt: skip
+BAD = [
+    ["optim.schedule=linear"],
+    ["optim.milestones=[0.5,1.5]"],
+    ["optim.gamma=0"],
+    ["train.shifts=[blur:2]"],
+    ["train.shifts=[rotation:x]"],
+    ["train.shifts=[noise:0.3]", "data.standardize=true"],
+]
+
+
+@pytest.mark.parametrize("over", BAD)
 def test_bad_schedules_and_shifts_are_refused_naming_the_key(over):
     key = over[0].split("=")[0]
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
