@@ -606,7 +606,7 @@ def c5(c, t, margin):
     statement="BN hurts at very small batch sizes (batch {batch}).",
     source="2017 study, Fig. 6",
     experiment="mlds2017_fig6",
-    optional=["mlds2017_fig6_epochs"],
+    optional=["mlds2017_fig6_epochs", "study_ghost"],
     margin=ACC_MARGIN,
     batch=4,
     protocol="Decided on the 2017 protocol (its Fig. 6), with BN evaluated with running "
@@ -615,7 +615,7 @@ def c5(c, t, margin):
     "on the summed loss, 40,000 steps) with BN evaluated with running and with batch "
     "statistics, and the corrected companion (mean loss, equal 5 epochs); margin {margin:g}.",
 )
-def c6(c, t, epochs, margin, batch):
+def c6(c, t, epochs, ghost, margin, batch):
     """At batch 4, no BN > BN (its batch statistics are noisy), in the faithful runs and in the
     corrected companion if run; the difference at larger batches as notes."""
     no = arm(t, "test_acc", model__norm="none", data__batch_size=batch)
@@ -642,7 +642,22 @@ def c6(c, t, epochs, margin, batch):
                 f"batch {bs}: BN - no BN = {bn.mean() - no.mean():+.4f} "
                 "(faithful, running statistics)"
             )
+    if ghost is not None:
+        c.notes.append(_ghost_note(ghost, "test_acc", "test accuracy", "C22"))
     return out
+
+
+def _ghost_note(ghost: pd.DataFrame, measure: str, what: str, claim: str) -> str:
+    """study_ghost's `measure` by BN group size at a fixed SGD batch of 64, as a note."""
+    means = ghost.groupby(["model.activation", "model.bn_group"])[measure].mean()
+    parts = [
+        f"{act} " + ", ".join(f"{g or 64}: {means[(act, g)]:.4f}" for g in (4, 16, 0))
+        for act in RELU_SIGMOID
+    ]
+    return (
+        f"ghost BN ({claim}; SGD batch 64, BN statistics over groups of 4 / 16 / 64, the SGD "
+        f"noise the same), {what}: " + "; ".join(parts)
+    )
 
 
 @claim(
@@ -1186,7 +1201,7 @@ def c17(c, t, base, running, margin, orders, batches):
     statement="BN adds a mild regularisation effect: a smaller train/test gap.",
     source="seed explainers",
     experiment="study_tuned",
-    optional=["study_lr", "mlds2017_fig4"],
+    optional=["study_lr", "mlds2017_fig4", "study_ghost"],
     margin=ACC_MARGIN,
     fit=0.02,
     protocol="Decided on matched fit at each arm's own best learning rate (study_tuned): at the "
@@ -1200,7 +1215,7 @@ def c17(c, t, base, running, margin, orders, batches):
     "notes: at the end of a fixed-length run the arms fit the training set to different "
     "degrees.",
 )
-def c18(c, t, fixed, faithful, margin, fit):
+def c18(c, t, fixed, faithful, ghost, margin, fit):
     """A regulariser shows at equal fit: BN and no BN compared at the first evaluation where
     each has fit the training subset to loss <= fit (at the end of a fixed-length run the arm
     that fits better has the larger gap, whatever regularises)."""
@@ -1237,6 +1252,9 @@ def c18(c, t, fixed, faithful, margin, fit):
     if faithful is not None:
         for x in _bn_vs_none(faithful, "gap", margin, flip=True, optim__name="sgd"):
             c.notes.append(_as_note("end of the 2017 runs (not matched, not judged)", x))
+    if ghost is not None:
+        c.notes.append(_ghost_note(ghost, "test_loss", "final test loss", "C22"))
+        c.notes.append(_ghost_note(ghost, "gap", "train - test accuracy gap", "C22"))
     return out
 
 
@@ -1362,58 +1380,62 @@ def c20(c, t, margin, eff):
     return out
 
 
-def _eff_lr_change(t: pd.DataFrame, layer: str) -> pd.Series:
-    """|log(effective lr at the end / at half-way)| of a layer feeding BN: 0 at equilibrium."""
-    return (np.log(t[f"eff_lr_{layer}_final"] / t[f"eff_lr_{layer}_half"])).abs()
-
-
 @claim(
     "C21",
     statement="With BN, weight decay does not shrink the function but the weights feeding BN: "
-    "their norm, and with it the effective learning rate, settles at an equilibrium, while "
-    "without weight decay the effective learning rate keeps falling.",
-    source="van Laarhoven 2017; Zhang et al. 2019; Li & Arora 2020",
+    "it keeps their effective learning rate lr/||w||^2 high, and their angular update settles "
+    "at sqrt(2 lr wd), an equilibrium; without weight decay the angular update dies out.",
+    source="van Laarhoven 2017; Zhang et al. 2019; Li & Arora 2020; Wan et al. 2021",
     experiment="study_wd",
-    change=0.05,
-    ratio=1.25,
+    ratio=1.5,
+    eff=1.25,
     wd=0.005,
     protocol="Decided on a weight-decay sweep built for it (study_wd); no faithful protocol uses "
     "weight decay.",
-    test="studies protocol (relu, SGD lr 0.1 on the mean loss) for 10,000 steps, BN before the "
-    "activation: the change of the effective learning rate lr/||w_j||^2 of fc1 and fc2 over "
-    "the second half of training, |log(end / half-way)|, larger with weight decay 0 than with "
-    "{wd:g} (margin {change:g}); and the final effective learning rate of fc1 and fc2 larger "
-    "with weight decay {wd:g} than without (ratio, margin {ratio:g}x). Test accuracy per "
-    "weight decay, with and without BN, as notes.",
+    test="studies protocol (relu, SGD lr 0.1 on the mean loss, batch 64) for 10,000 steps, BN "
+    "before the activation, for fc1 and fc2: the angle one step turns a unit's incoming "
+    "weights (mean over units, averaged over the run's last quarter) equal to sqrt(2 lr wd) "
+    "within a factor {ratio:g} at weight decay {wd:g}, and larger than without weight decay "
+    "(ratio, margin {ratio:g}x); the final effective learning rate larger with weight decay "
+    "{wd:g} than without (ratio, margin {eff:g}x). The milder weight decay 5e-4, test accuracy "
+    "with and without BN, and the norms as notes.",
 )
-def c21(c, t, change, ratio, wd):
-    """Equilibrium: the effective lr stops changing with weight decay and keeps falling without
-    it; and weight decay keeps it higher."""
+def c21(c, t, ratio, eff, wd):
+    """The equilibrium angular update sqrt(2 lr wd) (Wan et al. 2021's spherical motion
+    dynamics for plain SGD), its absence without weight decay, and the effective lr."""
     bn = select(t, model__norm="batch")
-    bn = bn.assign(**{f"eff_change_{lay}": _eff_lr_change(bn, lay) for lay in ("fc1", "fc2")})
     bn.attrs = t.attrs
     out = []
     for layer in ("fc1", "fc2"):
-        col = f"eff_change_{layer}"
-        a, b = (arm(bn, col, optim__weight_decay=w) for w in (0.0, wd))
-        label = f"{layer}: effective-lr change over the second half, wd 0 > wd {wd:g}"
-        out.append(Comparison(label, a, b, change))
+        col = f"angular_step_{layer}_late"
+        turned = arm(bn, col, optim__weight_decay=wd)
+        lr = bn.loc[bn["optim.weight_decay"] == wd, "optim.lr"].iloc[0]
+        theory = pd.Series(math.sqrt(2 * lr * wd), index=turned.index)
+        theory.attrs = turned.attrs
+        label = f"{layer}: late angular update at wd {wd:g} ~ sqrt(2 lr wd) = {theory.iloc[0]:.4f}"
+        out.append(Comparison(label, turned, theory, math.log(ratio), "equivalent", log=True))
+        none = arm(bn, col, optim__weight_decay=0.0)
+        label = f"{layer}: late angular update, wd {wd:g} > wd 0"
+        out.append(Comparison(label, turned, none, math.log(ratio), log=True))
     for layer in ("fc1", "fc2"):
         col = f"eff_lr_{layer}_final"
         a, b = (arm(bn, col, optim__weight_decay=w) for w in (wd, 0.0))
         label = f"{layer}: final effective lr, wd {wd:g} > wd 0"
-        out.append(Comparison(label, a, b, math.log(ratio), log=True))
+        out.append(Comparison(label, a, b, math.log(eff), log=True))
+    for w, g in bn.groupby("optim.weight_decay"):
+        pred = math.sqrt(2 * g["optim.lr"].iloc[0] * w)
+        c.notes.append(
+            f"BN, wd {w:g}: late angular update fc1 {g['angular_step_fc1_late'].mean():.4f}, fc2 "
+            f"{g['angular_step_fc2_late'].mean():.4f} (sqrt(2 lr wd) = {pred:.4f}); fc2 "
+            f"effective lr half-way {g['eff_lr_fc2_half'].mean():.3g}, end "
+            f"{g['eff_lr_fc2_final'].mean():.3g}; ||W2|| {g['w_fro_fc2_half'].mean():.3g} -> "
+            f"{g['w_fro_fc2_final'].mean():.3g}"
+        )
     for norm in NORMS2:
         accs = t[t["model.norm"] == norm].groupby("optim.weight_decay")["test_acc"].mean()
         c.notes.append(
             f"{_bn(norm)}, mean final test accuracy by weight decay: "
             + ", ".join(f"{w:g}: {v:.4f}" for w, v in accs.items())
-        )
-    for w, g in bn.groupby("optim.weight_decay"):
-        c.notes.append(
-            f"BN, wd {w:g}: fc2 effective lr half-way {g['eff_lr_fc2_half'].mean():.3g}, end "
-            f"{g['eff_lr_fc2_final'].mean():.3g}; ||W2|| {g['w_fro_fc2_half'].mean():.3g} -> "
-            f"{g['w_fro_fc2_final'].mean():.3g}"
         )
     return out
 

@@ -489,7 +489,7 @@ def study_scale_equiv(res: Results):
     ref_values = ref.reindex(pd.MultiIndex.from_frame(dev[["seed", "step"]])).to_numpy()
     rel = (dev["value"] - ref_values).abs() / ref_values
     # exact agreement is drawn at 1e-9 (a log axis has no 0), labelled as such
-    dev = dev.assign(metric="loss_dev", value=rel.clip(lower=1e-9))
+    dev = dev.assign(metric="loss_dev", value=rel.clip(lower=1e-9)).drop(columns="version")
     fig = plt.figure(figsize=(11, 4.6), layout="constrained")
     left, right = fig.subfigures(1, 2)
     plots.curves(
@@ -695,7 +695,7 @@ def study_shift(res: Results):
     mode = rows["metric"].str.removeprefix("shift_acc_")
     how = mode.map(SHIFT_MODE_NAMES).where(rows["model.norm"] != "none", "no BN")
     rows = rows.assign(how=how, shift=rows["layer"])
-    return plots.final_points(
+    fig = plots.final_points(
         rows,
         "shift",
         "value",
@@ -706,6 +706,9 @@ def study_shift(res: Results):
         title="C25: covariate shift at test time (SGD lr 0.1, 5,000 steps)",
         ylim=(0, 1),
     )
+    for ax in fig.axes:
+        ax.tick_params(axis="x", labelrotation=40)
+    return fig
 
 
 def study_momentum(res: Results):

@@ -76,11 +76,15 @@ def short(column: str) -> str:
     return SHORT_NAMES.get(column, column.split(".")[-1])
 
 
+# columns that figures build with readable values ('BN before', 'a = 4, eps x a^2')
+LABELLED = ("arm", "version", "setting", "how")
+
+
 def label(column: str | None, value) -> str:
     """Legend / title text for a setting: 'BN' for model.norm=batch, else 'name=value'."""
     if column == "model.norm":
         return NORM_LABELS.get(value, str(value))
-    if column == "arm":  # already a label ('BN before')
+    if column in LABELLED:  # already a label ('BN before')
         return str(value)
     return f"{short(column)}={value}" if column else ""
 

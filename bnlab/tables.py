@@ -56,6 +56,8 @@ turn a claim inconclusive):
   eff_lr_{fc1,fc2}_{half,final}, w_fro_{fc1,fc2}_{half,final}   effective learning rate
                            lr/||w_j||^2 (mean over units) and ||W|| of the weights feeding BN,
                            at the last probe at or before half the run, and at the end
+  angular_step_{fc1,fc2}_late   the weights feeding BN: mean over the probes of the run's last
+                           quarter of the angle (radians, mean over units) one step turns w_j
   agrad_log_ratio_first, agrad_log_ratio_1k   log10 of the activation-space gradient (grad_z)
                            at the first hidden layer over the last: at the first grads probe
                            (step 1: the initial weights) and averaged over steps 1-1,000
@@ -201,14 +203,23 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
 
 
 def _mean_over_probes(
-    h: pd.DataFrame, metric: str, layer: str, split: str, upto=None, absolute: bool = False
+    h: pd.DataFrame,
+    metric: str,
+    layer: str,
+    split: str,
+    upto=None,
+    absolute: bool = False,
+    after: pd.Series | None = None,
 ):
     """Per member, the mean of `metric` (of |metric| with absolute) over probes after step 0
-    (up to step `upto`)."""
+    (up to step `upto`; after the member's step in `after`, a Series by run and seed)."""
     rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
     rows = rows[rows["step"] > 0]
     if upto is not None:
         rows = rows[rows["step"] <= upto]
+    if after is not None:
+        rows = rows.join(after.rename("after"), on=["run", "seed"])
+        rows = rows[rows["step"] > rows["after"]]
     values = rows["value"].abs() if absolute else rows["value"]
     return values.groupby([rows["run"], rows["seed"]]).mean()
 
@@ -391,6 +402,8 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         for metric, name in (("lr_over_w2", "eff_lr"), ("w_fro", "w_fro")):
             cols[f"{name}_{layer}_final"] = _at(h, metric, layer, "train", last=True)
             cols[f"{name}_{layer}_half"] = _at_or_before(h, half, metric, layer, "train")
+        late = _mean_over_probes(h, "angular_step", layer, "train", after=half * 1.5)
+        cols[f"angular_step_{layer}_late"] = late
     cols.update(shift_columns(h))
     for name, series in cols.items():
         if len(series):
