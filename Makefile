@@ -32,7 +32,7 @@ demo: $(BIN)/.installed
 	$(BIN)/bnlab figures demo --out results/demo
 
 test: $(BIN)/.installed-dev
-	BNLAB_DATA_ROOT=$(TEST_DATA) $(BIN)/python -m pytest -q --durations=10
+	BNLAB_DATA_ROOT=$(TEST_DATA) $(BIN)/python -m pytest -q --durations=10 -n 2 --dist worksteal
 
 reproduce: $(BIN)/.installed
 	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab reproduce
