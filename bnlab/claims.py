@@ -651,7 +651,7 @@ def _ghost_note(ghost: pd.DataFrame, measure: str, what: str, claim: str) -> str
     """study_ghost's `measure` by BN group size at a fixed SGD batch of 64, as a note."""
     means = ghost.groupby(["model.activation", "model.bn_group"])[measure].mean()
     parts = [
-        f"{act} " + ", ".join(f"{g or 64}: {means[(act, g)]:.4f}" for g in (4, 16, 0))
+        f"{act} " + ", ".join(f"{g or 64}: {means.get((act, g), np.nan):.4f}" for g in (4, 16, 0))
         for act in RELU_SIGMOID
     ]
     return (
@@ -1448,6 +1448,7 @@ def c21(c, t, ratio, eff, wd):
     source="Hoffer et al. 2017; the small-batch claims C6 and C18",
     experiment="study_ghost",
     margin=ACC_MARGIN,
+    loss=1.05,
     small=4,
     ghost=16,
     protocol="Decided on ghost batch norm at one fixed SGD batch of 64 (study_ghost), which "
@@ -1456,9 +1457,9 @@ def c21(c, t, ratio, eff, wd):
     test="studies protocol (SGD lr 0.1 on the mean loss, batch 64, 5,000 steps), relu and "
     "sigmoid, BN evaluated with running statistics: final test accuracy with statistics over "
     "all 64 examples > over groups of {small} (margin {margin:g}); final test loss with "
-    "statistics over all 64 > over groups of {ghost} (margin {margin:g}).",
+    "statistics over all 64 > over groups of {ghost} (ratio, margin {loss:g}x).",
 )
-def c22(c, t, margin, small, ghost):
+def c22(c, t, margin, loss, small, ghost):
     """At a fixed SGD batch, tiny BN groups cost accuracy; moderate groups lower the test
     loss (Hoffer et al.'s regularisation)."""
     out = []
@@ -1471,7 +1472,7 @@ def c22(c, t, margin, small, ghost):
         full = arm(t, "test_loss", model__bn_group=0, model__activation=act)
         grouped = arm(t, "test_loss", model__bn_group=ghost, model__activation=act)
         label = f"{act}: test loss, BN over 64 > over groups of {ghost}"
-        out.append(Comparison(label, full, grouped, margin))
+        out.append(Comparison(label, full, grouped, math.log(loss), log=True))
     for act in RELU_SIGMOID:
         g = select(t, model__activation=act).groupby("model.bn_group")
         c.notes.append(

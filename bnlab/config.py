@@ -147,7 +147,7 @@ class OptimConfig:
     lr: float = 1e-4  # learning rate (the 2017 study: 1e-4 on the summed loss)
     momentum: float = 0.0  # sgd
     weight_decay: float = 0.0  # L2 coefficient added to the gradient (torch.optim's)
-    schedule: str = "constant"  # lr schedule: constant | step | cosine (bnlab.optim.SCHEDULES)
+    schedule: str = "constant"  # lr schedule: constant | step | cosine (bnlab.schedules)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: run fractions
     gamma: float = 0.1  # step: the lr is multiplied by this at each milestone
     invariant_lr_scale: float = 1.0  # multiplies the lr of the weights feeding a batch-stat norm
@@ -388,13 +388,15 @@ def validate(rc: RunConfig) -> None:
         )
     _positive("model.invariant_init_scale", m.invariant_init_scale)
     _positive("optim.invariant_lr_scale", o.invariant_lr_scale)
-    invariant = m.norm in BATCH_STAT_NORMS and m.placement == "before" and not m.bias_before_norm
+    invariant = m.norm in BATCH_STAT_NORMS and not issubclass(NORMS[m.norm], BatchRenorm)
+    invariant &= m.placement == "before" and not m.bias_before_norm
+    invariant &= not (m.dropout > 0 and m.dropout_at == "before_bn")
     if (m.invariant_init_scale != 1 or o.invariant_lr_scale != 1) and not invariant:
         raise ConfigError(
             "model.invariant_init_scale and optim.invariant_lr_scale act on the weights that "
-            f"feed a batch-statistics norm; model.norm={m.norm} placement={m.placement} "
-            f"bias_before_norm={m.bias_before_norm} has none: use model.norm=batch, "
-            "placement=before, bias_before_norm=false"
+            f"feed a batch-statistics norm directly; model.norm={m.norm} placement={m.placement} "
+            f"bias_before_norm={m.bias_before_norm} dropout_at={m.dropout_at} has none: use "
+            "model.norm=batch, placement=before, bias_before_norm=false, no dropout before BN"
         )
     if m.bn_group:
         if m.norm not in ("batch", "batch_scratch"):
@@ -416,11 +418,16 @@ def validate(rc: RunConfig) -> None:
         kind, _, strength = entry.partition(":")
         _choice("train.shifts entry kind", kind, list(SHIFTS))
         try:
-            float(strength)
+            value = float(strength)
         except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or (kind != "rotation" and value < 0):
             raise ConfigError(
-                f"train.shifts entry {entry!r} needs KIND:STRENGTH, e.g. rotation:30"
-            ) from None
+                f"train.shifts entry {entry!r} needs KIND:STRENGTH with a finite number (>= 0 "
+                "for noise and contrast), e.g. rotation:30"
+            )
+    if len(set(t.shifts)) != len(t.shifts):
+        raise ConfigError(f"train.shifts={list(t.shifts)} repeats an entry; list each once")
     if t.shifts and d.standardize:
         raise ConfigError(
             f"train.shifts={list(t.shifts)} shifts pixels in [0, 1]: it needs "

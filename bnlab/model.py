@@ -132,8 +132,8 @@ def init_member(model: MLP, k: int, cfg: ModelConfig, seed: int) -> None:
             else:
                 w.uniform_(-1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in), generator=g)
             lin.weight[k] = (w * cfg.init_scale).T  # drawn (in, out): same values as before
-        scale = cfg.invariant_init_scale
-        for name, lin in scale_invariant_linears(model):
+        scale = cfg.invariant_init_scale  # != 1 only with BN's running_var (bnlab.config)
+        for name, lin in scale_invariant_linears(model) if scale != 1 else []:
             lin.weight[k] *= scale
             norm = getattr(model, model.order[model.order.index(name) + 1])
             norm.running_var[k] *= scale * scale

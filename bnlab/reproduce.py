@@ -9,7 +9,7 @@ wall time and, per experiment, its runs' job-seconds, member-steps and time spen
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
   bnlab reproduce                  # everything (about 95 minutes on a 2-core CPU)
-  bnlab reproduce --extras         # and the extra studies of C20-C26 (about 30 minutes more)
+  bnlab reproduce --extras         # and the extra studies of C20-C26 (about 40 minutes more)
   bnlab reproduce --only mlds2017_fig6 mlds2017_fig9
   bnlab reproduce --stage report   # collect, tables, figures, claims only
   bnlab reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)

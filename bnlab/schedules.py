@@ -2,7 +2,7 @@
 
     constant   1 throughout (the 2017 study, and every study unless it says otherwise)
     step       times optim.gamma at each of optim.milestones (fractions of the run)
-    cosine     0.5 (1 + cos(pi t / T)) (Loshchilov & Hutter 2017, without restarts)
+    cosine     0.5 (1 + cos(pi (t - 1) / T)) (Loshchilov & Hutter 2017, no restarts)
 
 The factor of step t is the one its update uses (t = 1 .. T).
 """

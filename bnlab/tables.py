@@ -60,7 +60,8 @@ turn a claim inconclusive):
                            quarter of the angle (radians, mean over units) one step turns w_j
   agrad_log_ratio_first, agrad_log_ratio_1k   log10 of the activation-space gradient (grad_z)
                            at the first hidden layer over the last: at the first grads probe
-                           (step 1: the initial weights) and averaged over steps 1-1,000
+                           after step 0 (the initial weights' gradient when probes.grads.every
+                           is 1, as in yang2019_depth) and averaged over steps 1-1,000
   shift_{acc,loss}_MODE_ENTRY   the covariate-shift evaluation (train.shifts, bnlab.shift)
   equiv_max_rel_loss, equiv_max_acc, equiv_exact   where model.invariant_init_scale varies:
                            each member against the unscaled member of its seed (equivalence)
@@ -89,6 +90,7 @@ MATCHED_LOSS = (0.3, 0.1)  # curvature compared at the first evaluation with los
 DRIFT_LAYERS = ("act1", "act2", "fc2", "fc3")  # pre-activations (BN outputs), next layers' inputs
 DRIFTS = (("drift", "test"), ("train_drift", "train"))  # eval mode (activations), ics_train
 CURVATURE = (("curv_lr_lambda", "all"), ("curv_gHg", "grad"), ("curv_overshoot", "grad"))
+SETTINGS = ("data.", "model.", "optim.", "train.")  # the config columns of a table
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
 RESULT_COLUMNS = [
     "status",
@@ -127,7 +129,7 @@ def _configured(column: str):
 
 def _feeds_bn(runs: pd.DataFrame) -> pd.Series:
     """The runs with a linear layer without bias right before a batch-statistics norm
-    (bnlab.probes.scale_invariant_linears), recorded by a bnlab that has probes.scale."""
+    (bnlab.model.scale_invariant_linears), recorded by a bnlab that has probes.scale."""
 
     def col(name, default):
         return runs[name] if name in runs else pd.Series(default, index=runs.index)
@@ -185,9 +187,9 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
                 f"in {int(due.sum())} members; the probe or the measure was renamed: make "
                 "bnlab/tables.py and bnlab/probes.py agree"
             )
-    shifts = runs.get("train.shifts")  # the covariate-shift evaluation's final rows
-    due = shifts is not None and (shifts.astype(str).ne("[]") & (runs["status"] == "finished"))
-    if shifts is not None and "shift_acc_running" not in recorded and due.any():
+    shifts = runs.get("train.shifts", pd.Series(None, index=runs.index, dtype=object))
+    due = shifts.notna() & shifts.astype(str).ne("[]") & (runs["status"] == "finished")
+    if due.any() and "shift_acc_running" not in recorded:  # the shift evaluation's final rows
         raise MissingMeasure(
             f"{sweep}: no member recorded metric 'shift_acc_running' although train.shifts "
             "was set; make bnlab/tables.py and bnlab/shift.py agree"
@@ -435,7 +437,8 @@ def agrad_log_ratio(h: pd.DataFrame) -> pd.DataFrame:
 
 def activation_gradients(h: pd.DataFrame) -> dict[str, pd.Series]:
     """Per member, agrad_log_ratio at the first probe after step 0 (agrad_log_ratio_first:
-    step 1's backward is at the initial weights) and averaged over the probes of steps
+    with probes.grads.every=1, step 1's backward at the initial weights) and averaged over the
+    probes of steps
     1-1,000 (agrad_log_ratio_1k). 0: the gradient reaches the first layer undiminished;
     negative: it vanishes on the way down; positive: it grows (explodes)."""
     ratio = agrad_log_ratio(h).sort_values("step")
@@ -460,7 +463,8 @@ def shift_columns(h: pd.DataFrame) -> dict[str, pd.Series]:
 
 def equivalence(table: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
     """Where a sweep scales the weights feeding BN (model.invariant_init_scale), each member
-    against the member of the same seed with the weights unscaled (C20): the largest relative
+    against the member of the same seed and other settings (all but the scale, its lr scale
+    and BN's eps) with the weights unscaled (C20): the largest relative
     difference over every evaluation of the test and training-subset loss
     (equiv_max_rel_loss), the largest absolute difference of test accuracy (equiv_max_acc),
     and whether every evaluation's loss and accuracy is bit for bit the same (equiv_exact)."""
@@ -471,10 +475,14 @@ def equivalence(table: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
         (h["layer"] == "") & h["metric"].isin(["loss", "acc"]) & h["split"].isin(["test", "train"])
     ]
     ev = ev.pivot_table(index=["run", "seed"], columns=["split", "metric", "step"], values="value")
-    ref_runs = table[table[scale] == 1.0].set_index("seed")["run"]
+    rescaling = (scale, "optim.invariant_lr_scale", "model.bn_eps")  # what a version changes
+    same = ["seed", *(c for c in table if c.startswith(SETTINGS) and c not in rescaling)]
+    refs = table[table[scale] == 1.0].astype({c: str for c in same[1:]})
+    refs = refs.drop_duplicates(same, keep=False).set_index(same)["run"]
     out = []
-    for _, row in table.iterrows():
-        key, ref = (row["run"], row["seed"]), ref_runs.get(row["seed"])
+    for _, row in table.astype({c: str for c in same[1:]}).iterrows():
+        match = tuple(row[same]) if len(same) > 1 else row["seed"]
+        key, ref = (row["run"], row["seed"]), refs.get(match)
         if ref is None or key not in ev.index or (ref, row["seed"]) not in ev.index:
             out.append({})
             continue

@@ -146,6 +146,13 @@ def test_scaling_the_weights_feeding_bn_by_a_and_their_lr_by_a2_trains_the_same_
         ["model.norm=batch", "model.placement=after", "optim.invariant_lr_scale=4"],
         ["model.norm=layer", "model.invariant_init_scale=2"],
         ["model.norm=batch", "model.bias_before_norm=true", "model.invariant_init_scale=2"],
+        ["model.norm=renorm", "model.invariant_init_scale=2"],
+        [
+            "model.norm=batch",
+            "model.dropout=0.2",
+            "model.dropout_at=before_bn",
+            "optim.invariant_lr_scale=4",
+        ],  # fmt: skip
     ],
 )
 def test_rescaling_without_weights_feeding_bn_is_refused(over):
@@ -159,6 +166,9 @@ BAD = [
     ["optim.gamma=0"],
     ["train.shifts=[blur:2]"],
     ["train.shifts=[rotation:x]"],
+    ["train.shifts=[rotation:inf]"],
+    ["train.shifts=[noise:-0.1]"],
+    ["train.shifts=[noise:0.3,noise:0.3]"],
     ["train.shifts=[noise:0.3]", "data.standardize=true"],
 ]
 
@@ -244,6 +254,14 @@ def test_equivalence_against_the_unscaled_member_of_the_same_seed():
     assert eq.loc[4, "equiv_max_rel_loss"] == pytest.approx(0.1 / 12)
     assert eq.loc[5, "equiv_max_acc"] == pytest.approx(0.01)
     assert equivalence(table.iloc[:2], _hist(rows)).empty
+    # another setting swept with the scale: each member pairs with the reference of its own
+    both = pd.concat([table.assign(**{"optim.lr": lr}) for lr in (0.1, 0.3)], ignore_index=True)
+    both["run"] = both["run"] + both["optim.lr"].astype(str)
+    rows2 = [(r + str(lr), *rest) for lr in (0.1, 0.3) for r, *rest in rows]
+    rows2 = [(r, s, st, sp, m, la, v + (0.5 if r == "ref0.3" and m == "acc" else 0.0))
+             for r, s, st, sp, m, la, v in rows2]  # fmt: skip
+    exact = equivalence(both, _hist(rows2))["equiv_exact"].tolist()
+    assert exact == [True] * 4 + [False] * 2 + [True] * 2 + [False] * 4  # ref0.3 moved
 
 
 def test_shift_columns_and_effective_lr_at_half_and_end():
