@@ -1283,10 +1283,7 @@ def c19(c, t, faithful, ioffe, ratio, target, faithful_target):
     best = at_best_lr(t)
     best = best[best["model.placement"] != "after"]
     c.notes.append(_best_lr_note(best))
-    label = f"{{act}}: steps to {target:.0%} without BN > with BN"
-    out = _bn_vs_none(
-        best, f"steps_to_{target}", math.log(ratio), RELU_SIGMOID, flip=True, log=True, label=label
-    )
+    out = _fewer_steps_with_bn(best, target, ratio)
     for act in RELU_SIGMOID:
         reached = select(best, model__activation=act).groupby("model.norm")[f"reached_{target}"]
         c.notes.append(
@@ -1675,26 +1672,25 @@ def c26(c, t, tuned, margin, ratio, target):
     best = at_best_lr(t)
     c.notes.append(_best_lr_note(best))
     out = _bn_vs_none(best, "acc0", margin, acts=RELU_SIGMOID, label="{act}: accuracy BN > no BN")
-    label = f"{{act}}: steps to {target:.0%} without BN > with BN"
-    out += _bn_vs_none(
-        best, f"steps_to_{target}", math.log(ratio), RELU_SIGMOID, flip=True, log=True, label=label
-    )
+    out += _fewer_steps_with_bn(best, target, ratio)
     if tuned is not None:
         plain = at_best_lr(tuned)
         plain = plain[plain["model.placement"] != "after"]
         for x in _bn_vs_none(plain, "acc0", margin, acts=RELU_SIGMOID):
             c.notes.append(_as_note("plain SGD, constant lr (study_tuned, C4)", x))
-        for x in _bn_vs_none(
-            plain,
-            f"steps_to_{target}",
-            math.log(ratio),
-            RELU_SIGMOID,
-            flip=True,
-            log=True,
-            label=label,
-        ):
+        for x in _fewer_steps_with_bn(plain, target, ratio):
             c.notes.append(_as_note("plain SGD, constant lr (study_tuned, C19)", x))
     return out
+
+
+def _fewer_steps_with_bn(best: pd.DataFrame, target: float, ratio: float) -> list[Comparison]:
+    """Per activation (relu, sigmoid), steps to `target` test accuracy without BN > with BN,
+    as a ratio with margin `ratio` (C19, C26)."""
+    label = f"{{act}}: steps to {target:.0%} without BN > with BN"
+    measure = f"steps_to_{target}"
+    return _bn_vs_none(
+        best, measure, math.log(ratio), RELU_SIGMOID, flip=True, log=True, label=label
+    )
 
 
 def _fmt(x: float) -> str:

@@ -160,8 +160,8 @@ def activation_grads(model, reduction: str) -> list:
     pre-activation z_l (the activation's input: the linear output, or BN's output when BN
     comes before the activation) and grad_z = the mean over the batch of ||d(sum_j L_j)/dz_il||,
     the gradient of the batch's summed loss with respect to example i's z_l (the backward's
-    dL/dz times the batch size when the run's loss is the batch mean; without BN below the
-    loss, example i's own loss gradient). Its ratio between the first and the last hidden
+    dL/dz times the batch size when the run's loss is the batch mean; without BN above layer l,
+    example i's own loss gradient). Its ratio between the first and the last hidden
     layer (tables) is what "vanishing gradients" is about. Read from the backward pass that
     the step already made (MLP.backward keeps every layer's output gradient)."""
     out = []
@@ -902,8 +902,7 @@ class ScaleTracker:
     def __init__(self, cfg, model):
         o = cfg.optim
         self.lr, self.layers = o.lr * o.invariant_lr_scale, scale_invariant_linears(model)
-        self.plain = o.name == "sgd" and o.momentum == 0 and o.weight_decay == 0
-        self.plain = self.plain and o.schedule == "constant"
+        self.plain = (o.name, o.momentum, o.weight_decay, o.schedule) == ("sgd", 0, 0, "constant")
         self.w0 = {name: _sq_norm(lin.weight) for name, lin in self.layers}
         self.radial = {name: torch.zeros_like(w) for name, w in self.w0.items()}  # R, (K,)
         # train_step records the layers' outputs into it; None: nothing to accumulate

@@ -404,8 +404,8 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
         for metric, name in (("lr_over_w2", "eff_lr"), ("w_fro", "w_fro")):
             cols[f"{name}_{layer}_final"] = _at(h, metric, layer, "train", last=True)
             cols[f"{name}_{layer}_half"] = _at_or_before(h, half, metric, layer, "train")
-        late = _mean_over_probes(h, "angular_step", layer, "train", after=half * 1.5)
-        cols[f"angular_step_{layer}_late"] = late
+        last_quarter = _mean_over_probes(h, "angular_step", layer, "train", after=half * 1.5)
+        cols[f"angular_step_{layer}_late"] = last_quarter
     cols.update(shift_columns(h))
     for name, series in cols.items():
         if len(series):
@@ -438,9 +438,8 @@ def agrad_log_ratio(h: pd.DataFrame) -> pd.DataFrame:
 def activation_gradients(h: pd.DataFrame) -> dict[str, pd.Series]:
     """Per member, agrad_log_ratio at the first probe after step 0 (agrad_log_ratio_first:
     with probes.grads.every=1, step 1's backward at the initial weights) and averaged over the
-    probes of steps
-    1-1,000 (agrad_log_ratio_1k). 0: the gradient reaches the first layer undiminished;
-    negative: it vanishes on the way down; positive: it grows (explodes)."""
+    probes of steps 1-1,000 (agrad_log_ratio_1k). 0: the gradient reaches the first layer
+    undiminished; negative: it vanishes on the way down; positive: it grows (explodes)."""
     ratio = agrad_log_ratio(h).sort_values("step")
     if ratio.empty:
         return {}

@@ -57,6 +57,15 @@ def synthetic_data(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Data
     )
 
 
+def explicit_pass(layer, x, dy):
+    """A layer's explicit forward and backward in training mode: (y, dx, dgamma, dbeta)."""
+    layer.train()
+    with torch.no_grad():
+        y = layer(x)
+        dx = layer.backward(dy)
+    return y, dx, layer.weight.grad, layer.bias.grad
+
+
 def model_settings(dropout: bool = True) -> list:
     """Every model structure the registries allow, as pytest params of override lists: each
     activation (bnlab.layers.ACTIVATIONS) x norm (bnlab.norms.NORMS and none) x placement x

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_cfg
+from conftest import explicit_pass, make_cfg
 
 from bnlab.config import ConfigError
 from bnlab.model import build_model
@@ -31,15 +31,6 @@ def _data(b, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(K, b, C, generator=g, dtype=torch.float64) * 3 + 1
     return x, torch.randn(K, b, C, generator=g, dtype=torch.float64)
-
-
-def _manual(layer, x, dy):
-    """Explicit forward + backward in training mode: (y, dx, dgamma, dbeta)."""
-    layer.train()
-    with torch.no_grad():
-        y = layer(x)
-        dx = layer.backward(dy)
-    return y, dx, layer.weight.grad, layer.bias.grad
 
 
 def _oracle(layer, x, dy, sizes):
@@ -89,7 +80,7 @@ CASES += [(16, 2, [2] * 8), (50, 16, [17, 17, 16]), (65, 4, [5] + [4] * 15), (10
 def test_ghost_bn_equals_batch_norm_per_group(norm, b, g, sizes):
     layer = _layer(norm, g)
     x, dy = _data(b)
-    _close(_manual(layer, x, dy), _oracle(layer, x, dy, sizes))
+    _close(explicit_pass(layer, x, dy), _oracle(layer, x, dy, sizes))
     # the forward under autograd (probes' extra passes) is the same function
     xa = x.clone().requires_grad_()
     layer.weight.grad = layer.bias.grad = None
@@ -107,7 +98,7 @@ def test_running_statistics_after_one_and_several_steps(norm, b, g, sizes, momen
     mean, var = torch.zeros(K, C, dtype=torch.float64), torch.ones(K, C, dtype=torch.float64)
     for step in range(1, 5):
         x, dy = _data(b, seed=step)
-        _manual(layer, x, dy)
+        explicit_pass(layer, x, dy)
         mu, v = _stats(x, sizes)
         rate = momentum or 1 / step
         mean, var = (1 - rate) * mean + rate * mu, (1 - rate) * var + rate * v
@@ -122,7 +113,7 @@ def test_one_group_of_the_whole_batch_is_plain_batch_norm(norm, b):
     ghost, plain = _layer(norm, b), _layer(norm, 0)
     for step in range(3):
         x, dy = _data(b, seed=step)
-        _close(_manual(ghost, x, dy), _manual(plain, x, dy))
+        _close(explicit_pass(ghost, x, dy), explicit_pass(plain, x, dy))
     _close((ghost.running_mean, ghost.running_var), (plain.running_mean, plain.running_var))
 
 
@@ -136,9 +127,9 @@ def test_group_0_is_the_layer_without_the_argument(norm):
         built.weight.copy_(plain.weight), built.bias.copy_(plain.bias)
     for step in range(2):
         x, dy = _data(16, seed=step)
-        expect = _manual(plain, x, dy)
+        expect = explicit_pass(plain, x, dy)
         for layer in (zero, built):
-            for u, v in zip(_manual(layer, x, dy), expect):
+            for u, v in zip(explicit_pass(layer, x, dy), expect):
                 assert torch.equal(u, v)
     for layer in (zero, built):
         assert torch.equal(layer.running_mean, plain.running_mean)
@@ -149,7 +140,7 @@ def test_group_0_is_the_layer_without_the_argument(norm):
 @pytest.mark.parametrize("mode", ["running", "population", "batch"])
 def test_evaluation_ignores_the_group(norm, mode):
     ghost, plain = _layer(norm, 4), _layer(norm, 0)
-    _manual(ghost, *_data(16))  # moves ghost's running statistics; copy them to plain
+    explicit_pass(ghost, *_data(16))  # moves ghost's running statistics; copy them to plain
     with torch.no_grad():
         ghost.population_mean.uniform_(-1, 1), ghost.population_var.uniform_(0.5, 2)
         for name, buf in ghost.named_buffers():

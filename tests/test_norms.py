@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_cfg
+from conftest import explicit_pass, make_cfg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,15 +24,6 @@ from bnlab.norms import (
     population_statistics,
 )
 from bnlab.train import run
-
-
-def _manual(layer, x, dy):
-    """Explicit forward + backward in training mode: (y, dx, dgamma, dbeta)."""
-    layer.train()
-    with torch.no_grad():
-        y = layer(x)
-        dx = layer.backward(dy)
-    return y, dx, layer.weight.grad, layer.bias.grad
 
 
 @settings(max_examples=25, deadline=None)
@@ -59,7 +50,7 @@ def test_scratch_bn_equals_torch_batchnorm1d(b, c, momentum, steps, seed):
         ref.weight.grad = ref.bias.grad = None
         y_ref = ref(xr)
         y_ref.backward(dy)
-        y, dx, dgamma, dbeta = _manual(ours, x[None], dy[None])
+        y, dx, dgamma, dbeta = explicit_pass(ours, x[None], dy[None])
         torch.testing.assert_close(y[0], y_ref, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(dx[0], xr.grad, rtol=1e-9, atol=1e-10)
         torch.testing.assert_close(dgamma[0], ref.weight.grad, rtol=1e-9, atol=1e-10)
@@ -82,8 +73,8 @@ def test_scratch_bn_function_passes_gradcheck():
 
 def test_native_bn_layer_equals_scratch_bn_layer():
     x, dy = torch.randn(3, 16, 7, dtype=torch.float64), torch.randn(3, 16, 7, dtype=torch.float64)
-    a = _manual(BatchNorm(3, 7, 1e-3, 0.1).double(), x, dy)
-    b = _manual(ScratchBatchNorm(3, 7, 1e-3, 0.1).double(), x, dy)
+    a = explicit_pass(BatchNorm(3, 7, 1e-3, 0.1).double(), x, dy)
+    b = explicit_pass(ScratchBatchNorm(3, 7, 1e-3, 0.1).double(), x, dy)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
 
@@ -108,8 +99,8 @@ def test_batch_renorm_with_r_max_1_and_d_max_0_is_batch_norm():
     cfg = RenormConfig(r_max=1.0, d_max=0.0)
     x, dy = torch.randn(2, 8, 5, dtype=torch.float64), torch.randn(2, 8, 5, dtype=torch.float64)
     for _ in range(3):  # also after the moving statistics moved away from (0, 1)
-        a = _manual(BatchRenorm(2, 5, 1e-3, "running", cfg).double(), x, dy)
-        b = _manual(BatchNorm(2, 5, 1e-3, 0.1).double(), x, dy)
+        a = explicit_pass(BatchRenorm(2, 5, 1e-3, "running", cfg).double(), x, dy)
+        b = explicit_pass(BatchNorm(2, 5, 1e-3, 0.1).double(), x, dy)
         for u, v in zip(a, b):
             torch.testing.assert_close(u, v, rtol=1e-10, atol=1e-12)
         x = x * 2 + 1
@@ -117,7 +108,7 @@ def test_batch_renorm_with_r_max_1_and_d_max_0_is_batch_norm():
 
 def test_batch_renorm_hand_computed_case_and_inference():
     layer = _renorm(r_max=1.5)
-    y, *_ = _manual(
+    y, *_ = explicit_pass(
         layer,
         torch.tensor([[[0.0], [4.0]]], dtype=torch.float64),
         torch.zeros(1, 2, 1, dtype=torch.float64),
@@ -142,7 +133,7 @@ def test_batch_renorm_backward_holds_r_and_d_constant():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 6, 1, dtype=torch.float64, generator=g)
     dy = torch.randn(1, 6, 1, dtype=torch.float64, generator=g)
-    _, dx, _, _ = _manual(layer, x, dy)
+    _, dx, _, _ = explicit_pass(layer, x, dy)
     # oracle: with r, d unclipped, xhat = (x - mu)/sigma, so with r and d constant dx must be the
     # plain batch-norm gradient scaled by r; letting r, d vary would give dy/sigma instead
     sigma_b = (x.var(1, unbiased=False) + 1e-3).sqrt()
@@ -159,7 +150,9 @@ def test_noisy_bn_with_identity_noise_is_bn_and_noise_has_the_stated_moments():
     noisy = NoisyBatchNorm(2, 4, 1e-3, 0.1, "running", ident).double()
     noisy.noise.generators = [torch.Generator().manual_seed(i) for i in range(2)]
     x, dy = torch.randn(2, 8, 4, dtype=torch.float64), torch.randn(2, 8, 4, dtype=torch.float64)
-    for u, v in zip(_manual(noisy, x, dy), _manual(BatchNorm(2, 4, 1e-3, 0.1).double(), x, dy)):
+    for u, v in zip(
+        explicit_pass(noisy, x, dy), explicit_pass(BatchNorm(2, 4, 1e-3, 0.1).double(), x, dy)
+    ):
         torch.testing.assert_close(u, v)
     noise = Noise(NoiseConfig())
     noise.generators = [torch.Generator().manual_seed(0)]
