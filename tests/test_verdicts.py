@@ -15,11 +15,14 @@ from bnlab.verdicts import (
     ALPHA,
     CONTRADICTED,
     INCONCLUSIVE,
-    MIXED,
+    MIN_VALUES,
     NEGLIGIBLE,
+    REVERSED,
     SUPPORTED,
     Comparison,
-    combine,
+    at_margins,
+    counts,
+    headline,
     judge,
 )
 
@@ -27,10 +30,10 @@ BASE = np.array([0.90, 0.95, 0.85, 0.97, 0.92])  # arm B: seeds that differ a lo
 M = 0.005  # the margin of the hand-made comparisons
 
 
-def _cmp(d, kind="greater", paired=True, margin=M, base=BASE) -> Comparison:
+def _cmp(d, kind="greater", paired=True, margin=M, base=BASE, **setting) -> Comparison:
     """Arm A = arm B + d, seed by seed."""
     a, b = pd.Series(base + d), pd.Series(base)
-    return Comparison("x", a, b, margin, kind, paired=paired)
+    return Comparison("x", a, b, margin, kind, paired=paired, setting=setting)
 
 
 def _paired_t(d, null=0.0):
@@ -95,8 +98,11 @@ NOISE = np.array([-0.003, 0.003, -0.002, 0.002, 0.0])  # paired differences' spr
         (0.02 + NOISE, "greater", SUPPORTED, ">"),
         (0.006 + NOISE, "greater", SUPPORTED, ">"),  # reaches the margin; CI from 0.0028
         (0.001 + NOISE / 10, "greater", NEGLIGIBLE, "tost"),
-        (-0.001 + NOISE / 10, "greater", NEGLIGIBLE, "tost"),  # A < B too, but negligible
+        (0.0 + NOISE / 10, "greater", NEGLIGIBLE, "tost"),
+        (-0.001 + NOISE / 10, "greater", REVERSED, "tost"),  # A < B, significantly, in the margin
         (-0.02 + NOISE, "greater", CONTRADICTED, "<"),
+        (-0.006 + NOISE, "greater", CONTRADICTED, "<"),  # reaches the margin the wrong way
+        (-0.004 + NOISE, "greater", INCONCLUSIVE, ">"),  # A < B significant, maybe in the margin
         (0.004 + NOISE, "greater", INCONCLUSIVE, ">"),  # real, maybe below the margin
         (np.array([0.05, -0.05, 0.04, -0.03, 0.0]), "greater", INCONCLUSIVE, ">"),  # noisy
         (0.001 + NOISE / 10, "equivalent", SUPPORTED, "tost"),
@@ -117,10 +123,13 @@ def test_each_outcome_on_known_arms(d, kind, expected, test):
         else stats.t.cdf(_paired_t(d, -M)[0], df),
     }
     rejects = {k for k, v in p.items() if v <= ALPHA}
-    if expected == NEGLIGIBLE and d.mean() < 0:
-        assert {"<", "tost"} <= rejects  # both hold: negligible wins
-    if (expected, kind) == (INCONCLUSIVE, "greater") and d.mean() > 0.003:
-        assert ">" in rejects and d.mean() < M  # significant, but short of the margin
+    if expected == REVERSED:
+        assert {"<", "tost"} <= rejects  # both hold: a reversal within the margin
+    if expected == NEGLIGIBLE:
+        assert "<" not in rejects and "tost" in rejects
+    if (expected, kind) == (INCONCLUSIVE, "greater") and abs(d.mean()) > 0.003:
+        assert ({">", "<"} & rejects) and abs(d.mean()) < M  # significant, short of the margin
+        assert "tost" not in rejects
     (r,) = judge([_cmp(d, kind)])
     assert (r.verdict, r.test) == (expected, test)
     assert r.p == pytest.approx(p[test])
@@ -167,25 +176,65 @@ def test_paired_only_where_declared_and_welch_otherwise():
     assert not Comparison("x", a, b, M, paired=False).paired
 
 
-S, N, C, I = SUPPORTED, NEGLIGIBLE, CONTRADICTED, INCONCLUSIVE  # noqa: E741
+def test_too_few_values_in_an_arm_is_inconclusive_and_says_why():
+    """MIN_VALUES per arm: a clear effect on 2 seeds is not tested; NaN (a collapsed or
+    diverged member) gives no value."""
+    assert MIN_VALUES == 3
+    two = Comparison("x", pd.Series([0.99, 0.98]), pd.Series([0.90, 0.91]), M)
+    a = pd.Series([0.99, np.nan, 0.98, np.nan, np.nan])  # three members gave no value
+    short = Comparison("x", a, pd.Series(BASE), M)
+    (r2, rs) = judge([two, short])
+    assert (r2.verdict, r2.test) == (INCONCLUSIVE, None) and "fewer than 3 values" in r2.why
+    assert rs.verdict == INCONCLUSIVE and "A 2 of 5, B 5 of 5 members" in rs.why
+    three = Comparison("x", pd.Series([0.99, 0.98, 0.985]), pd.Series([0.90, 0.91, 0.905]), M)
+    assert judge([three])[0].verdict == SUPPORTED and judge([three])[0].why is None
 
 
-@pytest.mark.parametrize(
-    "verdicts, expected",
-    [
-        ([S, S], SUPPORTED),
-        ([S, C, I], MIXED),
-        ([S, I, I], "supported in 1 of 3 (the rest inconclusive)"),
-        ([S, S, N], "supported in 2 of 3 (the rest negligible)"),
-        ([S, I, N, N], "supported in 1 of 4 (1 inconclusive, 2 negligible)"),
-        ([C, C], CONTRADICTED),
-        ([C, I, N], "contradicted in 1 of 3 (1 inconclusive, 1 negligible)"),
-        ([C, N], "contradicted in 1 of 2 (the rest negligible)"),
-        ([N, N], NEGLIGIBLE),
-        ([N, I, I], "negligible in 1 of 3 (the rest inconclusive)"),
-        ([I, I], INCONCLUSIVE),
-        ([], INCONCLUSIVE),
-    ],
-)
-def test_combine(verdicts, expected):
-    assert combine(verdicts) == expected
+def test_a_scoped_headline_names_each_outcome_by_its_settings():
+    """A directional claim over a learning-rate grid: it holds at the low rates, is absent at
+    0.3, reverses at 1 and cannot be told at 3; across two activations, a split on the first
+    setting that varies."""
+    wild = np.array([0.05, -0.05, 0.04, -0.03, 0.0])
+    lrs = {0.01: 0.02 + NOISE, 0.03: 0.02 + NOISE, 0.1: 0.02 + NOISE, 0.3: NOISE / 10,
+           1.0: -0.02 + NOISE, 3.0: wild}  # fmt: skip
+    cmps = [_cmp(d, lr=lr) for lr, d in lrs.items()]
+    results = judge(cmps)
+    assert [r.verdict for r in results] == [SUPPORTED] * 3 + [
+        NEGLIGIBLE,
+        CONTRADICTED,
+        INCONCLUSIVE,
+    ]
+    assert headline(cmps, results) == (
+        "holds at lr 0.01-0.1; reverses at lr 1; absent at lr 0.3; undecided at lr 3"
+    )
+    assert counts(results) == "3 supported, 1 contradicted, 1 negligible, 1 inconclusive"
+    # non-contiguous values are listed, two in a row with a comma
+    cmps = [_cmp(d, lr=lr) for lr, d in zip(lrs, [0.02 + NOISE, NOISE / 10] * 3)]
+    assert headline(cmps, judge(cmps)) == "holds at lr 0.01, 0.1, 1; absent at lr 0.03, 0.3, 3"
+    # two settings: the group is named by a split on the first one that varies
+    cmps = [
+        _cmp(0.02 + NOISE, activation="relu", layer="fc1"),
+        _cmp(0.02 + NOISE, activation="relu", layer="fc2"),
+        _cmp(-0.001 + NOISE / 10, activation="sigmoid", layer="fc1"),
+        _cmp(0.02 + NOISE, activation="sigmoid", layer="fc2"),
+    ]
+    assert headline(cmps, judge(cmps)) == (
+        "holds for relu, sigmoid (fc2); reversed within the margin for sigmoid (fc1)"
+    )
+    # all agree: the shared verdict; an equivalence that fails 'fails', not 'reverses'
+    same = [_cmp(0.02 + NOISE, lr=lr) for lr in (0.1, 1.0)]
+    assert headline(same, judge(same)) == SUPPORTED
+    eq = [_cmp(NOISE / 10, "equivalent", act="relu"), _cmp(0.02 + NOISE, "equivalent", act="tanh")]
+    assert headline(eq, judge(eq)) == "holds for relu; fails for tanh"
+
+
+def test_half_and_double_margins_show_a_fragile_verdict():
+    """An effect of 0.006 with margin 0.005: supported; at double the margin it is inside it
+    (negligible); at half it is still supported. An effect of 0.02 is robust."""
+    near = [_cmp(0.006 + NOISE / 3, lr=0.1)]
+    assert [r.verdict for r in judge(near)] == [SUPPORTED]
+    assert [r.verdict for r in at_margins(near, 0.5)] == [SUPPORTED]
+    assert [r.verdict for r in at_margins(near, 2.0)] == [NEGLIGIBLE]
+    assert near[0].margin == M  # the comparison itself is not changed
+    far = [_cmp(0.02 + NOISE / 3)]
+    assert all(r.verdict == SUPPORTED for k in (0.5, 2.0) for r in at_margins(far, k))
