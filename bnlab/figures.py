@@ -2,8 +2,10 @@
 
 Each figure reads the sweeps it needs from RESULTS/sweeps (collecting a sweep first when its
 runs.parquet is missing) and writes RESULTS/figures/NAME.png and NAME.svg (the Fig. 3
-animation also NAME.gif). A figure that cannot be drawn (its sweep has no runs, a measure it
-shows is missing) is named with the reason, and the command exits 1.
+animation also NAME.gif). `--sweep DIR` reads the figure's own experiment from a sweep folder
+trained anywhere (hydra.sweep.dir=DIR) and writes into DIR. A figure that cannot be drawn (its
+sweep has no runs, a measure it shows is missing) is named with the reason, and the command
+exits 1; `all` keeps the figures whose runs are not here as they are (the committed ones).
 """
 
 from __future__ import annotations
@@ -19,57 +21,97 @@ import numpy as np
 import pandas as pd
 
 from . import plots, tables
-from .claims import at_best_lr
 from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
 from .experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, experiments_of, figures_of, sweep
 from .records import atomic_path
+from .reproduce import TIMES, sweep_points
+from .selection import at_best_lr
 
 DONE = ("finished", "diverged")
 
 
-class Results:
-    """Collected tables of the sweeps under RESULTS/sweeps, loaded once each."""
+class NoRuns(FileNotFoundError):
+    """A figure's sweep has no runs here (not trained in this results folder)."""
 
-    def __init__(self, root: Path):
+
+class Results:
+    """Collected tables of the sweeps under RESULTS/sweeps (or in the folders given for some
+    sweeps: {sweep name: folder}), loaded once each."""
+
+    def __init__(self, root: Path, folders: dict[str, Path] | None = None):
         self.root = Path(root)
+        self.folders = {k: Path(v) for k, v in (folders or {}).items()}
         self._cache: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
 
     def load(self, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(runs, history) of an experiment's sweep, members that finished or diverged only."""
         name = sweep(experiment)
         if name not in self._cache:
-            folder = self.root / "sweeps" / name
+            folder = self.folders.get(name, self.root / "sweeps" / name)
             if not folder.is_dir():
-                raise FileNotFoundError(
-                    f"no sweep folder {folder}; {how_to_train(name, self.root)}"
-                )
+                raise NoRuns(f"no sweep folder {folder}; {how_to_train(experiment, self.root)}")
             try:
                 runs, history = read_tables(folder)
             except FileNotFoundError:
                 if collect_main([str(folder)]) != 0:
-                    raise FileNotFoundError(
-                        f"no runs in {folder}; {how_to_train(name, self.root)}"
+                    raise NoRuns(
+                        f"no runs in {folder}; {how_to_train(experiment, self.root)}"
                     ) from None
                 runs, history = read_tables(folder)
             self._cache[name] = (runs[runs["status"].isin(DONE)], history)
         return self._cache[name]
 
 
-def how_to_train(sweep: str, root: Path) -> str:
-    """What to run to get a sweep's runs, and how long it took in the last reproduction (the
-    committed tables hold one row per member, not the per-step curves figures draw)."""
-    names = [e for e in experiments_of(sweep) if EXPERIMENTS[e].reproduce] or [sweep]
-    times = root / "tables" / "reproduction_times.csv"
-    took = ""
-    if times.exists():
-        t = pd.read_csv(times).set_index("experiment")["job_s"]
-        minutes = sum(t.get(n, 0.0) for n in names) / 60 / 2  # two jobs at a time
-        took = f" (about {max(1, round(minutes))} min on 2 cores)" if minutes else ""
-    return (
-        f"train it first: bnlab reproduce --only {' '.join(names)}{took}; the committed "
-        "results/tables hold final numbers per member, not the per-step curves figures need"
+def training_minutes(experiment: str, root: Path) -> int | None:
+    """Minutes on 2 cores to train an experiment's runs, from the last reproduction's
+    job-seconds (RESULTS/tables/reproduction_times.csv): its own row's where that timed every
+    point of it, else its sweep's mean per timed run times its points (a run shared with
+    another experiment is timed under the first of them)."""
+    path = Path(root) / "tables" / TIMES
+    if not path.exists():
+        return None
+    times = pd.read_csv(path).set_index("experiment")
+    own = times["job_s"].get(experiment, 0.0)
+    mates = [e for e in experiments_of(sweep(experiment)) if e in times.index]
+    try:
+        points = len(sweep_points(experiment))
+        runs = times.loc[mates, "runs"].sum()
+        per_run = times.loc[mates, "job_s"].sum() / runs if runs else 0.0
+        timed = times["runs"].get(experiment, 0) == points
+        job_s = own if timed else per_run * points
+    except (KeyError, ValueError):  # an older file without runs, or no config
+        points, job_s = 2, own
+    if not job_s > 0:
+        return None
+    return max(1, round(job_s / 60 / min(2, points)))  # two jobs at a time
+
+
+def how_to_train(experiment: str, root: Path) -> str:
+    """The command that trains an experiment's runs, and how long they take (the committed
+    tables hold one row per member, not the per-step curves figures draw)."""
+    command = (
+        f"bnlab reproduce --only {experiment}"
+        if EXPERIMENTS[experiment].reproduce
+        else f"bnlab train -m experiment={experiment}"
     )
+    minutes = training_minutes(experiment, root)
+    took = f" (about {minutes} min on 2 cores)" if minutes else ""
+    return (
+        f"train it first: {command}{took}, or draw it from a sweep folder trained elsewhere "
+        f"with --sweep DIR; the committed results/tables hold final numbers per member, not "
+        "the per-step curves figures need"
+    )
+
+
+def trained(runs: pd.DataFrame) -> str:
+    """The steps the finished members trained, for a label: '5,000' or '300-5,000'."""
+    done = runs.loc[runs["status"] == "finished", "steps_done"]
+    done = done if len(done) else runs["steps_done"]
+    if done.empty:
+        return "?"
+    lo, hi = int(done.min()), int(done.max())
+    return f"{hi:,}" if lo == hi else f"{lo:,}-{hi:,}"
 
 
 def _steps(history: pd.DataFrame, metric: str, wanted: list[int]) -> list[int]:
@@ -151,15 +193,17 @@ def mlds2017_fig4(res: Results):
 def mlds2017_fig5(res: Results):
     """Test accuracy over the first 5,000 steps, relu/sigmoid x SGD/Adam x BN (Fig. 5)."""
     runs, hist = res.load("mlds2017_fig5")
+    first = min(5000, int(runs["steps_done"].max()))
     return plots.curves(
         select(runs, model__activation=["relu", "sigmoid"]),
         hist,
         "acc",
         facet="model.activation",
         style="optim.name",
-        xmax=5000,
+        xmax=first,
         ylabel="test accuracy",
-        title="2017 study Fig. 5: SGD vs Adam x BN, lr 1e-4, first 5,000 of 40,000 steps",
+        title=f"2017 study Fig. 5: SGD vs Adam x BN, lr 1e-4, first {first:,} of "
+        f"{trained(runs)} steps",
         ylim=(0.5, 1.0),
     )
 
@@ -191,7 +235,9 @@ def mlds2017_fig6(res: Results):
         ylim=(0.7, 1.0),
         fig=top,
     )
-    top.suptitle("Faithful: sigmoid, SGD lr 0.01 on the summed loss, 40,000 steps per batch size")
+    top.suptitle(
+        f"Faithful: sigmoid, SGD lr 0.01 on the summed loss, {trained(runs)} steps per batch size"
+    )
     left, right = bottom.subfigures(1, 2, width_ratios=[2, 1])
     plots.final_points(
         _final_modes(runs),
@@ -253,7 +299,7 @@ def mlds2017_mismatch(res: Results):
         facet="eval",
         logx=True,
         sharey=True,
-        ylabel="test accuracy after 1,000 steps",
+        ylabel=f"test accuracy after {trained(runs)} steps",
         xlabel="1:0 ratio of the test set",
         title="Mismatch: trained on digits 0/1, tested on skewed 0/1 sets (sigmoid, SGD)",
     )
@@ -417,7 +463,6 @@ def study_tuned(res: Results):
     return _tuned_figure(
         res,
         "study_tuned",
-        "20,000",
         "C4, C14, C18, C19: each arm at its own best learning rate, chosen on 5,000 held-out\n"
         "training images (top); test accuracy at that rate (bottom). SGD, mean loss, batch 64",
     )
@@ -431,7 +476,7 @@ def _with_valid(runs: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
     return runs.assign(valid0=runs["valid_acc"].where(runs["status"] == "finished", 0.0))
 
 
-def _tuned_figure(res: Results, experiment: str, steps: str, title: str):
+def _tuned_figure(res: Results, experiment: str, title: str):
     """Held-out error against the learning rate per arm (top) and test accuracy over training
     at each arm's chosen learning rate (bottom)."""
     runs, hist = res.load(experiment)
@@ -446,7 +491,7 @@ def _tuned_figure(res: Results, experiment: str, steps: str, title: str):
         hue="arm",
         facet="model.activation",
         logx=True,
-        ylabel=f"held-out error at {steps} steps\n(1 - accuracy; diverged = 1)",
+        ylabel=f"held-out error at {trained(runs)} steps\n(1 - accuracy; diverged = 1)",
         xlabel="SGD learning rate (mean loss)",
         fig=top,
     )
@@ -623,7 +668,8 @@ def activation_grads(res: Results):
         fig=top,
         ylabel=f"{ylabel}\n(0: no vanishing)",
     )
-    top.suptitle("2017 Fig. 2 runs (SGD lr 1e-4, summed loss), steps 1-1,000")
+    first = min(1000, int(runs["steps_done"].max()))
+    top.suptitle(f"2017 Fig. 2 runs (SGD lr 1e-4, summed loss), steps 1-{first:,}")
     if druns is not None:
         init = tables.activation_gradients(dhist)["agrad_log_ratio_first"].rename("ratio")
         plain = ~druns.get("data.standardize", pd.Series(False, index=druns.index)).eq(True)
@@ -661,7 +707,7 @@ def study_depth(res: Results):
         facet="model.activation",
         logx=True,
         xlabel="hidden layers (width 100)",
-        ylabel="test accuracy at the chosen lr\n(1,000 steps; diverged = 0)",
+        ylabel=f"test accuracy at the chosen lr\n({trained(runs)} steps; diverged = 0)",
         fig=top,
     )
     lr = runs["optim.lr"].map(lambda v: f"lr {v:g}")
@@ -703,7 +749,7 @@ def study_shift(res: Results):
         facet="model.activation",
         ylabel="test accuracy",
         xlabel="test set",
-        title="C25: covariate shift at test time (SGD lr 0.1, 5,000 steps)",
+        title=f"C25: covariate shift at test time (SGD lr 0.1, {trained(runs)} steps)",
         ylim=(0, 1),
     )
     for ax in fig.axes:
@@ -716,7 +762,6 @@ def study_momentum(res: Results):
     return _tuned_figure(
         res,
         "study_momentum",
-        "10,000",
         "C26: SGD momentum 0.9, cosine schedule, each arm at its own best learning rate (top),\n"
         "test accuracy at that rate (bottom); mean loss, batch 64",
     )
@@ -758,7 +803,7 @@ def _sensitivity(res: Results, experiment: str, x: str, xlabel: str, title: str)
         x,
         "test_acc",
         logx=True,
-        ylabel="test accuracy after 5,000 steps (diverged = 0)",
+        ylabel=f"test accuracy after {trained(runs)} steps (diverged = 0)",
         xlabel=xlabel,
         title=title,
         ylim=(0, 1),
@@ -795,7 +840,7 @@ def study_placement(res: Results):
         "model.activation",
         "test_acc",
         hue="model.placement",
-        ylabel="test accuracy after 5,000 steps",
+        ylabel=f"test accuracy after {trained(runs)} steps",
         title="C14: BN before vs after the activation (SGD lr 0.1, mean loss)",
     )
 
@@ -810,7 +855,7 @@ def study_dropout(res: Results):
         table,
         "model.dropout_at",
         "test_acc",
-        ylabel="test accuracy after 5,000 steps",
+        ylabel=f"test accuracy after {trained(table)} steps",
         xlabel="dropout (p=0.5) position",
         title="C15: dropout with and without BN (relu, SGD lr 0.1)",
     )
@@ -824,7 +869,7 @@ def study_bias(res: Results):
         "model.activation",
         "test_acc",
         hue="model.bias_before_norm",
-        ylabel="test accuracy after 5,000 steps",
+        ylabel=f"test accuracy after {trained(runs)} steps",
         title="C16: bias before BN on/off (SGD lr 0.1)",
     )
 
@@ -862,7 +907,7 @@ def study_order(res: Results):
         table,
         "members",
         "test_acc",
-        ylabel="test accuracy after 5,000 steps",
+        ylabel=f"test accuracy after {trained(table)} steps",
         xlabel="what differs between members",
         fig=right,
     )
@@ -956,25 +1001,56 @@ def draw(name: str, res: Results, out: Path) -> list[Path]:
     return paths
 
 
+def experiment_of(figure: str) -> str:
+    """The experiment whose runs a figure is drawn from (the registry's)."""
+    return next(e.name for e in EXPERIMENTS.values() if figure in e.figures)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bnlab figures", description=__doc__)
     p.add_argument("names", nargs="+", choices=[*FIGURES, "all"], help="figures, or all")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
-    p.add_argument("--out", type=Path, help="output folder (default RESULTS/figures)")
+    p.add_argument(
+        "--sweep",
+        type=Path,
+        help="a sweep folder trained anywhere (hydra.sweep.dir) holding the figure's runs",
+    )
+    p.add_argument("--out", type=Path, help="output folder (RESULTS/figures; with --sweep: DIR)")
     args = p.parse_args(argv)
+    every = "all" in args.names
+    names = figures_of(REPRODUCTION + EXTRAS) if every else args.names
+    folders = {}
+    if args.sweep is not None:
+        own = {sweep(experiment_of(n)) for n in names}
+        why = None
+        if every or len(own) != 1:
+            why = "name the figures of one experiment's sweep, not all"
+        elif not args.sweep.is_dir():
+            why = "no such folder; give the sweep's hydra.sweep.dir"
+        if why:
+            print(f"error: --sweep {args.sweep}: {why}", file=sys.stderr)
+            return 2
+        folders = {own.pop(): args.sweep}
     matplotlib.use("Agg")  # files only (the plot functions leave the backend to the caller)
-    out = args.out or args.results / "figures"
-    res = Results(args.results)
-    names = figures_of(REPRODUCTION + EXTRAS) if "all" in args.names else args.names
-    failed = []
+    out = args.out or (args.sweep if args.sweep is not None else args.results / "figures")
+    res = Results(args.results, folders)
+    failed, kept = [], []
     for name in names:
         try:
             paths = draw(name, res, out)
         except (FileNotFoundError, KeyError, ValueError) as e:
+            if every and isinstance(e, NoRuns):  # not here: the figure in `out` stays as it is
+                kept.append(name)
+                continue
             print(f"{name}: not drawn: {str(e).strip(chr(34) + chr(39))}", file=sys.stderr)
             failed.append(name)
             continue
         print(f"{name}: wrote {', '.join(str(p) for p in paths)}")
+    if kept:
+        print(
+            f"kept as they are ({len(kept)}; their runs are not in {args.results / 'sweeps'}): "
+            f"{', '.join(kept)}"
+        )
     if failed:
         print(f"bnlab figures: {len(failed)} of {len(names)} not drawn", file=sys.stderr)
     return int(bool(failed))

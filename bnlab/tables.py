@@ -499,19 +499,69 @@ def equivalence(table: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, index=table.index)
 
 
-def running_stats(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
+def expected_buffers(run_dir: Path) -> set | None:
+    """{(name, shape)} of the running statistics a member of this run holds, from its
+    config.yaml (None if unreadable)."""
+    from .config import load_config
+    from .model import MLP
+    from .records import read_config
+
+    try:
+        saved = read_config(run_dir)  # the data folder may be another machine's: not checked
+        cfg = load_config({**saved, "data": {**saved.get("data", {}), "download": True}})
+    except Exception:  # a bad config.yaml is collect's to report; judge by the members then
+        return None
+    state = MLP(cfg.model, members=2).state_dict()  # a member's: the tensors with its axis
+    return {
+        (k, tuple(v.shape[1:]))
+        for k, v in state.items()
+        if ".running_" in k and v.dim() and v.shape[0] == 2
+    }
+
+
+def _load_states(run_dir: Path, seeds: list[int]) -> tuple[dict, dict]:
+    """The running statistics of each member's model.pt: ({seed: {name: tensor}}, {seed:
+    why it is unusable}). Unusable: unreadable, not a state dict, or other running-statistic
+    names or shapes than the run's config builds (or, without one, most members hold)."""
+    states, bad = {}, {}
+    for seed in seeds:
+        path = member_dir(run_dir, seed) / "model.pt"
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=True)
+        except Exception as e:  # truncated, foreign or not a pickle: torch raises many kinds
+            why = " ".join(str(e).split())[:120]
+            bad[seed] = f"{path}: unreadable ({type(e).__name__}: {why})"
+            continue
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            bad[seed] = f"{path}: not a state dict of tensors"
+            continue
+        states[seed] = {k: v for k, v in state.items() if ".running_" in k}
+    shapes = {s: {(k, tuple(v.shape)) for k, v in st.items()} for s, st in states.items()}
+    usual = expected_buffers(run_dir) if shapes else None
+    if usual is None and shapes:
+        usual = max(shapes.values(), key=list(shapes.values()).count)
+    for seed in [s for s, sh in shapes.items() if sh != usual]:
+        path = member_dir(run_dir, seed) / "model.pt"
+        bad[seed] = f"{path}: other keys or shapes than its run's config builds"
+        del states[seed]
+    return states, bad
+
+
+def running_stats(sweep_dir: Path, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Per run and BN layer: how much the final running mean and variance differ between the
     run's finished members (the members of the runs table), relative to how much they differ
-    between units.
+    between units; and {(run, seed): why} for members whose model.pt is unusable (left out).
 
     member_sd: mean over units of the SD across members; unit_sd: SD across units of the
     members' average. Variances are compared on a log scale."""
-    rows = []
+    rows, corrupt = [], {}
     finished = runs[runs["status"] == "finished"]
     for run, members in finished.groupby("run"):
-        run_dir = sweep_dir / run
-        paths = [member_dir(run_dir, int(s)) / "model.pt" for s in sorted(members["seed"])]
-        states = [torch.load(p, weights_only=True) for p in paths if p.exists()]
+        loaded, bad = _load_states(sweep_dir / run, [int(s) for s in sorted(members["seed"])])
+        corrupt.update({(run, seed): why for seed, why in bad.items()})
+        states = list(loaded.values())
         if len(states) < 2:
             continue
         for key in sorted(k for k in states[0] if k.endswith("running_mean")):
@@ -534,45 +584,114 @@ def running_stats(sweep_dir: Path, runs: pd.DataFrame) -> pd.DataFrame:
                         "ratio": member_sd / unit_sd if unit_sd > 0 else np.nan,
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), corrupt
+
+
+HISTORY_KEY = ["run", "seed", "split", "metric", "layer", "step"]
+
+
+def _members(df: pd.DataFrame) -> pd.MultiIndex:
+    """(run, seed) of each row, seeds as integers."""
+    return pd.MultiIndex.from_frame(df[["run", "seed"]].astype({"seed": "int64"}))
+
+
+def sweep_table(sweep: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(the sweep's table, its running_stats rows, a line per corrupt member). A member whose
+    history repeats a row or whose model.pt is unusable is a 'corrupt' row (its measures left
+    out of the others'); FileNotFoundError if not collected, ValueError/OSError if unreadable."""
+    runs, history = read_tables(sweep)
+    runs = runs[runs["seed"].notna()]
+    check_sources(runs, history, sweep.name)
+    dup = history.duplicated(HISTORY_KEY, keep=False)
+    bad = {
+        tuple(k): "history.parquet: repeated rows"
+        for k in history.loc[dup, ["run", "seed"]].itertuples(index=False)
+    }
+    if bad:
+        history = history[~history.set_index(["run", "seed"]).index.isin(list(bad))]
+        runs = runs.assign(status=runs["status"].mask(_members(runs).isin(list(bad)), "corrupt"))
+    table = measures(runs, history)
+    stats, unusable = running_stats(sweep, runs)
+    bad.update(unusable)
+    table.loc[_members(table).isin(list(bad)), "status"] = "corrupt"
+    notes = [f"{run} seed {seed}: corrupt: {why}" for (run, seed), why in bad.items()]
+    return table, stats.assign(sweep=sweep.name) if len(stats) else stats, notes
+
+
+STATS_COLUMNS = ["sweep", "run", "layer", "stat", "members", "member_sd", "unit_sd", "ratio"]
+
+
+def merge_running_stats(path: Path, new: list[pd.DataFrame], done: list[str]) -> pd.DataFrame:
+    """running_stats.csv with the rows of the sweeps in `done` replaced by `new`: the other
+    sweeps' rows stay as written (a partial rerun keeps them), in the registry's sweep order."""
+    old = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=STATS_COLUMNS)
+    kept = old[~old["sweep"].isin(done)]
+    rows = pd.concat([kept, *new]) if new else kept
+    order = {name: i for i, name in enumerate(experiments.sweeps())}
+    rank = rows["sweep"].map(lambda s: order.get(s, len(order)))
+    return rows.iloc[np.argsort(rank.to_numpy(), kind="stable")][STATS_COLUMNS]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bnlab tables", description=__doc__)
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument(
+        "--sweep",
+        type=Path,
+        help="a sweep folder anywhere (a hydra.sweep.dir): its table goes to --out",
+    )
+    p.add_argument("--out", type=Path, help="tables folder (RESULTS/tables; with --sweep: DIR)")
     p.add_argument("sweeps", nargs="*", help="sweep names (default: the reproduction's)")
     args = p.parse_args(argv)
-    out_dir = args.results / "tables"
+    if args.sweep is not None and not args.sweep.is_dir():
+        print(f"error: --sweep {args.sweep}: no such folder; give a sweep folder", file=sys.stderr)
+        return 2
+    if args.sweep is None and not args.results.is_dir():
+        print(
+            f"error: --results {args.results}: no such folder; give the folder holding sweeps/",
+            file=sys.stderr,
+        )
+        return 2
+    out_dir = args.out or (args.sweep if args.sweep is not None else args.results / "tables")
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats, written = [], []
-    for name in args.sweeps or experiments.sweeps():
-        sweep = args.results / "sweeps" / name
+    folders = (
+        [args.sweep]
+        if args.sweep is not None
+        else [args.results / "sweeps" / n for n in args.sweeps or experiments.sweeps()]
+    )
+    stats, written, done, failed = [], [], [], 0
+    for sweep in folders:
         try:
-            runs, history = read_tables(sweep)
+            table, rs, notes = sweep_table(sweep)
         except FileNotFoundError as e:
-            print(f"{name}: skipped: {e}", file=sys.stderr)
+            print(f"{sweep.name}: skipped: {e}", file=sys.stderr)
+            failed |= args.sweep is not None
             continue
-        runs = runs[runs["seed"].notna()]
-        try:
-            check_sources(runs, history, name)
         except MissingMeasure as e:
-            print(f"bnlab tables: {e}", file=sys.stderr)
-            return 1
-        table = measures(runs, history)
+            print(f"{sweep.name}: skipped: {e}", file=sys.stderr)
+            failed = 1
+            continue
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a damaged parquet file
+            why = " ".join(str(e).split())[:300]
+            print(f"{sweep.name}: skipped: unreadable ({type(e).__name__}: {why})", file=sys.stderr)
+            failed = 1
+            continue
+        for note in notes:
+            print(f"{sweep.name}: {note}", file=sys.stderr)
         with atomic_path(out_dir / f"{sweep.name}.csv") as tmp:
             table.to_csv(tmp, index=False, float_format="%.6g")
         written.append(f"{sweep.name}.csv")
-        rs = running_stats(sweep, runs)
+        done.append(sweep.name)
         if len(rs):
-            stats.append(rs.assign(sweep=sweep.name))
+            stats.append(rs)
         print(f"{sweep.name}: {len(table)} members -> {out_dir / sweep.name}.csv")
-    if stats:
-        cols = ["sweep", "run", "layer", "stat", "members", "member_sd", "unit_sd", "ratio"]
-        with atomic_path(out_dir / "running_stats.csv") as tmp:
-            pd.concat(stats)[cols].to_csv(tmp, index=False, float_format="%.6g")
+    path = out_dir / "running_stats.csv"
+    if stats or (done and path.exists()):
+        with atomic_path(path) as tmp:
+            merge_running_stats(path, stats, done).to_csv(tmp, index=False, float_format="%.6g")
         written.append("running_stats.csv")
     update_manifest(out_dir, written)  # bnlab claims verifies each table against it
-    return 0
+    return failed
 
 
 if __name__ == "__main__":
