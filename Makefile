@@ -4,17 +4,16 @@
 #   make test   set up .venv with the dev extras and run the tests, notebooks included
 #               (about 15 minutes on 2 cores)
 #   make reproduce   every experiment, figure and the claims report (about 95 minutes, 2 cores)
-# Data: MNIST is read from $BNLAB_DATA_ROOT when set, else from ../shared/data when that
-# holds it (offline), else `make demo` downloads it to ./data (tests never download).
+# Data: one rule for every command (bnlab/data.py): $BNLAB_DATA_ROOT, else this checkout's
+# data/, else ~/.cache/bnlab. `make demo` links data/ to $BNLAB_DATA_ROOT when that is set (a
+# folder holding MNIST/raw/), so later commands find it without the variable; else it
+# downloads MNIST into data/ once. The tests never download.
 
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SHARED := $(abspath ../shared/data)
-DATA := $(or $(BNLAB_DATA_ROOT),$(if $(wildcard $(SHARED)/MNIST/raw),$(SHARED),$(abspath data)))
-TEST_DATA := $(or $(BNLAB_DATA_ROOT),$(SHARED))
 
-.PHONY: demo test lint bench reproduce
+.PHONY: demo link-data test lint bench reproduce
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,19 +25,26 @@ $(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install -e ".[dev]"
 	touch $@
 
-demo: $(BIN)/.installed
-	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab train -m experiment=demo
+demo: $(BIN)/.installed link-data
+	$(BIN)/bnlab data fetch
+	$(BIN)/bnlab train -m experiment=demo
 	$(BIN)/bnlab collect results/sweeps/demo
 	$(BIN)/bnlab figures demo --out results/demo
 
+# data/ -> $BNLAB_DATA_ROOT (when set; a data/ folder of real files is left as it is)
+link-data:
+	@if [ -n "$$BNLAB_DATA_ROOT" ] && { [ ! -e data ] || [ -L data ]; }; then \
+	  mkdir -p "$$BNLAB_DATA_ROOT" && ln -sfn "$$(cd "$$BNLAB_DATA_ROOT" && pwd)" data && \
+	  echo "data -> $$(readlink data)"; fi
+
 test: $(BIN)/.installed-dev
-	BNLAB_DATA_ROOT=$(TEST_DATA) $(BIN)/python -m pytest -q --durations=10 -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q --durations=10 -n 2 --dist worksteal
 
 reproduce: $(BIN)/.installed
-	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab reproduce
+	$(BIN)/bnlab reproduce
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check bnlab tests notebooks hydra_plugins
 
 bench: $(BIN)/.installed
-	BNLAB_DATA_ROOT=$(DATA) $(BIN)/bnlab bench --markdown docs/generated/bench.md
+	$(BIN)/bnlab bench --markdown docs/generated/bench.md

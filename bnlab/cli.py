@@ -7,15 +7,18 @@ Hydra lives here (and in bnlab.compose): compose, validate into a RunConfig, cal
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import logging
+import math
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -23,14 +26,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .compose import CONFIG_MODULE, check_keys, compose_dict, unwritable
+from .compose import (
+    CONFIG_MODULE,
+    check_keys,
+    compose_dict,
+    search_path,
+    unwritable,
+    with_config_dirs,
+)
 from .config import ConfigError, load_config
 from .data import DataError
-from .records import write_config
+from .records import count_done, write_config
 from .train import ResumeError, run, write_failure
 
 log = logging.getLogger("bnlab")
 PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
+# Hydra's options that take a value (the value is not an override)
+VALUE_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p",
+               "--package", "-sc", "--shell-completion", "-c", "--cfg")  # fmt: skip
+RUNNING: dict = {}  # the single run in progress: its folder and its number of members
 
 # a full disk, a quota, a read-only or forbidden folder: the user's to fix, in one line
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -61,6 +75,8 @@ def _train(cfg: DictConfig) -> float | None:
     if multirun and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
         _die_with_parent()
     fresh = {p.name for p in out_dir.iterdir()} <= {"bnlab.log"}  # Hydra made it just now
+    seeds = cfg.get("seeds")
+    RUNNING.update(dir=out_dir, members=len(seeds) if OmegaConf.is_list(seeds) else None)
     try:
         summaries = run(load_config(cfg), out_dir)
     except Exception as e:
@@ -132,6 +148,123 @@ def _completion_line() -> None:
         os.environ["COMP_POINT"] = str(max(0, point - len(" train")))
 
 
+def complete(line: str) -> list[str] | None:
+    """Bash completions of the last word of `line` (the command line up to the cursor), or
+    None to leave it to Hydra (config keys): the commands, a command's options and
+    subcommands, and for `KEY=` every value a fixed set allows (the schema's choices, the
+    options of a config group, true/false)."""
+    words = line.split(" ")
+    word = words[-1]
+    if len(words) == 2 and "=" not in word and "." not in word:
+        return [*COMMANDS, "--help"]
+    if len(words) > 2 and words[1] in COMMANDS and words[1] != "train":
+        return _options(words[1:-1])
+    key, eq, _ = word.partition("=")
+    values = _values(key.lstrip("+"), search_path(words)) if eq else None
+    return None if values is None else [f"{key}={v}" for v in values]
+
+
+def _values(key: str, search: list[str]) -> list[str] | None:
+    """The values a setting or config group allows, or None when they are not a fixed set."""
+    from omegaconf.nodes import BooleanNode
+
+    from .compose import group_options, groups
+    from .config import RunConfig, choices
+
+    if key in groups():
+        return group_options(key, search)
+    if key in choices():
+        return choices()[key]
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.structured(RunConfig)
+    node = OmegaConf.select(node, parent) if parent else node
+    if isinstance(node, DictConfig) and isinstance(node._get_node(leaf), BooleanNode):
+        return ["true", "false", *(["null"] if node._get_node(leaf)._is_optional() else [])]
+    return None
+
+
+def _options(words: list[str]) -> list[str]:
+    """The options and subcommands of `bnlab COMMAND [SUBCOMMAND]`, from its own parser."""
+    import argparse
+    from unittest import mock
+
+    parsers = []
+
+    def capture(parser, *args, **kwargs):
+        parsers.append(parser)
+        raise SystemExit(0)
+
+    patch = mock.patch.object(argparse.ArgumentParser, "parse_args", capture)
+    with patch, contextlib.suppress(SystemExit):
+        importlib.import_module(COMMANDS[words[0]][0]).main([])
+    out = []
+    for action in parsers[0]._actions if parsers else []:
+        if isinstance(action, argparse._SubParsersAction):
+            if len(words) > 1 and words[1] in action.choices:  # `bnlab data fetch --`
+                return [o for a in action.choices[words[1]]._actions for o in a.option_strings]
+            out += action.choices
+        out += action.option_strings
+    return out
+
+
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(overrides, --config-dir folders) of a `bnlab train` command line."""
+    overrides, config_dirs, args = [], [], iter(argv)
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag in ("-cd", "--config-dir"):
+            config_dirs.append(value if eq else next(args, ""))
+        elif flag in VALUE_FLAGS and not eq:
+            next(args, None)  # its value is no override
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, config_dirs
+
+
+def sweep_refusal(cfg: DictConfig, overrides: list[str], argv: list[str]) -> str | None:
+    """Why a config that declares a sweep (an experiment's hydra.sweeper.params) must run with
+    -m: the swept settings the command line does not fix, or None."""
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params) if cfg.hydra.sweeper.params else {}
+    fixed = {o.partition("=")[0].lstrip("+~") for o in overrides}
+    swept = {k: str(v).split(",") for k, v in params.items() if k not in fixed}
+    swept = {k: v for k, v in swept.items() if len(v) > 1 or "(" in v[0]}
+    if not swept:
+        return None
+    sizes = [len(v) for v in swept.values() if "(" not in v[0]]
+    runs = f"{math.prod(sizes)} runs" if len(sizes) == len(swept) else "several runs"
+    name = next((o for o in overrides if o.startswith("experiment=")), "this config")
+    keys = " and ".join(swept)
+    return (
+        f"{name} is a sweep over {keys} ({runs}): add -m to train it, bnlab train -m "
+        f"{' '.join(argv)} (or set {keys} to train one run)"
+    )
+
+
+def _interrupted(tb) -> str:
+    """What an interrupted command had finished: the sweep's members (read from the sweeper's
+    frame: it alone knows every run folder it planned), else the single run's."""
+    for frame, _ in traceback.walk_tb(tb):
+        sweeper, folders = frame.f_locals.get("self"), frame.f_locals.get("folders")
+        if hasattr(sweeper, "members") and isinstance(folders, list):
+            done, total = sweeper._done(folders), sweeper.members
+            break
+    else:
+        if not RUNNING.get("members"):
+            return "interrupted before any member started; rerun the same command to start"
+        done, total = count_done(RUNNING["dir"]), RUNNING["members"]
+    return f"interrupted: {done} of {total} members finished; rerun the same command to resume"
+
+
+def _stop_workers() -> None:
+    """Shut a parallel launcher's worker pool (joblib's loky executor) down: no worker keeps
+    training. The workers' locks die with them; multiprocessing's resource tracker removes
+    them and would warn about each ("leaked semaphore"): train() silences that warning."""
+    loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(loky, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 def train(argv: list[str]) -> int:
     """`bnlab train [-m] [overrides]`: check the overrides, then hand over to Hydra."""
     from hydra.core.plugins import Plugins
@@ -145,11 +278,19 @@ def train(argv: list[str]) -> int:
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     flags = {"-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info"}
     if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
+        line = os.environ.get("COMP_LINE", "")
+        line = line[: int(os.environ.get("COMP_POINT", len(line)))]
+        if "query=bash" in argv and (words := complete(line)) is not None:
+            print("\n".join(words))
+            return 0
         _completion_line()
     elif not any(a in flags or a.startswith(("--cfg", "--info", "-p", "--package")) for a in argv):
         # a single run: validate before Hydra creates a run folder, so bad input leaves none
+        overrides, config_dirs = split_args(argv)
         try:
-            cfg = compose_dict([a for a in argv if not a.startswith("-")], hydra=True)
+            cfg = compose_dict(overrides, hydra=True, config_dirs=config_dirs)
+            if problem := sweep_refusal(cfg, overrides, argv):
+                raise ConfigError(problem)
             load_config({k: v for k, v in cfg.items() if k != "hydra"})
             problem = unwritable(str(cfg.hydra.run.dir))
             if problem:
@@ -161,13 +302,24 @@ def train(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
     else:
+        overrides, config_dirs = split_args(argv)
         try:
-            check_keys([a for a in argv if not a.startswith("-")])
+            check_keys(with_config_dirs(overrides, config_dirs))
         except ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
     sys.argv = ["bnlab", *argv]
-    _train()
+    # inherited by the resource tracker that a parallel launcher starts (see _stop_workers)
+    quiet, warnings = "ignore:resource_tracker:UserWarning", os.getenv("PYTHONWARNINGS", "")
+    if quiet not in warnings:
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [warnings, quiet]))
+    try:
+        _train()
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the cleanup
+        _stop_workers()
+        print(_interrupted(e.__traceback__), file=sys.stderr)
+        return 130
     return 0
 
 

@@ -4,6 +4,10 @@
 configs (bnlab/conf/) with Hydra's compose API, exactly as `bnlab train` does with the same
 overrides (config groups and experiments included), and returns the RunConfig that
 `bnlab.run` takes. Hydra stays at this edge: nothing below it imports Hydra.
+
+Users add configs of their own the Hydra way: folders on Hydra's search path
+(`hydra.searchpath=[DIR]`, or `bnlab train --config-dir DIR`) whose group folders
+(`DIR/experiment/my_study.yaml`) add options next to the packaged ones.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, RunConfig, load_config
+from .config import ConfigError, RunConfig, choices, load_config
 
 CONFIG_MODULE = "bnlab.conf"
 MIN_FREE_BYTES = 20 * 2**20  # a run's histories and model files need a few MB
@@ -37,12 +41,38 @@ def groups() -> list[str]:
     )
 
 
-def group_options(group: str) -> list[str]:
-    """The options of a config group (the experiment names for 'experiment')."""
-    folder = resources.files(CONFIG_MODULE) / group
-    return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
-    )
+def group_options(group: str, search: Sequence[str] = ()) -> list[str]:
+    """The options of a config group (the experiment names for 'experiment'), the packaged
+    ones and those in the folders of `search` (Hydra search path entries: DIR, file://DIR or
+    pkg://module)."""
+    folders = [resources.files(CONFIG_MODULE) / group]
+    for entry in search:
+        scheme, _, where = entry.rpartition("://")
+        try:
+            folders.append((resources.files(where) if scheme == "pkg" else Path(where)) / group)
+        except ModuleNotFoundError:
+            continue  # Hydra names the missing package itself
+    found = {p.name for f in folders if f.is_dir() for p in f.iterdir()}
+    return sorted({name.removesuffix(".yaml") for name in found if name.endswith(".yaml")})
+
+
+def search_path(overrides: Sequence[str]) -> list[str]:
+    """The folders a `hydra.searchpath=[A,B]` override puts on Hydra's search path."""
+    out = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") == "hydra.searchpath":
+            out += [v.strip().strip("'\"") for v in value.strip().strip("[]").split(",")]
+    return [v for v in out if v]
+
+
+def with_config_dirs(overrides: Sequence[str], config_dirs: Sequence[str]) -> list[str]:
+    """The overrides with `--config-dir` folders added to hydra.searchpath (as Hydra does)."""
+    if not config_dirs:
+        return list(overrides)
+    rest = [o for o in overrides if o.partition("=")[0].lstrip("+") != "hydra.searchpath"]
+    entries = [*search_path(overrides), *(str(Path(d).absolute()) for d in config_dirs)]
+    return [*rest, f"hydra.searchpath=[{','.join(entries)}]"]
 
 
 def _keys(node: DictConfig, prefix: str = "") -> list[str]:
@@ -61,12 +91,13 @@ def check_keys(overrides: Sequence[str]) -> None:
     (Hydra would advise adding '+', which only moves the error)."""
     keys = _keys(OmegaConf.structured(RunConfig))
     known_groups = groups()
+    search = search_path(overrides)
     for override in overrides:
         key = override.split("=", 1)[0]
         if "=" not in override or re.match(r"^(\+|~|hydra[./]|-)", override) or "@" in key:
             continue
         if key in known_groups:
-            options = group_options(key)
+            options = group_options(key, search)
             values = [v.strip() for v in override.split("=", 1)[1].split(",")]  # a sweep: several
             for value in values:
                 if value not in options and not value.startswith(("choice(", "null")):
@@ -75,6 +106,16 @@ def check_keys(overrides: Sequence[str]) -> None:
                         f"choose one of: {', '.join(options)}"
                     )
             continue
+        fields = [k for k in keys if k.startswith(f"{key}.") and "." not in k[len(key) + 1 :]]
+        if fields:  # `model=batch`: a section given a value
+            value = override.split("=", 1)[1]
+            meant = [k for k, v in choices().items() if k in fields and value in v]
+            example = f"{meant[0]}={value}" if meant else f"{fields[0]}=..."
+            raise ConfigError(
+                f"{override}: {key} is a section of settings, not one setting; "
+                + (f"did you mean {example}? " if meant else "")
+                + f"set its fields one by one, e.g. {example} (bnlab train --cfg job lists them)"
+            )
         if key in keys:
             continue
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -90,14 +131,25 @@ def check_keys(overrides: Sequence[str]) -> None:
         raise ConfigError(f"unknown config key '{key}' in '{override}'; {hint}")
 
 
-def compose_dict(overrides: Sequence[str] = (), hydra: bool = False) -> DictConfig:
-    """The composed config for these overrides (with Hydra's own node if `hydra`)."""
-    overrides = list(overrides)
+def compose_dict(
+    overrides: Sequence[str] = (), hydra: bool = False, config_dirs: Sequence[str] = ()
+) -> DictConfig:
+    """The composed config for these overrides (with Hydra's own node if `hydra`), with the
+    configs of `config_dirs` (bnlab train --config-dir DIR) beside the packaged ones."""
+    overrides = with_config_dirs(overrides, config_dirs)
     check_keys(overrides)
     try:
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return hydra_compose("config", overrides=overrides, return_hydra_config=hydra)
     except (HydraException, OmegaConfBaseException) as e:
+        unquoted = [o for o in overrides if re.search(r"=[^'\"\[]*[=,]", o)]
+        if unquoted and re.search(r"mismatched input '='|Ambiguous value", str(e)):
+            key, _, value = unquoted[0].partition("=")
+            several = "" if "=" in value else "lists several values: add -m to sweep them, or "
+            raise ConfigError(
+                f"{unquoted[0]}: {several}quote a value holding '=' or ',' for Hydra, "
+                f"{key}='{value}'; in a shell: \"{key}='{value}'\""
+            ) from None
         raise ConfigError(f"{hydra_message(e)} (overrides: {' '.join(overrides)})") from None
 
 

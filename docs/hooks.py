@@ -126,6 +126,8 @@ def _default_node(tree: ast.Module, cls: str, name: str) -> ast.expr | None:
                         value = kw.get("default_factory", kw.get("default"))
                         if isinstance(value, ast.Lambda):
                             value = value.body
+                        elif isinstance(value, ast.Name) and "default_factory" in kw:
+                            value = ast.Call(value, [], [])  # shown as the call: f()
                     return value
     return None
 

@@ -1,6 +1,8 @@
-"""Shared fixtures. Real-MNIST tests read BNLAB_DATA_ROOT (default ../shared/data: `make test`
-sets it) and fail, never skip, when the files are missing: CI must not pass without having
-trained on MNIST."""
+"""Shared fixtures. Real-MNIST tests read $BNLAB_DATA_ROOT, else the test machines' folder
+../shared/data beside the checkout when it holds MNIST, else bnlab's own rule
+(bnlab.data.default_root); they fail, never skip, when the files are missing: CI must not pass
+without having trained on MNIST. The choice is exported as BNLAB_DATA_ROOT, so the notebooks
+and the commands the tests start read the same files."""
 
 from __future__ import annotations
 
@@ -12,10 +14,14 @@ import torch
 from omegaconf import OmegaConf
 
 from bnlab.config import DataConfig, RunConfig, load_config
-from bnlab.data import MNIST_FILES, Data, load_data, raw_dir
+from bnlab.data import DATA_ROOT_ENV, MNIST_FILES, Data, default_root, load_data, raw_dir
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ROOT = Path(os.environ.get("BNLAB_DATA_ROOT", REPO.parent / "shared" / "data")).resolve()
+TEST_MACHINES = REPO.parent / "shared" / "data"  # the test machines' layout, named only here
+if not os.environ.get(DATA_ROOT_ENV) and raw_dir(TEST_MACHINES).is_dir():
+    os.environ[DATA_ROOT_ENV] = str(TEST_MACHINES)
+DATA_ROOT = Path(default_root()).resolve()
+os.environ[DATA_ROOT_ENV] = str(DATA_ROOT)
 
 
 def make_cfg(*overrides: str, root: Path | None = None) -> RunConfig:
@@ -31,7 +37,7 @@ def mnist_root() -> Path:
     if missing:
         pytest.fail(
             f"real MNIST files missing under {raw}: {missing}. Set BNLAB_DATA_ROOT to a "
-            "folder holding MNIST/raw/ (make test uses ../shared/data)."
+            "folder holding MNIST/raw/, or run: bnlab data fetch"
         )
     return DATA_ROOT
 

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
 from conftest import REPO
 
 from bnlab import compose
-from bnlab.cli import COMMANDS
+from bnlab.cli import COMMANDS, complete, sweep_refusal
 from bnlab.cli import main as cli_main
 from bnlab.collect import main as collect_main
+from bnlab.compose import compose_dict
 from bnlab.config import ConfigError, load_config, to_dict
 from bnlab.figures import main as figures_main
-from bnlab.records import read_config
+from bnlab.records import count_done, read_config
 
 pytestmark = pytest.mark.slow
 SHORT = [
@@ -177,7 +180,7 @@ def test_a_figure_without_its_runs_says_what_to_train(tmp_path, capsys):
     times.to_csv(tmp_path / "tables" / "reproduction_times.csv", index=False)
     assert figures_main(["mlds2017_fig2", "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "bnlab reproduce --only mlds2017_fig2 mlds2017_fig3 (about 2 min on 2 cores)" in err
+    assert "bnlab reproduce --only mlds2017_fig2 (about 2 min on 2 cores)" in err
     assert "not the per-step curves" in err
 
 
@@ -200,3 +203,107 @@ def test_sweep_and_data_mistakes_are_one_line_and_leave_nothing(mnist_root, tmp_
     out = bnlab(*args, root=mnist_root, env=offline, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.startswith("error: MNIST is not available")
     assert not run_dir.exists()
+
+
+def test_an_experiment_that_sweeps_needs_m(tmp_path, capsys):
+    """`experiment=mlds2017_fig4` without -m used to train one point of its ten."""
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "experiment=mlds2017_fig4", f"hydra.run.dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "add -m to train it" in err, err
+    assert "model.activation and model.norm (10 runs)" in err and not run_dir.exists()
+    fixed = ["experiment=mlds2017_fig4", "model.activation=relu", "model.norm=batch"]
+    assert sweep_refusal(compose_dict(fixed, hydra=True), fixed, fixed) is None  # one point
+
+
+def _interrupt(args, root, ready, cwd) -> subprocess.CompletedProcess:
+    """Run bnlab, wait until ready() holds, then press Ctrl-C (SIGINT to its process group,
+    as a terminal does)."""
+    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "bnlab", *args], cwd=cwd, env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not ready() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def test_ctrl_c_says_what_finished_and_exits_130(mnist_root, tmp_path):
+    long = ["train.steps=1000000", "train.eval_every=1000", "data.eval_train_size=1000"]
+    run_dir = tmp_path / "run"
+    out = _interrupt(
+        ["train", *long, "seeds=[0,1]", f"hydra.run.dir={run_dir}"], mnist_root,
+        lambda: (run_dir / "seed0" / "history.csv").exists(), tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 130, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "interrupted: 0 of 2 members finished; rerun the same command to resume"
+    )
+    assert "Traceback" not in out.stderr
+    # a parallel sweep: one short point finishes, the long one is interrupted
+    sweep = tmp_path / "sweep"
+    out = _interrupt(
+        ["train", "-m", *long[1:], "train.steps=20,1000000", "seeds=[0]",
+         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"],
+        mnist_root, lambda: count_done(sweep) == 1, tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 130, out.stderr
+    assert "interrupted: 1 of 2 members finished; rerun the same command to resume" in out.stderr
+    assert "Traceback" not in out.stderr and "leaked" not in out.stderr, out.stderr
+
+
+def test_users_add_experiments_with_config_dir_or_searchpath(mnist_root, tmp_path):
+    """A user's own experiment file outside the checkout, the Hydra way (docs: sweeps)."""
+    mine = tmp_path / "my_configs"
+    (mine / "experiment").mkdir(parents=True)
+    (mine / "experiment" / "my_study.yaml").write_text(
+        "# @package _global_\nname: my_study\nmodel:\n  activation: tanh\n"
+        "hydra:\n  sweeper:\n    params:\n      model.norm: none,batch\n"
+    )
+    search = f"hydra.searchpath=[file://{mine}]"
+    assert compose([search, "experiment=my_study"]).model.activation == "tanh"
+    with pytest.raises(ConfigError, match="choose one of: .*my_study"):
+        compose([search, "experiment=my_studdy"])
+    run_dir = tmp_path / "run"
+    args = ["--config-dir", str(mine), "experiment=my_study", "model.norm=batch", "seeds=[0]"]
+    out = bnlab("train", *args, *SHORT, f"hydra.run.dir={run_dir}", root=mnist_root, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert read_config(run_dir)["model"]["activation"] == "tanh"
+    sweep = tmp_path / "sweep"
+    out = bnlab("train", "-m", search, "experiment=my_study", "seeds=[0]", *SHORT,
+                f"hydra.sweep.dir={sweep}", root=mnist_root, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert len(list(sweep.glob("*/seed0/summary.json"))) == 2
+
+
+def test_tab_completion_offers_every_fixed_set_and_the_commands_options():
+    assert complete("bnlab train model.activation=") == [
+        f"model.activation={a}" for a in ("relu", "lrelu", "sigmoid", "softplus", "tanh")
+    ]
+    assert "model.norm=batch" in complete("bnlab model.norm=b")  # train implied
+    assert complete("bnlab train optim=") == ["optim=adam", "optim=sgd"]
+    assert complete("bnlab train train.resume=") == ["train.resume=true", "train.resume=false"]
+    assert "experiment=mlds2017_fig4" in complete("bnlab train experiment=")
+    assert complete("bnlab train model.nor") is None  # keys: Hydra's own completion
+    assert "status" in complete("bnlab st") and "train" in complete("bnlab ")
+    assert complete("bnlab data ")[-2:] == ["fetch", "check"]
+    assert complete("bnlab data fetch --") == ["-h", "--help", "--root"]
+    assert "--out" in complete("bnlab figures --")
+
+
+def test_values_that_need_another_spelling_say_which(capsys, tmp_path):
+    for args, message in {
+        ("model=batch",): "did you mean model.norm=batch?",
+        (f"hydra.run.dir={tmp_path}/a=b",): f"\"hydra.run.dir='{tmp_path}/a=b'\"",
+        (f"hydra.run.dir={tmp_path}/a,b",): f"\"hydra.run.dir='{tmp_path}/a,b'\"",
+        ("optim.lr=1e308",): "out of float32's range",
+        ("seeds=0",): "seeds=0 must be a list, e.g. seeds=[0]",
+    }.items():
+        assert cli_main(["train", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err

@@ -61,7 +61,18 @@ def test_defaults_are_the_2017_study_architecture():
         (["seeds=[1,1]"], "repeats a seed"),
         (["optim.name=rmsprop"], "optim='rmsprop' is not allowed; choose one of: sgd, adam"),
         (["model.foo=1"], "unknown config key 'model.foo'; known keys of model: widths"),
-        (["train.steps=abc"], "bad value for 'train.steps'"),
+        (["train.steps=abc"], "train.steps=abc must be a whole number, e.g. train.steps=2000"),
+        (["train.steps=1e11"], "must be a whole number"),
+        (["train.steps=100000000000"], "means 1e+11 steps; at most 1e+08"),
+        (["train.epochs=1e9"], "train.epochs=1000000000.0 means 9.38e+11 steps"),
+        (["train.eval_every=1", "train.steps=10000000"], "raise train.eval_every"),
+        (["seeds=0"], "seeds=0 must be a list, e.g. seeds=[0]"),
+        (["optim.lr=1e308"], "optim.lr=1e+308 is out of float32's range"),
+        (["optim.lr=4e-320"], "optim.lr=4e-320 is out of float32's range"),
+        (["model.bn_eps=1e39"], "model.bn_eps=1e+39 is out of float32's range"),
+        (["train.threads=100000"], "train.threads=100000 is more threads than any CPU runs"),
+        (["model.noise.scale_low=-5"], "0 < scale_low <= scale_high"),
+        (["name=" + "n" * 300], "is 300 characters long; at most 100"),
         (["data.eval_holdout=true"], "data.eval_holdout=true needs held-out images"),
     ],
 )
@@ -97,3 +108,15 @@ def test_shipped_launchers_and_sweeper_compose():
         assert "BnlabSweeper" in cfg.hydra.sweeper._target_
         cfg = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
         assert "JoblibLauncher" in cfg.hydra.launcher._target_
+
+
+def test_every_fixed_set_of_values_is_what_validation_allows():
+    """bnlab.config.choices() (what tab completion offers) against validate: a value outside
+    each set is refused, listing the set."""
+    from bnlab.config import choices
+
+    for key, allowed in choices().items():
+        extra = ["model.norm=batch"] if key == "model.placement" else []
+        with pytest.raises(ConfigError) as err:
+            make_cfg(f"{key}=nope", *extra)
+        assert ", ".join(allowed) in str(err.value), key

@@ -23,7 +23,7 @@ from bnlab.config import RunConfig, to_dict
 # beside the field (what it means, its unit, its choices) and remove the key from this list;
 # a new field must come with its comment.
 UNDOCUMENTED: set[str] = set()  # fields still waiting for their doc comment
-# set from the environment ($BNLAB_DATA_ROOT) in both places, not a fixed default
+# found at run time by one rule (bnlab.data.default_root) in both places, not a fixed default
 FROM_ENVIRONMENT = {"data.root"}
 
 
@@ -119,7 +119,8 @@ def test_configuration_reference_lists_every_field_with_its_default():
     assert rows["model.bn_eps"].default == "1e-3" and rows["model.bn_eps"].type == "float"
     assert rows["probes.jacobian.every"].default == "5000"
     assert rows["model.placement"].default == "null"
-    assert "BNLAB_DATA_ROOT" in rows["data.root"].default  # not this machine's value
+    assert rows["data.root"].default == "default_data_root()"  # not this machine's value
+    assert "BNLAB_DATA_ROOT" in rows["data.root"].doc and "data/" in rows["data.root"].doc
 
 
 def test_plain_docstrings_are_shown_as_written():

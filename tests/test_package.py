@@ -16,7 +16,22 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+
+def test_every_folder_of_the_package_is_declared():
+    """setuptools warns at length (about 380 lines on `pip install -e .`) about each folder of
+    data files (the configs) that is not a declared package, and leaves out code folders."""
+    from setuptools import find_namespace_packages
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = set(find_namespace_packages(str(REPO), **find["find"]))
+    files = [*(REPO / "bnlab").rglob("*.yaml"), *(REPO / "bnlab").rglob("*.py")]
+    folders = {".".join(p.parent.relative_to(REPO).parts) for p in files}
+    folders = {f for f in folders if "__pycache__" not in f}
+    assert {"bnlab.conf.experiment", "bnlab.conf.hydra.launcher"} <= folders <= found, sorted(
+        folders - found
+    )
+    assert not [f for f in found if "pycache" in f or "egg" in f]
 
 
 def _run(cmd, **kw):
@@ -25,6 +40,7 @@ def _run(cmd, **kw):
     return out
 
 
+@pytest.mark.slow
 def test_wheel_installs_and_trains_outside_the_checkout(tmp_path, mnist_root):
     src, wheels = tmp_path / "src", tmp_path / "wheels"  # a copy: the build leaves build/ files
     src.mkdir()
@@ -32,8 +48,9 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path, mnist_root):
         shutil.copy(REPO / name, src / name)
     for name in ("bnlab", "hydra_plugins"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", str(wheels), str(src)])  # fmt: skip
+    build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-v", "-w", str(wheels), str(src)])  # fmt: skip
+    assert "absent from the `packages` configuration" not in build.stdout + build.stderr
     wheel = next(wheels.glob("bnlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {p.relative_to(REPO).as_posix() for p in (REPO / "bnlab" / "conf").rglob("*.yaml")}
@@ -55,6 +72,12 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path, mnist_root):
     env.update(BNLAB_DATA_ROOT=str(mnist_root), HYDRA_FULL_ERROR="0")
     where = _run([str(py), "-c", "import bnlab; print(bnlab.__file__)"], cwd=work, env=env)
     assert where.stdout.startswith(str(venv))
+    # no checkout here: without BNLAB_DATA_ROOT, MNIST lives in the per-user cache folder
+    bare = {k: v for k, v in env.items() if k != "BNLAB_DATA_ROOT"}
+    bare["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    root = _run([str(py), "-c", "import bnlab; print(bnlab.compose([]).data.root)"], cwd=work,
+                env=bare)  # fmt: skip
+    assert root.stdout.strip() == str(tmp_path / "cache" / "bnlab")
 
     bnlab = str(venv / "bin" / "bnlab")
     sweep = work / "sweep"
