@@ -236,7 +236,7 @@ class ProbesConfig:
     landscape_steps: list[float] = field(  # step sizes, multiples of lr (or of the update):
         default_factory=lambda: [0.5, 0.673, 0.906, 1.22, 1.64, 2.21, 2.97, 4.0]
     )  # landscape, and the curvature probe's overshoot
-    curvature_iters: int = 20  # power-iteration steps per Hessian eigenvalue (curvature probe)
+    curvature_iters: int = 100  # Lanczos steps at most per Hessian eigenvalue (curvature probe)
 
 
 @dataclass

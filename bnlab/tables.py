@@ -20,6 +20,8 @@ turn a claim inconclusive):
                            values' spread, separate from the gain mean(s^2) (jac_s2_mean)
   curv_{lr_lambda,gHg,overshoot}_mean   mean over probes after step 0 of the curvature
                            probe's lr x lambda_max, g'Hg/||g||^2 and overshoot D
+  curv_{lanczos_iters,residual}_max   the most Lanczos steps and the largest relative
+                           residual of any probe's top-eigenvalue estimate (the convergence)
   curv_{...}_at_{0.3,0.1}  the same at the first evaluation with training-subset loss <= 0.3
                            (0.1): arms compared at matched training loss
   init_jac_{gain,spread}_hidden   the hidden layers' end-to-end Jacobian at step 0 as in
@@ -90,6 +92,7 @@ MATCHED_LOSS = (0.3, 0.1)  # curvature compared at the first evaluation with los
 DRIFT_LAYERS = ("act1", "act2", "fc2", "fc3")  # pre-activations (BN outputs), next layers' inputs
 DRIFTS = (("drift", "test"), ("train_drift", "train"))  # eval mode (activations), ics_train
 CURVATURE = (("curv_lr_lambda", "all"), ("curv_gHg", "grad"), ("curv_overshoot", "grad"))
+LANCZOS = ("curv_lanczos_iters", "curv_residual")  # came with the Lanczos curvature probe
 SETTINGS = ("data.", "model.", "optim.", "train.")  # the config columns of a table
 ALWAYS = ["model.norm", "model.activation", "optim.name", "optim.lr", "data.batch_size"]
 RESULT_COLUMNS = [
@@ -165,6 +168,7 @@ SOURCES = {
     "grad_w_cos": ("grads", _feeds_bn),
     "grad_z": ("grads", _configured("model.bn_group")),  # came with model.bn_group
     **{metric: ("curvature", _every_run) for metric, _ in CURVATURE},
+    **{metric: ("curvature", _every_run) for metric in LANCZOS},
     **{
         f"landscape_{m}": ("landscape", _every_run)
         for m in ("loss_max", "loss_min", "beta", "grad_diff_max")
@@ -212,9 +216,11 @@ def _mean_over_probes(
     upto=None,
     absolute: bool = False,
     after: pd.Series | None = None,
+    stat: str = "mean",
 ):
-    """Per member, the mean of `metric` (of |metric| with absolute) over probes after step 0
-    (up to step `upto`; after the member's step in `after`, a Series by run and seed)."""
+    """Per member, the mean (or another `stat`: "max") of `metric` (of |metric| with absolute)
+    over probes after step 0 (up to step `upto`; after the member's step in `after`, a Series
+    by run and seed)."""
     rows = h[(h["metric"] == metric) & (h["layer"] == layer) & (h["split"] == split)]
     rows = rows[rows["step"] > 0]
     if upto is not None:
@@ -223,7 +229,7 @@ def _mean_over_probes(
         rows = rows.join(after.rename("after"), on=["run", "seed"])
         rows = rows[rows["step"] > rows["after"]]
     values = rows["value"].abs() if absolute else rows["value"]
-    return values.groupby([rows["run"], rows["seed"]]).mean()
+    return values.groupby([rows["run"], rows["seed"]]).agg(stat)
 
 
 def _at(h: pd.DataFrame, metric: str, layer: str, split: str, last: bool):
@@ -351,6 +357,8 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
             cols[f"init_jac_{name}_hidden"] = init[name]
     if "model.widths" in runs:
         out["depth"] = [len(widths_of(w)) for w in runs["model.widths"]]
+    for metric in LANCZOS:  # how far each top-eigenvalue estimate went, at worst
+        cols[f"{metric}_max"] = _mean_over_probes(h, metric, "all", "train", stat="max")
     for metric, layer in CURVATURE:
         cols[f"{metric}_mean"] = _mean_over_probes(h, metric, layer, "train")
         for loss in MATCHED_LOSS:

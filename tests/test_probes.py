@@ -15,7 +15,6 @@ from bnlab.optim import make_optimizer
 from bnlab.probes import (
     JAC_BINS,
     StepContext,
-    _power,
     _sv,
     activation_stats,
     capture,
@@ -264,15 +263,13 @@ def test_curvature_equals_the_eigenvalues_of_the_full_hessian(norm, loss):
     of each member's own loss (an independent forward), to 1e-6 relative.
 
     Power iteration's error shrinks like |lambda_2/lambda_1|^(2 iters), lambda_1 and lambda_2
-    the eigenvalues of largest magnitude. These tiny networks have eigenvalues of largest
-    magnitude within 5-25% of each other (one member without BN: lambda_min = -11.8 against
-    lambda_max = 11.2; another has 7.2 and 6.8 at the top, shifted by 9), so the default 20
-    iterations are off by 1e-1 to 1e-3, 300 still by 1e-6: the test runs 500 (1e-10), to
-    check the computation (Hessian-vector products, one member's block, the negative shift)
-    rather than the convergence rate. In every setting some member's dominant
-    eigenvalue is negative (checked), so its lambda_max comes from the shifted second pass."""
+    the eigenvalues of largest magnitude. These tiny networks (about 130 parameters per
+    member) have eigenvalues of largest magnitude within 5-25% of each other, and in every
+    setting some member's dominant eigenvalue is negative (checked): Lanczos with a tolerance
+    of 1e-12 exhausts the space and is exact, checking the computation (Hessian-vector
+    products, one member's block) rather than the convergence rate."""
     cfg, model, ctx = _tiny_stepped(norm, loss)
-    rows = curvature(ctx, 0.05, [1.0], iters=500)
+    rows = curvature(ctx, 0.05, [1.0], iters=500, tol=1e-12)
     lam, ghg = _values(rows, "curv_lambda_max", "all"), _values(rows, "curv_gHg", "grad")
     torch.testing.assert_close(_values(rows, "curv_lr_lambda", "all"), 0.05 * lam)
     layers = {lay for _, m, lay, _ in rows if m == "curv_lambda_w_scaled"}
@@ -316,11 +313,11 @@ def test_curvature_is_the_same_at_any_scale_of_a_scale_invariant_layer():
     )
 
 
-def test_top_eigenvalue_takes_the_largest_algebraic_eigenvalue_with_a_negative_shift():
+def test_top_eigenvalue_takes_the_largest_algebraic_eigenvalue():
     """On known symmetric matrices, one per member (block-diagonal by member): the top
     eigenvalue where it also has the largest magnitude, where a negative one dominates, where
-    all are negative, and where a positive and a negative one have almost the same size. A
-    plain power iteration gets the last three wrong (checked), so the shift is tested."""
+    all are negative, and where a positive and a negative one have almost the same size; a
+    5-dimensional space is exhausted in 5 steps (exact), and the residual is ~0."""
     spectra = torch.tensor(
         [
             [3.0, -1.0, 1.0, 0.2, -2.5],
@@ -339,12 +336,79 @@ def test_top_eigenvalue_takes_the_largest_algebraic_eigenvalue_with_a_negative_s
 
     v0 = [torch.randn(4, 5, generator=g, dtype=torch.float64)]
     top = top_eigenvalue(hvp, v0, 200)
-    torch.testing.assert_close(top, spectra.amax(1), rtol=1e-8, atol=0)
-    plain, _ = _power(hvp, v0, 200)
-    assert plain[0] == pytest.approx(3.0)
-    assert not torch.isclose(plain[1:], spectra[1:].amax(1), rtol=1e-2).any()
+    torch.testing.assert_close(top.value, spectra.amax(1), rtol=1e-8, atol=0)
+    assert top.iters.max() <= 5 and top.residual.max() < 1e-6
     with pytest.raises(ValueError):
         top_eigenvalue(hvp, v0, 0)
+
+
+def test_top_eigenvalue_converges_where_the_top_eigenvalues_are_close():
+    """A 2,000-dimensional spectrum on [-1, 1] with 1.0, 0.99 and 0.985 at the top: Lanczos
+    stops at the residual tolerance well inside the cap, within 1e-3 of 1.0, and reports
+    the residual it stopped at; 20 steps of power iteration are still 1% low (checked)."""
+    n = 2000
+    g = torch.Generator().manual_seed(0)
+    ev = torch.linspace(-1, 1, n, dtype=torch.float64)
+    ev[-3:] = torch.tensor([0.985, 0.99, 1.0], dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    a = (q * ev) @ q.T
+
+    def hvp(v):
+        return [v[0] @ a]
+
+    v0 = [torch.randn(1, n, generator=g, dtype=torch.float64)]
+    top = top_eigenvalue(hvp, v0, 150)
+    assert top.value.item() == pytest.approx(1.0, rel=1e-3)
+    assert top.iters.item() < 150 and top.residual.item() <= 1.01e-3
+    v = v0[0] / v0[0].norm()
+    for _ in range(20):
+        v = hvp([v])[0]
+        v = v / v.norm()
+    assert (v @ a @ v.T).item() < 0.99
+
+
+@pytest.mark.slow
+def test_curvature_of_a_tanh_bn_network_against_an_independent_float64_eigensolver(mnist):
+    """A hard case: 784-100-100-10 tanh + BN, summed loss, a batch of 64 real digits, weights
+    3 SGD steps off initialisation, where the top three eigenvalues are 191, 202 and 209 and
+    20 power-iteration steps stay more than 3% low (checked here: 197 in the seed used).
+    bnlab's lambda_max against scipy's ARPACK (eigsh, tolerance 1e-10) on Hessian-vector
+    products of an independent float64 forward (torch.func), to the probe's own tolerance."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    cfg = make_cfg("model.norm=batch", "model.activation=tanh", "train.loss=sum")
+    model = build_model(cfg.model, [1]).double()
+    opt = make_optimizer(make_cfg("optim.lr=0.01").optim, model)
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    for step in range(4):  # three steps, then the probed step's batch
+        i = torch.randint(0, len(mnist.y_train), (1, 64), generator=g)
+        x, y = mnist.x_train[i].double(), mnist.y_train[i]
+        if step < 3:
+            with torch.no_grad():
+                _, d = loss_and_grad(model(x), y, "sum")
+                model.backward(d)
+                opt.step()
+    cfg, model, ctx = _step(cfg, model, x, y)
+    rows = curvature(ctx, 0.01, [1.0], iters=100)
+    lam = _values(rows, "curv_lambda_max", "all").item()
+    assert _values(rows, "curv_residual", "all").item() <= 1.01e-3
+    assert _values(rows, "curv_lanczos_iters", "all").item() < 100
+    f, flat, _ = _member_loss(cfg, model, ctx, 0)
+    grad = torch.func.grad(f)
+
+    def hv(v):
+        v = torch.as_tensor(v, dtype=torch.float64).flatten()
+        return torch.func.jvp(grad, (flat,), (v,))[1].numpy()
+
+    op = LinearOperator((flat.numel(), flat.numel()), matvec=hv, dtype=np.float64)
+    (oracle,) = eigsh(op, k=1, which="LA", tol=1e-10, return_eigenvectors=False)
+    assert lam == pytest.approx(oracle, rel=1e-3)
+    v = torch.randn(flat.numel(), generator=g, dtype=torch.float64)
+    for _ in range(20):
+        v = torch.as_tensor(hv(v / v.norm()))
+    v = v / v.norm()
+    assert (v @ torch.as_tensor(hv(v))).item() < 0.97 * oracle  # power iteration: a hard case
 
 
 def test_overshoot_is_zero_in_the_first_order_regime_and_equals_a_brute_force_loop():
