@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .compose import (
     CONFIG_MODULE,
+    PARENT_ENV,
     check_keys,
     compose_dict,
     search_path,
@@ -40,7 +41,6 @@ from .records import count_done, write_config
 from .train import ResumeError, run, write_failure
 
 log = logging.getLogger("bnlab")
-PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
 # Hydra's options that take a value (the value is not an override)
 VALUE_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p",
                "--package", "-sc", "--shell-completion", "-c", "--cfg")  # fmt: skip
@@ -57,7 +57,7 @@ COMMANDS = {
     "summary": ("bnlab.summary", "mean, std, min, max over seeds per configuration"),
     "figures": ("bnlab.figures", "draw the papers' figures from collected sweeps"),
     "tables": ("bnlab.tables", "the compact per-member tables that the claims report reads"),
-    "claims": ("bnlab.claims", "write results/CLAIMS.md from the tables"),
+    "claims": ("bnlab.claims.cli", "write results/CLAIMS.md from the tables"),
     "reproduce": ("bnlab.reproduce", "every experiment, table, figure and the claims report"),
     "export": ("bnlab.export", "export a sweep to TensorBoard or MLflow"),
     "data": ("bnlab.data", "fetch or check MNIST"),

@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import ConfigError, RunConfig, choices, load_config
 
 CONFIG_MODULE = "bnlab.conf"
+PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
 MIN_FREE_BYTES = 20 * 2**20  # a run's histories and model files need a few MB
 CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # the same configs, as a folder
 

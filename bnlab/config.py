@@ -58,7 +58,7 @@ def sweep_dirname(overrides: str) -> str:
 
 def default_data_root() -> str:
     """data.root's default: bnlab.data.default_root (the one rule, documented there)."""
-    from .data import default_root  # bnlab.data imports this module
+    from .locations import default_root
 
     return default_root()
 
@@ -537,7 +537,7 @@ def validate(rc: RunConfig) -> None:
     if o.warmup_steps >= steps:
         raise ConfigError(
             f"optim.warmup_steps={o.warmup_steps} must be fewer than the run's {steps} steps "
-            "(0 = no warmup), e.g. optim.warmup_steps=500"
+            f"(0 = no warmup), e.g. optim.warmup_steps={max(1, steps // 10)}"
         )
     evals = steps // t.eval_every + min(t.eval_dense_until, steps) // t.eval_dense_every
     if max(evals, t.evals) > MAX_EVALS:

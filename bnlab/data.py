@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from .config import ConfigError, DataConfig
 from .layers import generator
+from .locations import DATA_ROOT_ENV, default_root, project_root, user_cache  # noqa: F401
 
 # MD5 of the four gzip files torchvision downloads (the files published with MNIST).
 MNIST_FILES = {
@@ -74,38 +74,6 @@ class Data:
     def tensors(self):
         """(x_train (N, 784) float32 in [0, 1], y_train (N,) int64, x_test, y_test)."""
         return self.x_train, self.y_train, self.x_test, self.y_test
-
-
-DATA_ROOT_ENV = "BNLAB_DATA_ROOT"
-
-
-def project_root() -> Path | None:
-    """The checkout bnlab is imported from (also an editable install), or None when bnlab is
-    an installed package."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        return root if 'name = "bnlab"' in (root / "pyproject.toml").read_text() else None
-    except OSError:
-        return None
-
-
-def user_cache() -> Path:
-    """The platform's per-user cache folder for bnlab (~/.cache/bnlab on Linux)."""
-    try:
-        from platformdirs import user_cache_dir
-    except ImportError:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        return Path(base) / "bnlab"
-    return Path(user_cache_dir("bnlab", appauthor=False))
-
-
-def default_root() -> str:
-    """data.root when none is given: $BNLAB_DATA_ROOT, else the checkout's data/ folder, else
-    the per-user cache folder (the module docstring says more)."""
-    if os.environ.get(DATA_ROOT_ENV):
-        return os.environ[DATA_ROOT_ENV]
-    checkout = project_root()
-    return str(checkout / "data" if checkout else user_cache())
 
 
 def raw_dir(root: str | Path) -> Path:

@@ -9,7 +9,9 @@ import torch
 
 from .loss import member_losses
 from .model import MLP
+from .modelstate import capture, norms, restore
 from .norms import BATCH_STAT_NORMS, population_statistics, set_eval_stats
+from .shift import shifted
 
 EVAL_CHUNK = 1000  # examples per forward when no layer evaluates with batch statistics
 
@@ -113,3 +115,39 @@ class Evaluator:
         set_eval_stats(self.model, cfg.model.bn_eval)
         self.seconds += time.perf_counter() - t0
         return rows
+
+
+def shift_rows(cfg, model, data) -> list:
+    """The final rows (module docstring) for every entry of train.shifts, plus 'clean';
+    [] when train.shifts is empty."""
+    if not cfg.train.shifts:
+        return []
+    layers = norms(model)
+    modes = ["running"]
+    if cfg.model.norm in BATCH_STAT_NORMS:
+        modes += ["adapted", "batch"]
+    saved, eval_modes = capture(model), [layer.eval_stats for _, layer in layers]
+    rows, m = [], cfg.model
+    try:
+        if m.bn_eval == "population" and layers:  # as evaluation.Evaluator does
+            batches = (m.population_batches, m.population_lower)
+            population_statistics(model, data.x_train, cfg.data.batch_size, *batches)
+        for entry in ["clean", *cfg.train.shifts]:
+            x = data.x_test if entry == "clean" else shifted(entry, data.x_test)
+            for mode in modes:
+                if mode == "running":
+                    set_eval_stats(model, m.bn_eval)
+                    batch = cfg.train.eval_batch
+                else:
+                    set_eval_stats(model, "batch")
+                    batch = len(x) if mode == "adapted" else cfg.data.batch_size
+                loss, acc = evaluate(model, x, data.y_test, batch)
+                rows += [
+                    ("test", f"shift_acc_{mode}", entry, acc.tolist()),
+                    ("test", f"shift_loss_{mode}", entry, loss.tolist()),
+                ]
+    finally:
+        restore(model, saved)
+        for (_, layer), mode in zip(layers, eval_modes):
+            layer.eval_stats = mode
+    return rows

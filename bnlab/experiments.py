@@ -88,3 +88,28 @@ def experiments_of(sweep_name: str) -> list[str]:
 def figures_of(names: list[str]) -> list[str]:
     """The figures these experiments draw, in registry order."""
     return [f for n in names for f in EXPERIMENTS[n].figures]
+
+
+TIMES = "reproduction_times.csv"  # under RESULTS/tables: each experiment's measured time
+
+
+def sweep_points(name: str, extra: list[str] = ()) -> dict[str, list[str]]:
+    """{run folder name: the overrides of its sweep point} of an experiment with these extra
+    overrides, named as bnlab's sweeper names them (Hydra's override_dirname through
+    config.sweep_dirname)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from .compose import compose_dict  # below the registry: imported when used
+    from .config import NOT_IDENTITY, sweep_dirname
+
+    cfg = compose_dict([f"experiment={name}"], hydra=True)
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    skip = ("experiment", "seeds", *NOT_IDENTITY)
+    out = {}
+    for point in BasicSweeper.split_arguments(parsed, None)[0]:
+        named = sorted(o for o in [*point, *extra] if o.split("=", 1)[0] not in skip)
+        out[sweep_dirname(",".join(named))] = [*point, *extra]
+    return out

@@ -23,9 +23,17 @@ import pandas as pd
 from . import plots, tables
 from .collect import acc_or_zero, read_tables, select
 from .collect import main as collect_main
-from .experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, experiments_of, figures_of, sweep
+from .experiments import (
+    EXPERIMENTS,
+    EXTRAS,
+    REPRODUCTION,
+    TIMES,
+    experiments_of,
+    figures_of,
+    sweep,
+    sweep_points,
+)
 from .records import atomic_path
-from .reproduce import TIMES, sweep_points
 from .selection import at_best_lr
 
 DONE = ("finished", "diverged")

@@ -28,6 +28,7 @@ from .config import PROBES
 from .layers import Activation, Dropout, Layer, Linear
 from .loss import loss_and_grad, member_losses
 from .model import scale_invariant_linears
+from .modelstate import capture, linears, norms, restore  # noqa: F401 (also for callers)
 from .norms import (
     BatchStatNorm,
     LayerNorm,
@@ -42,44 +43,6 @@ from .schedules import lr_factor
 
 JAC_BINS = torch.tensor(records.JAC_BINS)  # edges of the log10(s) histogram (24 bins)
 JAC_TINY = 1e-6
-
-
-def capture(model) -> tuple:
-    """Everything a training-mode pass changes besides parameters: buffers (BN statistics),
-    each layer's declared `state` (BN counters, Batch Renorm clip statistics), and the
-    dropout/noise random streams."""
-    buffers = [b.clone() for b in model.buffers()]
-    state = [
-        (m, name, _copy(getattr(m, name)))
-        for m in model.modules()
-        if isinstance(m, Layer)
-        for name in m.state
-    ]
-    streams = [(g, g.get_state()) for m in model.modules() for g in getattr(m, "generators", [])]
-    return buffers, state, streams
-
-
-def _copy(value):
-    return value.clone() if torch.is_tensor(value) else value
-
-
-@torch.no_grad()
-def restore(model, saved: tuple) -> None:
-    buffers, state, streams = saved
-    for b, old in zip(model.buffers(), buffers):
-        b.copy_(old)
-    for m, name, value in state:
-        setattr(m, name, _copy(value))
-    for g, s in streams:
-        g.set_state(s)
-
-
-def linears(model) -> list[tuple[str, Linear]]:
-    return [(n, getattr(model, n)) for n in model.order if isinstance(getattr(model, n), Linear)]
-
-
-def norms(model, kind=BatchStatNorm) -> list[tuple[str, object]]:
-    return [(n, getattr(model, n)) for n in model.order if isinstance(getattr(model, n), kind)]
 
 
 # --------------------------------------------------------------------------- 1. weights
@@ -956,6 +919,7 @@ class ScaleTracker:
         o = cfg.optim
         self.lr, self.layers = o.lr * o.invariant_lr_scale, scale_invariant_linears(model)
         self.plain = (o.name, o.momentum, o.weight_decay, o.schedule) == ("sgd", 0, 0, "constant")
+        self.plain &= (o.warmup_steps, o.clip_norm, o.trainable) == (0, 0, "all")  # lr * g steps
         self.w0 = {name: _sq_norm(lin.weight) for name, lin in self.layers}
         self.radial = {name: torch.zeros_like(w) for name, w in self.w0.items()}  # R, (K,)
         # train_step records the layers' outputs into it; None: nothing to accumulate

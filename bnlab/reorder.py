@@ -1,5 +1,6 @@
-"""The batch-order intervention (claim C17): does the order of the last mini-batches change
-BN's running statistics, with everything else held fixed?
+"""The batch-order intervention (claim C17), an end-of-run evaluation with the weights frozen:
+does the order of the last mini-batches change BN's running statistics, with everything else
+held fixed?
 
 With train.reorder=R at the end of a run, the weights are frozen and, for every member, the
 running mean and variance of every batch-statistics norm layer are recomputed over the
@@ -26,7 +27,7 @@ convention) sees them differs.
   (1 - m)^n in the result, 1e-46 for m = 0.1 and n = 1,000 (forgotten; bnlab.config refuses
   a weight above 1%).
 - The model's real state (buffers, counters, random streams, evaluation modes) is restored
-  afterwards (probes.capture/restore), and nothing runs before the last training step: the
+  afterwards (modelstate.capture/restore), and nothing runs before the last training step: the
   training history and the final model are those of the same run without it.
 
 Rows (split 'test', one value per member): reorder_{acc,loss}_sd, the SD across orders
@@ -46,8 +47,8 @@ import torch
 from .data import Batches
 from .evaluation import evaluate
 from .layers import generator
+from .modelstate import capture, norms, restore
 from .norms import BatchRenorm
-from .probes import capture, norms, restore
 
 
 def last_batches(

@@ -36,10 +36,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, experiments_of, figures_of, sweeps
+from .experiments import (
+    EXPERIMENTS,
+    EXTRAS,
+    REPRODUCTION,
+    TIMES,
+    experiments_of,
+    figures_of,
+    sweep_points,
+    sweeps,
+)
 from .records import JOBS_FILE, read_summary
 
-TIMES = "reproduction_times.csv"  # under RESULTS/tables
 TIME_COLUMNS = [
     "experiment",
     "runs",
@@ -164,7 +172,8 @@ def full_tables(tables: Path, steps: int) -> list[str]:
 def report(names: list[str], results: Path) -> int:
     """Collect the experiments' sweeps, write their compact tables and figures, then the claims
     report; nonzero if any stage fails (a figure or a measure that cannot be made included)."""
-    from . import claims, figures, tables
+    from . import figures, tables
+    from .claims import cli as claims
     from .collect import main as collect_main
 
     failed = 0
@@ -177,28 +186,6 @@ def report(names: list[str], results: Path) -> int:
         failed |= figures.main([*drawn, "--results", str(results)]) != 0
     failed |= claims.main(["--results", str(results)]) != 0
     return int(failed)
-
-
-def sweep_points(name: str, extra: list[str] = ()) -> dict[str, list[str]]:
-    """{run folder name: the overrides of its sweep point} of an experiment with these extra
-    overrides, named as bnlab's sweeper names them (Hydra's override_dirname through
-    config.sweep_dirname)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from .compose import compose_dict
-    from .config import NOT_IDENTITY, sweep_dirname
-
-    cfg = compose_dict([f"experiment={name}"], hydra=True)
-    params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    skip = ("experiment", "seeds", *NOT_IDENTITY)
-    out = {}
-    for point in BasicSweeper.split_arguments(parsed, None)[0]:
-        named = sorted(o for o in [*point, *extra] if o.split("=", 1)[0] not in skip)
-        out[sweep_dirname(",".join(named))] = [*point, *extra]
-    return out
 
 
 def sample_runs(runs: list[str], n: int) -> list[str]:

@@ -3,7 +3,8 @@ data (Nado et al. 2020, "Evaluating prediction-time batch normalization for robu
 covariate shift", arXiv:2006.10963; Schneider et al. 2020, "Improving robustness against
 common corruptions by covariate shift adaptation", arXiv:2006.16971).
 
-With train.shifts=[KIND:STRENGTH, ...] at the end of a run, the weights are frozen and every
+With train.shifts=[KIND:STRENGTH, ...] at the end of a run (bnlab.evaluation.shift_rows, an
+end-of-run evaluation with the weights frozen; this module makes the shifted images), every
 member is evaluated on shifted copies of the test set. BN's running statistics were estimated
 on clean training images; on shifted images they no longer match the layer inputs, and
 re-estimating them on the shifted images themselves is the cheapest adaptation there is.
@@ -26,7 +27,7 @@ re-estimating them on the shifted images themselves is the cheapest adaptation t
   batch: prediction-time BN, each test batch of data.batch_size images normalised with its
     own statistics (Nado et al.'s online setting; the last batch holds N mod batch_size).
 - The model's state (buffers, counters, random streams, evaluation modes) is restored
-  afterwards (probes.capture/restore), and nothing runs before the last training step.
+  afterwards (modelstate.capture/restore), and nothing runs before the last training step.
 
 Rows (split 'test', one value per member, the entry name in the layer slot):
 shift_acc_{mode} and shift_loss_{mode} (mean cross-entropy), mode running | adapted | batch.
@@ -81,43 +82,3 @@ def shifted(entry: str, x: torch.Tensor) -> torch.Tensor:
     """The images x under one train.shifts entry 'KIND:STRENGTH'."""
     kind, _, strength = entry.partition(":")
     return SHIFTS[kind](x, float(strength))
-
-
-def shift_rows(cfg, model, data) -> list:
-    """The final rows (module docstring) for every entry of train.shifts, plus 'clean';
-    [] when train.shifts is empty."""
-    from .evaluation import evaluate
-    from .norms import BATCH_STAT_NORMS, population_statistics, set_eval_stats
-    from .probes import capture, norms, restore
-
-    if not cfg.train.shifts:
-        return []
-    layers = norms(model)
-    modes = ["running"]
-    if cfg.model.norm in BATCH_STAT_NORMS:
-        modes += ["adapted", "batch"]
-    saved, eval_modes = capture(model), [layer.eval_stats for _, layer in layers]
-    rows, m = [], cfg.model
-    try:
-        if m.bn_eval == "population" and layers:  # as evaluation.Evaluator does
-            batches = (m.population_batches, m.population_lower)
-            population_statistics(model, data.x_train, cfg.data.batch_size, *batches)
-        for entry in ["clean", *cfg.train.shifts]:
-            x = data.x_test if entry == "clean" else shifted(entry, data.x_test)
-            for mode in modes:
-                if mode == "running":
-                    set_eval_stats(model, m.bn_eval)
-                    batch = cfg.train.eval_batch
-                else:
-                    set_eval_stats(model, "batch")
-                    batch = len(x) if mode == "adapted" else cfg.data.batch_size
-                loss, acc = evaluate(model, x, data.y_test, batch)
-                rows += [
-                    ("test", f"shift_acc_{mode}", entry, acc.tolist()),
-                    ("test", f"shift_loss_{mode}", entry, loss.tolist()),
-                ]
-    finally:
-        restore(model, saved)
-        for (_, layer), mode in zip(layers, eval_modes):
-            layer.eval_stats = mode
-    return rows

@@ -196,7 +196,7 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
     if due.any() and "shift_acc_running" not in recorded:  # the shift evaluation's final rows
         raise MissingMeasure(
             f"{sweep}: no member recorded metric 'shift_acc_running' although train.shifts "
-            "was set; make bnlab/tables.py and bnlab/shift.py agree"
+            "was set; make bnlab/tables.py and bnlab/evaluation.py (shift_rows) agree"
         )
     reorder = runs.get("train.reorder")  # the batch-order intervention's final rows
     if reorder is not None and "reorder_acc_sd" not in recorded:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .config import NOT_IDENTITY, ConfigError, RunConfig, to_dict
 from .data import Batches, Data, load_data
-from .evaluation import Evaluator, eval_steps
+from .evaluation import Evaluator, eval_steps, shift_rows
 from .members import MemberLog
 from .model import CLASSES, IN_FEATURES, MLP, build_model
 from .optim import freeze_member, make_optimizer, set_lr, train_step
@@ -39,7 +39,6 @@ from .records import (
 )
 from .reorder import reorder_rows
 from .schedules import lr_factor
-from .shift import shift_rows
 
 
 def total_steps(cfg, n_train: int) -> int:

@@ -23,9 +23,9 @@ from bnlab.claims import (
     differences,
     diverged_rule,
     frequency_loss,
-    main,
     render,
 )
+from bnlab.claims.cli import main
 from bnlab.margins import ACCURACY, LEARNING_RATE, LOSS, MARGINS
 from bnlab.records import MANIFEST, update_manifest
 from bnlab.verdicts import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED

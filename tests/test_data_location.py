@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO
 
 import bnlab.data
+import bnlab.locations
 from bnlab import compose
 from bnlab.config import RunConfig
 from bnlab.data import DATA_ROOT_ENV, default_root, main, project_root, user_cache
@@ -34,7 +35,7 @@ def test_the_variable_wins_then_the_checkout_then_the_user_cache(tmp_path, monke
     monkeypatch.delenv(DATA_ROOT_ENV)
     assert project_root() == REPO  # the tests run from a checkout
     assert default_root() == str(REPO / "data")
-    monkeypatch.setattr(bnlab.data, "project_root", lambda: None)  # an installed package
+    monkeypatch.setattr(bnlab.locations, "project_root", lambda: None)  # an installed package
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert user_cache() == tmp_path / "cache" / "bnlab"
     assert default_root() == str(tmp_path / "cache" / "bnlab")

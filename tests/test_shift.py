@@ -12,10 +12,10 @@ from conftest import make_cfg, synthetic_data
 
 from bnlab import shift
 from bnlab.config import ConfigError
-from bnlab.evaluation import evaluate
+from bnlab.evaluation import evaluate, shift_rows
 from bnlab.model import build_model
 from bnlab.norms import BatchStatNorm, population_statistics, set_eval_stats
-from bnlab.shift import SHIFTS, shift_rows
+from bnlab.shift import SHIFTS
 
 TINY = ["model.widths=[6,5]", "data.batch_size=16"]
 ENTRIES = ["rotation:30", "noise:0.3", "contrast:0.4"]

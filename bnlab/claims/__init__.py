@@ -34,7 +34,6 @@ claim, the table and the column: the report is not written.
 
 from ..selection import ARM_KEYS, LR_SELECTION, ClaimError, at_best_lr, require, with_acc0
 from . import explainers, ioffe2015, mechanisms, mlds2017, santurkar2018  # register the claims
-from .cli import main
 from .compare import ACC_MARGIN, ACTS, NORMS2, RELU_SIGMOID, SHIFT_MODES
 from .framework import (
     CHANCE_SLACK,
@@ -92,7 +91,6 @@ __all__ = [
     "failed_members",
     "frequency_loss",
     "ioffe2015",
-    "main",
     "mechanisms",
     "mlds2017",
     "read_table",

@@ -33,8 +33,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
 
-from bnlab.cli import PARENT_ENV
-from bnlab.compose import hydra_message, unwritable
+from bnlab.compose import PARENT_ENV, hydra_message, unwritable
 from bnlab.config import ConfigError, load_config, to_dict
 from bnlab.data import DataError, load_mnist
 from bnlab.records import JOBS_FILE, count_done, write_json
