@@ -13,7 +13,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo link-data test lint bench reproduce
+.PHONY: demo link-data test test-fast test-durations lint bench reproduce
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,14 @@ link-data:
 
 test: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -q --durations=10 -n 2 --dist worksteal
+
+# the edit-test loop: everything but the tests marked slow (real-MNIST training, subprocesses)
+test-fast: $(BIN)/.installed-dev
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist worksteal
+
+# the whole suite, keeping every test's time in docs/generated/test-durations.md
+test-durations: $(BIN)/.installed-dev
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations-file docs/generated/test-durations.md
 
 reproduce: $(BIN)/.installed
 	$(BIN)/bnlab reproduce

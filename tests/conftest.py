@@ -92,3 +92,45 @@ def model_settings(dropout: bool = True) -> list:
                     name = "-".join([act, norm, *([place] if place else []), drop or "nodrop"])
                     out.append(pytest.param(over, id=name))
     return out
+
+
+# --------------------------------------------------------------------------- test durations
+# `make test-durations` runs the whole suite with --durations-file and keeps where the time
+# goes in docs/generated/test-durations.md (with xdist the controller sees every report).
+_DURATIONS: dict[str, float] = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--durations-file", help="write every test's seconds here (markdown)")
+
+
+def pytest_runtest_logreport(report):
+    _DURATIONS[report.nodeid] = _DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--durations-file")
+    if not path or hasattr(session.config, "workerinput"):  # the controller writes it
+        return
+    rows = sorted(_DURATIONS.items(), key=lambda kv: -kv[1])
+    total = sum(_DURATIONS.values())
+    files: dict[str, float] = {}
+    for node, seconds in rows:
+        files[node.split("::")[0]] = files.get(node.split("::")[0], 0.0) + seconds
+    lines = [
+        "# Where the test time goes",
+        "",
+        f"Written by `make test-durations`: {len(rows)} tests, {total:.0f} s of test time in all",
+        "(setup, call and teardown; with two workers the wall time is about half).",
+        "",
+        "| file | seconds |",
+        "|---|---:|",
+        *(f"| {f} | {s:.1f} |" for f, s in sorted(files.items(), key=lambda kv: -kv[1])),
+        "",
+        "The 30 slowest tests:",
+        "",
+        "| test | seconds |",
+        "|---|---:|",
+        *(f"| `{node}` | {s:.1f} |" for node, s in rows[:30]),
+    ]
+    Path(path).write_text("\n".join(lines) + "\n")
