@@ -34,6 +34,7 @@ from bnlab.verdicts import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED
 def test_the_ledger_states_the_numbers_its_code_uses():
     keys = [f"C{i}" for i in range(1, 27)]
     split = {"C9": "ab", "C11": "ab", "C15": "ab", "C22": "ab"}  # two hypotheses: two claims
+    split["C8"] = ["", "b"]  # BN's inference mode (C8); normalising by the test batch (C8b)
     assert list(LEDGER) == [k + x for k in keys for x in split.get(k, [""])]
     drawn = {f for e in experiments.EXPERIMENTS.values() for f in e.figures}
     assert all(c.figure in drawn for c in LEDGER.values())
@@ -43,6 +44,10 @@ def test_the_ledger_states_the_numbers_its_code_uses():
     assert "reaches 90% test accuracy" in c12.test and "margin 2x" in c12.test
     assert "at lr 3, BN > no BN (margin 0.005)" in c12.test
     assert "1:0 ratios 9, 19, 99:" in LEDGER["C8"].test
+    assert "regularises" not in LEDGER["C1"].statement  # C18's and C21's question
+    assert "at the 2017 protocol's lr 1e-4" in LEDGER["C5"].statement
+    assert LEDGER["C13"].statement.endswith("(at a fixed lr 0.1).")
+    assert "constant-lr plain SGD" in LEDGER["C19"].statement
     assert LEDGER["C6"].statement.endswith("(batch 4).")
     assert "margin x1.25" in LEDGER["C9a"].test  # the magnitude margin, compared as log(1.25)
     # every margin comes from the table or says why; C18 compares test loss as a ratio
@@ -447,7 +452,10 @@ def test_c23_c24_c26_on_known_tables(tmp_path):
     _write(tmp_path, "study_depth", depth)
     _write(tmp_path, "study_momentum", [r for r in tuned if r["model.placement"] != "after"])
     _write(tmp_path, "study_tuned", tuned)
-    c24, c26 = build_claims(Tables(tmp_path), ["C24", "C26"])
+    c19, c24, c26 = build_claims(Tables(tmp_path), ["C19", "C24", "C26"])
+    assert c19.verdict == SUPPORTED and "judged under constant-lr plain SGD" in c19.statement
+    assert "SGD momentum 0.9, cosine schedule (study_momentum, C26), relu: steps to 97% " \
+        "without BN > with BN: x3 [3, 3]" in c19.notes  # fmt: skip
     assert [x.label for x in c24.comparisons][:3] == [
         f"relu, {d} layers: BN > no BN" for d in (8, 16, 32)
     ]
@@ -490,7 +498,7 @@ def test_collapsed_members_keep_their_accuracy_and_lose_every_other_measure(tmp_
                 {"model.norm": norm, "model.activation": "relu", "optim.lr": lr,
                  "optim.name": "sgd"}, acc, train_loss=loss, steps_done=5000,
                 w2_mean_abs_final=(0.2 if norm == "none" else 0.1) * (1 + NOISE),
-                w2_mean_abs_start=0.1, scale_ratio_fc1=1.0, scale_growth_rel_fc1=0.1,
+                w2_mean_abs_start=0.1, scale_ratio_fc1=1.0, scale_growth_rel_fc1=lr**2,
                 scale_ratio_fc2=1.0, scale_growth_rel_fc2=0.1,
             )  # fmt: skip
     _write(tmp_path, "study_lr", rows)
@@ -514,6 +522,8 @@ def test_collapsed_members_keep_their_accuracy_and_lose_every_other_measure(tmp_
     ]
     assert lr3.verdict == SUPPORTED  # 3 of 5 no-BN members give |W2|
     assert "study_lr.csv, collapsed: model.norm=none, optim.lr=3: 2 of 5" in c1.failed
+    assert "fc1's relative growth rises from 0.01 at lr 0.1 to 9 at lr 3, and the identity " \
+        "holds within 0.0% at every lr: BN changes the law" in " ".join(c1.notes)  # fmt: skip
     rows[2 * 5 + 2]["train_loss"] = 2.5  # a third collapsed member (lr 3, no BN, seed 2)
     assert rows[2 * 5 + 2]["optim.lr"] == 3.0 and rows[2 * 5 + 2]["model.norm"] == "none"
     _write(tmp_path, "study_lr", rows)
@@ -601,3 +611,84 @@ def test_the_docs_state_the_ledger_size_and_the_report_its_own_settings():
     for c in LEDGER.values():
         assert f"| {c.key} | " in text and c.protocol in text
     assert "| C4 | study_tuned | each arm's learning rate (on 5,000 held-out" in text
+
+
+def test_c8_is_bn_in_inference_mode_and_c8b_the_test_batch(tmp_path):
+    """Skewed test sets: BN with running statistics as good as no BN (C8 absent: negligible);
+    BN normalising by the skewed test batch 0.3 worse (C8b supported)."""
+    rows = []
+    for ratio in (1.0, 9.0, 19.0, 99.0):
+        rows += _members({"model.norm": "none", "data.test_ratio": ratio}, 0.999 - NOISE / 10)
+        bn = 0.999 + NOISE / 10
+        rows += _members({"model.norm": "batch", "data.test_ratio": ratio}, bn,
+                         test_acc_running=bn, test_acc_batch=0.7 + NOISE)  # fmt: skip
+    _write(tmp_path, "mlds2017_mismatch", rows)
+    c8, c8b = build_claims(Tables(tmp_path), ["C8", "C8b"])
+    assert [x.label for x in c8.comparisons] == [
+        f"1:0 = {r}:1, BN with running statistics: no BN > BN" for r in (9, 19, 99)
+    ]
+    assert c8.verdict == NEGLIGIBLE and c8b.verdict == SUPPORTED
+    assert all("test-batch statistics" in x.label for x in c8b.comparisons)
+
+
+def test_c5_compares_both_effects_on_the_same_cells_per_seed(tmp_path):
+    """With BN: relu SGD 0.97 (+ noise), relu Adam 0.98, sigmoid SGD 0.90, sigmoid Adam 0.96,
+    so the activation effect is 0.045 and the optimiser effect 0.035 on the same four cells:
+    the contrast 0.01 (+ noise) > 0.005 holds. Three more SGD activations at 0.99 must not
+    enter the optimiser effect (over all SGD cells it would be 0.002). With sigmoid at 0.95
+    (SGD) and 0.99 (Adam) the optimiser matters more: the contrast -0.02 reverses."""
+
+    def c5(sigmoid_sgd, sigmoid_adam):
+        bn = {("relu", "sgd"): 0.97 + NOISE, ("relu", "adam"): 0.98, ("sigmoid", "sgd"):
+              sigmoid_sgd, ("sigmoid", "adam"): sigmoid_adam, ("tanh", "sgd"): 0.99,
+              ("lrelu", "sgd"): 0.99, ("softplus", "sgd"): 0.99}  # fmt: skip
+        rows = []
+        for (act, opt), acc in bn.items():
+            rows += _members({"model.activation": act, "optim.name": opt, "model.norm": "batch"},
+                             np.broadcast_to(acc, 5))  # fmt: skip
+        rows += _members({"model.activation": "relu", "optim.name": "adam", "model.norm": "none"},
+                         0.971 + NOISE / 2)  # fmt: skip
+        _write(tmp_path, "mlds2017", rows)
+        return build_claims(Tables(tmp_path), ["C5"])[0]
+
+    claim = c5(0.90, 0.96)
+    contrast = claim.comparisons[1]
+    assert contrast.a.to_numpy() == pytest.approx(0.045 + NOISE / 2)
+    assert contrast.b.to_numpy() == pytest.approx(0.035 - NOISE / 2)
+    assert [r.verdict for r in claim.results] == [SUPPORTED, SUPPORTED]
+    note = "activation effect relu - sigmoid +0.0450, optimiser effect Adam - SGD +0.0350"
+    assert note in claim.notes[0] and claim.verdict == SUPPORTED
+    claim = c5(0.95, 0.99)
+    assert claim.results[1].mean == pytest.approx(-0.02)
+    assert claim.results[1].verdict == CONTRADICTED
+    assert claim.verdict == "holds for relu+SGD+BN ~ relu+Adam; reverses for activation > optimiser"
+
+
+def test_c17_judges_the_spread_across_orders_against_the_spread_across_seeds(tmp_path):
+    """Seeds' accuracies 0.97 +- 0.002 (SD 0.00158): an SD across orders of 0.0004 is a
+    quarter of it (supported, x4 > x1.25); one of 0.0015 is as large (negligible). The mean
+    shift over orders is the precise-BN effect: a note, not a comparison."""
+    seeds = 0.97 + np.array([0.002, -0.002, 0.001, -0.001, 0.0])
+    stats = {f"reorder_{s}_ratio_{b}": 0.05 for s in ("mean", "log_var") for b in ("bn1", "bn2")}
+    for sd, verdict in ((0.0004, SUPPORTED), (0.0015, NEGLIGIBLE)):
+        rows = _members({"model.norm": "batch"}, seeds, reorder_acc_sd=sd * (1 + NOISE),
+                        reorder_acc_shift=0.0004 + NOISE / 10, **stats)  # fmt: skip
+        _write(tmp_path, "study_order", rows)
+        (c17,) = build_claims(Tables(tmp_path), ["C17"])
+        (cmp,) = c17.comparisons
+        assert cmp.a.tolist() == pytest.approx([np.std(seeds, ddof=1)] * 5)
+        assert c17.verdict == verdict
+    notes = " ".join(c17.notes)
+    assert "precise-BN effect, not the order's" in notes and "test accuracy +0.0004" in notes
+    assert "SD across seeds 0.0016 (95% interval 0.0009-0.0045, 5 seeds)" in notes
+
+
+def test_c15_tables_share_initial_weights_seed_by_seed():
+    """C15a compares study_dropout with study_lr at lr 0.1 by Welch's test; its docstring says a
+    seed starts from the same initial weights in both: the committed tables agree."""
+    folder = REPO / "results" / "tables"
+    d, lr = (pd.read_csv(folder / f"{n}.csv") for n in ("study_dropout", "study_lr"))
+    start_d = d.groupby("seed")["w2_mean_abs_start"].agg(["min", "max"])
+    start_lr = lr[lr["optim.lr"] == 0.1].groupby("seed")["w2_mean_abs_start"].agg(["min", "max"])
+    assert (start_d["min"] == start_d["max"]).all() and start_d.equals(start_lr)
+    assert start_d["min"].nunique() == len(start_d)  # and the seeds differ from each other

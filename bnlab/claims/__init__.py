@@ -1,7 +1,9 @@
 """The claims report: `bnlab claims` reads RESULTS/tables/*.csv (bnlab.tables) and writes
 RESULTS/CLAIMS.md, one section per claim: C1-C19, the claims made by the 2017 study, the BN
 explainers and the papers they cite; C20-C26, mechanisms studied since (the extra studies). A
-claim that bundles two hypotheses is two claims (C9a/b, C11a/b, C15a/b, C22a/b).
+claim that bundles two hypotheses is two claims (C9a/b, C11a/b, C15a/b, C22a/b); BN under
+a train/test mismatch in its inference mode (C8) and normalising by the test batch (C8b)
+are two as well.
 
 The claims are a ledger: one function per claim, registered in order by the @claim decorator,
 which carries what is claimed, its source, the experiments whose tables it reads, its figure
@@ -23,7 +25,7 @@ claim, the table and the column: the report is not written.
 #   framework.py      Claim, the @claim decorator and LEDGER, Tables (reading and verifying
 #                     RESULTS/tables), the rules for failed members, arm, build_claims
 #   compare.py        what the claims share: BN against no BN per activation, common notes
-#   mlds2017.py       C1-C8, the 2017 study's claims
+#   mlds2017.py       C1-C8b, the 2017 study's claims
 #   ioffe2015.py      C9a, C12, C19, the BN paper's (Ioffe & Szegedy 2015)
 #   santurkar2018.py  C9b, C10, C11a, C11b, Santurkar et al. 2018's
 #   explainers.py     C13-C18, the BN explainers' ("seed explainers")

@@ -6,9 +6,10 @@ mini-batches and the running statistics), C18 (mild regularisation)."""
 from __future__ import annotations
 
 import pandas as pd
+from scipy import stats
 
 from .. import verdicts
-from ..margins import ACCURACY, LOSS
+from ..margins import ACCURACY, LOSS, MAGNITUDE
 from ..selection import LR_SELECTION, at_best_lr, with_acc0
 from ..verdicts import Comparison
 from .compare import (
@@ -26,17 +27,19 @@ from .framework import arm, claim
 
 @claim(
     "C13",
-    statement="BN reduces sensitivity to the weight-initialisation scale.",
+    statement="BN reduces sensitivity to the weight-initialisation scale (at a fixed lr 0.1).",
     source="seed explainers",
     experiment="study_init_scale",
     margin=ACCURACY,
     scales=(0.1, 0.3, 3.0, 10.0),
-    protocol="Decided on the interaction across initial scales (study_init_scale): BN > no BN at "
-    "one scale would also hold if BN were simply better everywhere.",
-    test="test accuracy after 5,000 steps (studies protocol, relu) with every initial weight "
-    "scaled by {scales[0]:g}-{scales[3]:g}: the interaction, i.e. the accuracy lost against "
-    "scale 1 without BN minus the accuracy lost with BN, per scale and paired by seed, > 0; "
-    "margin {margin:g}.",
+    protocol="Decided on the interaction across initial scales (study_init_scale), at one fixed "
+    "learning rate (0.1) for every scale and norm: BN > no BN at one scale would also hold if "
+    "BN were simply better everywhere. Tuning the lr per (scale, norm) could change the "
+    "answer: with BN a larger initial scale lowers the effective learning rate.",
+    test="test accuracy after 5,000 steps (studies protocol: SGD at a fixed lr 0.1, relu) with "
+    "every initial weight scaled by {scales[0]:g}-{scales[3]:g}: the interaction, i.e. the "
+    "accuracy lost against scale 1 without BN minus the accuracy lost with BN, per scale and "
+    "paired by seed, > 0; margin {margin:g}.",
 )
 def c13(c, study_init_scale, margin, scales):
     """Sensitivity is an interaction: at each scale away from 1, the accuracy each norm loses
@@ -135,8 +138,10 @@ def c14(c, study_tuned, study_placement, margin):
 )
 def c15a(c, study_dropout, study_lr, margin):
     """Dropout's cost is larger with BN, whose test-time variance it shifts (Li et al.): BN's
-    gain per seed is larger in study_lr at lr 0.1 (no dropout) than with dropout. Seeds pair
-    only within one sweep table, so the two tables are compared with Welch's test."""
+    gain per seed is larger in study_lr at lr 0.1 (no dropout) than with dropout, per placement
+    of the dropout. A seed starts from the same initial weights in both tables (their
+    w2_mean_abs_start agree seed by seed), but verdicts.Comparison pairs seeds only within one
+    sweep table, so the two tables are compared with Welch's test, which ignores that pairing."""
     bn0 = arm(study_lr, "test_acc", model__norm="batch", optim__lr=0.1)
     no0 = arm(study_lr, "test_acc", model__norm="none", optim__lr=0.1)
     out = []
@@ -230,33 +235,48 @@ def c16(c, study_bias, margin):
     source="seed explainer",
     experiment="study_order",
     optional=["study_lr", "running_stats.csv"],
-    margin=ACCURACY,
+    spread=MAGNITUDE,
     orders=10,
     batches=1000,
     protocol="Decided by an intervention that changes the order alone: with the weights frozen at "
     "the end of training, BN's running statistics are recomputed over each member's last "
-    "batches in shuffled orders. Comparing members whose weights also diverge measured the "
-    "spread of the weights, not of the order.",
+    "batches in shuffled orders, and the accuracy's spread across those orders is judged "
+    "against its spread across seeds (its share of the variance), not against a fixed "
+    "accuracy margin: 'averages out' means the order adds little to the variation a run "
+    "has anyway. Comparing members whose weights also diverge measured the spread of the "
+    "weights, not of the order.",
     test="BN, studies protocol, 5,000 steps: with the final weights frozen, the running "
     "statistics recomputed over each member's last {batches:g} training batches in {orders:g} "
-    "random orders, and the test set evaluated with each: the mean accuracy over orders minus "
-    "the accuracy with the run's own running statistics equivalent to 0 within {margin:g}, and "
-    "the SD of the accuracy across orders equivalent to 0 within {margin:g} (one value per "
-    "member). How much the order moves the running statistics themselves as notes.",
+    "random orders, and the test set evaluated with each: the SD of the test accuracy across "
+    "seeds (study_order's members: the same initial weights, each its own data order) > the "
+    "SD across orders (one value per member), as a ratio, margin {spread}. The seeds' SD is one "
+    "estimate, taken as known; its 95% interval is a note. How much the order moves the "
+    "running statistics themselves, and the precise-BN effect (the accuracy with statistics "
+    "recomputed from the frozen final weights minus with the run's moving average), as notes.",
 )
-def c17(c, study_order, study_lr, running_stats, margin, orders, batches):
-    """Order alone: the accuracy with the running statistics of shuffled orders of the same
-    last batches (frozen weights) ~ the run's own, and it varies little across orders. The
-    order's effect on the statistics, and the older comparison across members whose weights
-    differ, as notes."""
-    out = []
-    for measure, what in (("reorder_acc_shift", "mean shift"), ("reorder_acc_sd", "SD")):
-        v = arm(study_order, measure, model__norm="batch")
-        zero = pd.Series(0.0, index=v.index)
-        zero.attrs = v.attrs
-        label = f"test accuracy over shuffled orders, {what} ~ 0"
-        cmp = Comparison(label, v, zero, margin.scale, "equivalent", setting={"measure": what})
-        out.append(cmp)
+def c17(c, study_order, study_lr, running_stats, spread, orders, batches):
+    """Order alone: the accuracy's SD across shuffled orders of the same last batches (frozen
+    weights) is a small share of its SD across seeds. The order's effect on the statistics,
+    the precise-BN effect and the comparison across members whose weights differ, as notes."""
+    by_order = arm(study_order, "reorder_acc_sd", model__norm="batch")
+    acc = arm(study_order, "test_acc", model__norm="batch")
+    by_seed = pd.Series(acc.std(), index=by_order.index)
+    by_seed.attrs = by_order.attrs
+    label = "test accuracy, SD across seeds > SD across orders (frozen weights)"
+    out = [Comparison(label, by_seed, by_order, spread.scale, log=True)]
+    n = acc.notna().sum()  # the seeds' SD: its chi-square 95% interval, for the note
+    lo, hi = (acc.std() * (n - 1) ** 0.5 / stats.chi2.ppf(q, n - 1) ** 0.5 for q in (0.975, 0.025))
+    c.notes.append(
+        f"SD across seeds {acc.std():.4f} (95% interval {lo:.4f}-{hi:.4f}, {n} seeds), mean SD "
+        f"across orders {by_order.mean():.4f}: the order's share of the variance "
+        f"{(by_order**2).mean() / acc.var():.3f}"
+    )
+    shift = arm(study_order, "reorder_acc_shift", model__norm="batch")
+    c.notes.append(
+        "precise-BN effect, not the order's (statistics recomputed from the frozen final weights, "
+        "mean over orders, minus the run's moving average): test accuracy "
+        f"{shift.mean():+.4f} (per member {shift.min():+.4f} to {shift.max():+.4f})"
+    )
     for layer in ("bn1", "bn2"):
         for stat in ("mean", "log_var"):
             r = arm(study_order, f"reorder_{stat}_ratio_{layer}", model__norm="batch")
@@ -271,10 +291,9 @@ def c17(c, study_order, study_lr, running_stats, margin, orders, batches):
                 f"weights diverge with the order) = {r['ratio']:.2f} x the SD across units"
             )
     if study_lr is not None:
-        same = arm(study_order, "test_acc", model__norm="batch")
         own = arm(study_lr, "test_acc", model__norm="batch", optim__lr=0.1)
         c.notes.append(
-            f"BN, accuracy SD across members: {same.std():.4f} (same init, data order differs) "
+            f"BN, accuracy SD across members: {acc.std():.4f} (same init, data order differs) "
             f"vs {own.std():.4f} (init and order differ; study_lr at lr 0.1)"
         )
     return out
