@@ -224,3 +224,28 @@ class Activation(Layer):
 
     def extra_repr(self) -> str:
         return self.name
+
+
+class Residual(Layer):
+    """The end of a residual block, res{i}: the block's output is its input (the identity
+    skip, which MLP adds) plus this layer's output, the branch as it is (model.residual_scale
+    none) or times a learnable scalar alpha per member, initialised at 0 (zero_init: SkipInit,
+    De & Smith 2020), so that every residual block starts as the identity."""
+
+    def __init__(self, members: int, scaled: bool):
+        super().__init__()
+        # (K, 1), not (K,): every parameter has a member axis and at least one more
+        self.alpha = nn.Parameter(torch.zeros(members, 1)) if scaled else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.alpha is None:
+            return x
+        if self.training:
+            self.saved["x"] = x
+        return x * self.alpha.view(-1, 1, 1)
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        if self.alpha is None:
+            return dy
+        self.alpha.grad = (dy * self.saved["x"]).sum((1, 2)).unsqueeze(1)
+        return dy * self.alpha.view(-1, 1, 1)

@@ -5,8 +5,8 @@ member k of an ensemble computes what the same seed computes alone. For an MLP a
 backward (bnlab.layers) is a handful of fused kernels per layer, about half the cost of an
 autograd step at small batches (bnlab bench).
 
-Layer names are stable across settings (fc1, bn1, act1, drop1, ..., fc{L+1} for the output;
-bn{i} is whatever norm layer `model.norm` selects), so probe rows join across runs.
+Layer names are stable across settings (fc1, bn1, act1, drop1, res1, ..., fc{L+1} for the
+output; bn{i} is whatever norm layer `model.norm` selects), so probe rows join across runs.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .layers import Activation, Dropout, Linear, generator
+from .layers import Activation, Dropout, Linear, Residual, generator
 from .norms import BATCH_STAT_NORMS, BatchStatNorm, make_norm
 
 IN_FEATURES, CLASSES = 784, 10
@@ -29,6 +29,9 @@ class MLP(nn.Module):
     Block order: fc, bn, act (placement=before) or fc, act, bn (placement=after). Dropout
     `after_act` sits at the end of every hidden block, `before_bn` directly before the norm
     layer (directly after fc when there is no norm), `final` only at the end of the last block.
+    With model.residual, a block whose input and output widths are equal ends in res{i} and
+    outputs its input plus res{i}'s output (an identity skip); a block that changes the width
+    (the first, from 784 pixels, and any other) has no skip.
     """
 
     def __init__(self, cfg: ModelConfig, members: int, autograd: bool = False):
@@ -55,6 +58,9 @@ class MLP(nn.Module):
                     block.append(f"drop{i}")
                 if f"drop{i}" in block:
                     setattr(self, f"drop{i}", Dropout(cfg.dropout))
+            if cfg.residual and dims[i - 1] == dims[i]:
+                setattr(self, f"res{i}", Residual(members, cfg.residual_scale == "zero_init"))
+                block.append(f"res{i}")
             self.order += [f"fc{i}", *block]
         out = f"fc{n_hidden + 1}"
         setattr(self, out, Linear(members, dims[-1], CLASSES, bias=True))
@@ -64,6 +70,13 @@ class MLP(nn.Module):
         # benchmark's comparison) record their forward for autograd's backward instead.
         self.layers = [(n, getattr(self, n)) for n in self.order]
         self.autograd = [autograd or not layer.explicit_backward for _, layer in self.layers]
+        # residual blocks: {position of res{i}: position of fc{i}, whose input is the skip}
+        self.skips = {
+            self.order.index(n): self.order.index(f"fc{n[3:]}")
+            for n in self.order
+            if n.startswith("res")
+        }
+        self.skip_starts = set(self.skips.values())
 
     def linears(self) -> list[Linear]:
         return [m for m in self.modules() if isinstance(m, Linear)]
@@ -74,8 +87,12 @@ class MLP(nn.Module):
         With `record`, every named layer's output is stored in it (probes use this).
         """
         for i, (name, layer) in enumerate(self.layers):
+            if i in self.skip_starts:
+                skip = x  # a residual block's input
             # .forward: no hooks, less per-call overhead; the first layer's input needs no gradient
             x = layer.autograd_forward(x, i > 0) if self.autograd[i] else layer.forward(x)
+            if i in self.skips:
+                x = skip + x
             if record is not None:
                 record[name] = x
         return x
@@ -88,12 +105,16 @@ class MLP(nn.Module):
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i][1]
             layer.saved["dy"] = dy  # dL/d(layer output): gradient probes, Linear.sgd_step
+            if i in self.skips:
+                skip_dy = dy  # a residual block's output gradient reaches its input directly
             if self.autograd[i]:
                 dy = layer.autograd_backward(dy)
             elif isinstance(layer, Linear):
                 dy = layer.backward(dy, need_dx=i > 0, weight_grad=weight_grads)
             else:
                 dy = layer.backward(dy)
+            if i in self.skip_starts and i > 0:
+                dy = dy + skip_dy
 
 
 def scale_invariant_linears(model: MLP) -> list[tuple[str, Linear]]:

@@ -9,6 +9,8 @@
     noisy_batch      BN followed by Santurkar et al.'s noise (Sec. 2.1), training only
     noise            the same noise with no BN (their control)
     layer            layer normalization: per example, over the units
+    group            group normalization (Wu & He 2018): per example, over each of
+                     `model.groups` groups of consecutive units
 
 Batch-statistics norms evaluate with `eval_stats`: 'running' (EMA, or cumulative average when
 momentum is None; PyTorch's convention: biased batch variance to normalise in training, the
@@ -479,6 +481,50 @@ class LayerNorm(Layer):
         return dx
 
 
+class GroupNorm(LayerNorm):
+    """Group normalization (Wu & He 2018): each example's units cut into `groups` groups of
+    consecutive units, each group normalised over its own units (layer norm within a group),
+    then per-unit gamma, beta. groups=1 is layer norm; groups=width normalises every unit
+    alone (the instance-norm limit: in an MLP a unit has one value per example, so the output
+    is beta). A subclass of LayerNorm: the probes treat it as layer norm (gamma and beta are
+    reported; not a per-unit map at evaluation, so no Jacobian)."""
+
+    @classmethod
+    def build(cls, cfg, members, width):
+        return cls(members, width, cfg.bn_eps, cfg.groups)
+
+    def __init__(self, members: int, width: int, eps: float, groups: int):
+        super().__init__(members, width, eps)
+        self.groups = groups
+
+    def grouped(self, t: torch.Tensor) -> torch.Tensor:
+        """(K, B, C) -> (K, B, groups, C/groups)."""
+        return t.reshape(*t.shape[:-1], self.groups, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xg = self.grouped(x)
+        xhat, mean, rstd = torch.native_layer_norm(xg, [xg.shape[-1]], None, None, self.eps)
+        xhat = xhat.view(x.shape)
+        if self.training:
+            self.saved.update(x=xg, xhat=xhat, mean=mean, rstd=rstd)
+        return xhat * _col(self.weight) + _col(self.bias)
+
+    def backward(self, dy: torch.Tensor) -> torch.Tensor:
+        s = self.saved
+        self.weight.grad, self.bias.grad = (dy * s["xhat"]).sum(1), dy.sum(1)
+        dx, _, _ = aten.native_layer_norm_backward(
+            self.grouped(dy * _col(self.weight)),
+            s["x"],
+            [s["x"].shape[-1]],
+            s["mean"],
+            s["rstd"],
+            None,
+            None,
+            [True, False, False],
+        )
+        return dx.view(dy.shape)
+
+
 # model.norm -> its layer class, built per hidden layer by Class.build(model config, members,
 # width). The config's allowed values, the batch-statistics set and the tests come from here.
 NORMS: dict[str, type[Layer]] = {
@@ -489,6 +535,7 @@ NORMS: dict[str, type[Layer]] = {
     "noisy_batch": NoisyBatchNorm,
     "noise": Noise,
     "layer": LayerNorm,
+    "group": GroupNorm,
 }
 # norms that normalise with batch statistics (running/population statistics, eval modes)
 BATCH_STAT_NORMS = tuple(n for n, cls in NORMS.items() if issubclass(cls, BatchStatNorm))

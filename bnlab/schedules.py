@@ -4,7 +4,10 @@
     step       times optim.gamma at each of optim.milestones (fractions of the run)
     cosine     0.5 (1 + cos(pi (t - 1) / T)) (Loshchilov & Hutter 2017, no restarts)
 
-The factor of step t is the one its update uses (t = 1 .. T).
+The factor of step t is the one its update uses (t = 1 .. T). With optim.warmup_steps = N > 0
+the factor rises linearly first, t/N for t = 1 .. N, and the schedule then runs over the
+remaining T - N steps as if they were the whole run (torch.optim's SequentialLR of LinearLR
+and the schedule's scheduler, milestone N).
 """
 
 from __future__ import annotations
@@ -34,4 +37,7 @@ SCHEDULES: dict[str, Callable[..., float]] = {
 
 def lr_factor(cfg, t: int, total: int) -> float:
     """optim.lr's multiplier at step t of total under cfg (an OptimConfig)."""
-    return SCHEDULES[cfg.schedule](t, total, cfg.milestones, cfg.gamma)
+    n = cfg.warmup_steps
+    if t <= n:
+        return t / n
+    return SCHEDULES[cfg.schedule](t - n, total - n, cfg.milestones, cfg.gamma)

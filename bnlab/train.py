@@ -214,7 +214,7 @@ def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: Member
         log.write(step, prober.state_rows(step))
         for step in range(1, steps + 1):
             x, y = batches.next()  # (K, B, 784), (K, B)
-            if cfg.optim.schedule != "constant":
+            if cfg.optim.schedule != "constant" or cfg.optim.warmup_steps:
                 set_lr(opt, cfg.optim.lr * lr_factor(cfg.optim, step, steps))
             before = prober.before_step(step) if step in probed else None
             losses = train_step(

@@ -46,7 +46,7 @@ def test_defaults_are_the_2017_study_architecture():
             ["model.activation=swish"],
             "model.activation='swish' is not allowed; choose one of: relu",
         ),
-        (["model.norm=group"], "model.norm='group' is not allowed"),
+        (["model.norm=instance"], "model.norm='instance' is not allowed"),
         (["model.placement=after"], "model.norm='none' has no norm layer"),
         (["model.norm=batch", "model.placement=middle"], "model.placement='middle' is not allowed"),
         (["model.norm=batch", "data.batch_size=1"], "batch norm needs at least 2"),
