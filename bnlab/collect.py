@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import uuid
 from pathlib import Path
@@ -24,7 +25,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from .records import DONE_STATUSES, JOBS_FILE, atomic_path, flatten, member_dir, read_history
+from .records import (
+    DONE_STATUSES,
+    JOBS_FILE,
+    atomic_path,
+    check_member,
+    flatten,
+    member_dir,
+    read_history,
+    read_text,
+)
 
 SUMMARY_COLUMNS = [
     "status",
@@ -39,6 +49,7 @@ SUMMARY_COLUMNS = [
     "steps_per_s",
     "error",
     # provenance (records.provenance)
+    "code_sha256",
     "git_commit",
     "git_dirty",
     "torch_version",
@@ -77,14 +88,52 @@ def _read_dict(path: Path, read) -> dict:
     return value
 
 
-def _check_summary(summary: dict) -> None:
-    """ValueError unless a summary's status is known and its numbers are numbers."""
-    if summary.get("status") not in STATUSES:
-        raise ValueError(f"status {summary.get('status')!r} is not one of {', '.join(STATUSES)}")
-    for key in [*FLOAT_COLUMNS, "steps_done"]:
-        value = summary.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError(f"{key}={value!r} is not a number")
+ACCURACY, NON_NEGATIVE = (0.0, 1.0), (0.0, math.inf)
+RANGES = {  # summary key -> (low, high) of its values (a loss may also be inf)
+    "test_acc": ACCURACY,
+    "best_test_acc": ACCURACY,
+    "train_acc": ACCURACY,
+    "test_loss": NON_NEGATIVE,
+    "train_loss": NON_NEGATIVE,
+    "wall_s": NON_NEGATIVE,
+    "eval_s": NON_NEGATIVE,
+    "steps_per_s": NON_NEGATIVE,
+}
+COUNTS = ("steps_done", "members", "epochs", "history_rows")  # whole numbers >= 0
+TEXTS = ("error", "code_sha256", "git_commit", "torch_version", "host", "device",
+         "finished_at", "config_sha256", "history_sha256")  # fmt: skip
+
+
+def _check_summary(summary: dict, seed: int) -> None:
+    """ValueError naming the first field of a summary that is of the wrong type or out of
+    range: a known status, accuracies in [0, 1], losses and times >= 0 (a loss may overflow
+    to inf; nan only where the member diverged), whole counts, its own seed, and a test
+    accuracy for every member that is done."""
+    status = summary.get("status")
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} is not one of {', '.join(STATUSES)}")
+    if status in DONE_STATUSES and summary.get("test_acc") is None:
+        raise ValueError(f"status {status} without a test_acc")
+    if summary.get("seed", seed) != seed or isinstance(summary.get("seed"), bool):
+        raise ValueError(f"seed={summary.get('seed')!r}, but it is seed{seed}'s summary")
+    for key, value in summary.items():
+        if value is None:
+            continue
+        if key in RANGES or key.startswith(("test_acc_", "test_loss_")):
+            low, high = RANGES.get(key) or (ACCURACY if "_acc_" in key else NON_NEGATIVE)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ValueError(f"{key}={value!r} is not a number")
+            loss = "_loss" in key
+            overflow = loss and value == math.inf
+            undefined = loss and value != value and status == "diverged"
+            if not ((math.isfinite(value) and low <= value <= high) or overflow or undefined):
+                raise ValueError(f"{key}={value!r} is outside [{low}, {high}]")
+        elif key in COUNTS and (type(value) is not int or value < 0):
+            raise ValueError(f"{key}={value!r} is not a whole number >= 0")
+        elif key in TEXTS and not isinstance(value, str):
+            raise ValueError(f"{key}={value!r} is not text")
+        elif key == "git_dirty" and not isinstance(value, bool):
+            raise ValueError(f"git_dirty={value!r} is not true or false")
 
 
 def missing_members(root: Path, present: set[str]) -> list[dict]:
@@ -94,7 +143,7 @@ def missing_members(root: Path, present: set[str]) -> list[dict]:
     if not jobs_file.exists():
         return []
     try:
-        jobs = _read_dict(jobs_file, lambda p: json.loads(p.read_text()))["jobs"]
+        jobs = _read_dict(jobs_file, lambda p: json.loads(read_text(p)))["jobs"]
         planned = [(str(job["dir"]), int(seed)) for job in jobs for seed in job["seeds"]]
     except KeyError as e:
         return [_corrupt(JOBS_FILE, None, jobs_file, f"malformed (no key {e})")]
@@ -111,10 +160,12 @@ def find_runs(sweep_dir: str | Path) -> list[Path]:
     """Run folders (those holding a bnlab config.yaml) under sweep_dir, sorted; not Hydra's
     records, nor members set aside when a folder was retrained with another config."""
     root = Path(sweep_dir)
-    runs = [
+    runs = [  # only the parts below the root: the root itself may be under a replaced-*
         p.parent
         for p in root.rglob("config.yaml")
-        if not any(part == ".hydra" or part.startswith("replaced-") for part in p.parts)
+        if not any(
+            part == ".hydra" or part.startswith("replaced-") for part in p.relative_to(root).parts
+        )
     ]
     return sorted(runs)
 
@@ -124,7 +175,7 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
     member (or the whole run, for config.yaml) a 'corrupt' row naming the file."""
     name = run_dir.relative_to(root).as_posix()
     try:
-        config = _read_dict(run_dir / "config.yaml", lambda p: yaml.safe_load(p.read_text()))
+        config = _read_dict(run_dir / "config.yaml", lambda p: yaml.safe_load(read_text(p)))
     except ValueError as e:
         return [_corrupt(name, None, run_dir / "config.yaml", e)], []
     fields = flatten({k: v for k, v in config.items() if k != "seeds"})
@@ -134,7 +185,10 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
         if not failure.exists():
             reason = f"seeds={seeds!r} is not a list of integers"
             return [{**fields, **_corrupt(name, None, run_dir / "config.yaml", reason)}], []
-        summary = json.loads(failure.read_text())
+        try:
+            summary = _read_dict(failure, lambda p: json.loads(read_text(p)))
+        except ValueError as e:
+            return [{**fields, **_corrupt(name, None, failure, e)}], []
         row = {"run": name, "seed": None, **fields, "status": "failed"}
         return [{**row, **{c: summary.get(c) for c in SUMMARY_COLUMNS[1:]}}], []
     rows, histories = [], []
@@ -142,11 +196,11 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
         folder = member_dir(run_dir, seed)
         try:
             summary = (
-                _read_dict(folder / "summary.json", lambda p: json.loads(p.read_text()))
+                _read_dict(folder / "summary.json", lambda p: json.loads(read_text(p)))
                 if (folder / "summary.json").exists()
                 else {"status": "unfinished"}
             )
-            _check_summary(summary)
+            _check_summary(summary, seed)
         except ValueError as e:
             rows.append({**fields, **_corrupt(name, seed, folder / "summary.json", e)})
             continue
@@ -154,8 +208,15 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
             if summary["status"] in DONE_STATUSES and not (folder / "history.csv").exists():
                 raise ValueError("missing, though the member's summary says it is done")
             hist = read_history(run_dir, seed)
-        except ValueError as e:
+        except (OSError, ValueError) as e:
             rows.append({**fields, **_corrupt(name, seed, folder / "history.csv", e)})
+            continue
+        try:  # the fingerprints: trained with this config, history complete, numbers its own
+            if summary["status"] in DONE_STATUSES:
+                check_member(run_dir, seed, summary, config, hist)
+        except (OSError, ValueError) as e:
+            path, _, reason = str(e).partition(": ")
+            rows.append({**fields, **_corrupt(name, seed, Path(path), reason)})
             continue
         rows.append(
             {
@@ -188,7 +249,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             runs[col] = None
     runs[FLOAT_COLUMNS] = runs[FLOAT_COLUMNS].astype("float64")
     runs["steps_done"] = runs["steps_done"].astype("Int64")
-    for col in ("error", "git_commit", "torch_version", "host"):
+    for col in ("error", "code_sha256", "git_commit", "torch_version", "host"):
         runs[col] = runs[col].astype("string")
     runs["git_dirty"] = runs["git_dirty"].astype("boolean")
     columns = ["run", "seed", "step", "split", "metric", "layer", "value"]

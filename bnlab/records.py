@@ -2,21 +2,28 @@
 
 Layout of a run folder:
     config.yaml               the resolved, validated config (seeds: every member ever run here)
+    code.json                 the version of bnlab's code the folder was started with
     .lock                     held (flock) by the process training in the folder
     seed{S}/history.csv       long format: step, split, metric, layer, value (appended)
-    seed{S}/summary.json      written last and atomically; its presence means "done"
+    seed{S}/summary.json      written last and atomically; its presence means "done". It holds
+                              the member's fingerprints: its identity config's SHA-256 and its
+                              history's row count and SHA-256 (check_member compares them)
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import fcntl
+import functools
 import hashlib
 import io
 import json
+import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -53,9 +60,61 @@ def member_dir(run_dir: str | Path, seed: int) -> Path:
     return Path(run_dir) / f"seed{seed}"
 
 
+MAX_FILE_BYTES = 64 * 2**20  # config.yaml, summary.json, jobs.json: a few KB when bnlab wrote them
+MAX_HISTORY_BYTES = 4 * 2**30  # the densest committed history is about 100 MB
+
+
+def read_bytes(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The content of a regular file of at most `limit` bytes. ValueError for anything else
+    (a FIFO, which would block a reader, or a link to a device such as /dev/zero, which never
+    ends); FileNotFoundError when it is absent."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once; checked next
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file (a pipe, a device or a folder)")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit // 2**20} MiB: not a file bnlab wrote")
+    return data
+
+
+def read_text(path: str | Path, limit: int = MAX_FILE_BYTES) -> str:
+    """read_bytes as text (undecodable bytes replaced)."""
+    return read_bytes(path, limit).decode(errors="replace")
+
+
+def open_no_follow(path: str | Path, flags: int):
+    """os.open(path, flags) that refuses a symbolic link at `path` (it would redirect bnlab's
+    writes to another file, e.g. one that a planted RUN/.lock link points to)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise LinkError(path) from None
+        raise
+
+
+class LinkError(OSError):
+    """A symbolic link where bnlab writes one of its own files."""
+
+    def __init__(self, path):
+        super().__init__(
+            errno.ELOOP,
+            f"{path} is a symbolic link; bnlab writes only its own files in a run folder, "
+            "never through links: remove it",
+        )
+        self.filename = str(path)
+
+    def __str__(self):
+        return self.strerror
+
+
 def write_atomic(path: str | Path, text: str) -> None:
     """Write text to path so that a reader sees the old file or the new one, never a part."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with (
+        atomic_path(path) as tmp,
+        os.fdopen(open_no_follow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f,
+    ):
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
@@ -69,6 +128,7 @@ def atomic_path(path: str | Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # suffix kept: writers
     try:  # that pick the format from it (savefig, Pillow) still work
+        tmp.unlink(missing_ok=True)  # a leftover, or a planted link: never written through
         yield tmp
         os.replace(tmp, path)
     finally:
@@ -82,7 +142,7 @@ def locked(run_dir: str | Path):
     waits here until the first is done (then finds its members finished and skips them)."""
     path = Path(run_dir) / ".lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    with os.fdopen(open_no_follow(path, os.O_RDWR | os.O_CREAT), "r+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -154,7 +214,7 @@ def verify(path: str | Path) -> None:
 def read_config(run_dir: str | Path) -> dict:
     """A run's saved config as nested dicts (bnlab.config.load_config turns it back into a
     RunConfig, so the run can be repeated)."""
-    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    return yaml.safe_load(read_text(Path(run_dir) / "config.yaml"))
 
 
 def count_done(sweep_dir: str | Path) -> int:
@@ -162,14 +222,14 @@ def count_done(sweep_dir: str | Path) -> int:
     done = 0
     for path in Path(sweep_dir).rglob("summary.json"):
         with contextlib.suppress(OSError, ValueError):  # being replaced: next look counts it
-            done += json.loads(path.read_text()).get("status") in DONE_STATUSES
+            done += json.loads(read_text(path)).get("status") in DONE_STATUSES
     return done
 
 
 def read_summary(run_dir: str | Path, seed: int) -> dict | None:
     """A member's summary.json as a dict, or None when it has none yet."""
     path = member_dir(run_dir, seed) / "summary.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(read_text(path)) if path.exists() else None
 
 
 class History:
@@ -192,13 +252,16 @@ class History:
         self.file.flush()
 
     def close(self) -> None:
+        """Flush and fsync: the history is on disk before the summary that fingerprints it."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
         self.file.close()
 
 
 def read_history(run_dir: str | Path, seed: int) -> pd.DataFrame:
     """A member's history up to its last complete row (a killed writer may leave half a line)."""
     path = member_dir(run_dir, seed) / "history.csv"
-    text = path.read_text(errors="replace") if path.exists() else ""
+    text = read_text(path, MAX_HISTORY_BYTES) if path.exists() else ""
     if "\0" in text:
         raise ValueError("NUL bytes in the file (two writers?)")
     text = text[: text.rfind("\n") + 1]
@@ -224,18 +287,39 @@ def read_history(run_dir: str | Path, seed: int) -> pd.DataFrame:
 
 
 SOURCE_PATHS = ("bnlab", "hydra_plugins")  # what a run's results depend on (configs included)
+# modules that only read, report or launch runs: editing them changes no result
+NOT_TRAINING = {"bench", "claims", "cli", "collect", "export", "figures", "plots", "reproduce",
+                "status", "summary", "tables", "verdicts", "__main__"}  # fmt: skip
+
+
+@functools.cache
+def code_version() -> str:
+    """SHA-256 over the source of bnlab's training code (its modules but the reporting ones,
+    and the packaged configs), as this process loaded it: two runs with the same value ran
+    the same code, in a checkout or an installed package alike."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(here.rglob("*")):
+        rel = path.relative_to(here).as_posix()
+        if (
+            path.suffix in (".py", ".yaml")
+            and "__pycache__" not in rel
+            and path.stem not in (NOT_TRAINING if path.parent == here else ())
+        ):
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def provenance() -> dict:
-    """Where a run's code came from: the git commit of the bnlab checkout and whether its
-    source paths had uncommitted changes (both None for an installed package, outside a
-    checkout), the torch version and the host."""
+    """Where a run's code came from: code_version(), the git commit of the bnlab checkout and
+    whether its source paths had uncommitted changes (both None for an installed package,
+    outside a checkout), the torch version and the host."""
     import torch
 
     here = Path(__file__).resolve().parent
 
-    def git(*args):
-        out = subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+    def git(*args, cwd=here):
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else ""
 
     commit, dirty = None, None
@@ -243,13 +327,127 @@ def provenance() -> dict:
         top = git("rev-parse", "--show-toplevel")
         if top and Path(top).resolve() / "bnlab" == here:
             commit = git("rev-parse", "HEAD") or None
-            status = git("status", "--porcelain", "--untracked-files=no", "--", *SOURCE_PATHS)
+            # from the top: pathspecs are relative to git's working folder
+            status = git("status", "--porcelain", "-uno", "--", *SOURCE_PATHS, cwd=top)
             dirty = bool(status) if commit else None
     except (OSError, subprocess.SubprocessError):
         pass
     return {
+        "code_sha256": code_version(),
         "git_commit": commit,
         "git_dirty": dirty,
         "torch_version": torch.__version__,
         "host": socket.gethostname(),
     }
+
+
+# ---- a member's fingerprints: what it was trained with, and its history as written
+
+
+def identity(config: dict) -> dict:
+    """The settings that decide what a run computes, flat ({'model.norm': 'batch', ...}):
+    every setting but the seeds and config.NOT_IDENTITY, as written (no schema defaults
+    filled in or left out, so the value does not depend on the code that reads it)."""
+    from .config import NOT_IDENTITY
+
+    skip = ("seeds", *NOT_IDENTITY)
+    return {k: v for k, v in sorted(flatten(config).items()) if k not in skip}
+
+
+def fingerprint(config: dict) -> str:
+    """SHA-256 of identity(config): equal for two complete configs that compute the same."""
+    return hashlib.sha256(json.dumps(identity(config), default=repr).encode()).hexdigest()
+
+
+def history_digest(path: str | Path) -> tuple[int, str]:
+    """(data rows, SHA-256) of a history.csv."""
+    data = read_bytes(path, MAX_HISTORY_BYTES)
+    return max(data.count(b"\n") - 1, 0), hashlib.sha256(data).hexdigest()
+
+
+def fingerprints(config: dict, history: str | Path) -> dict:
+    """The keys a member's summary carries so that check_member can tell it was trained with
+    `config` and that its history is complete and unedited."""
+    rows, sha = history_digest(history)
+    return {"config_sha256": fingerprint(config), "history_rows": rows, "history_sha256": sha}
+
+
+FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss")  # also in the history
+
+
+def check_member(run_dir: str | Path, seed: int, summary: dict, config: dict, history=None):
+    """ValueError('<file>: why') unless a done member's summary matches `config` (its run's,
+    or the one a resume would train with), its history.csv (row count and checksum) and the
+    history's final numbers (a DataFrame from read_history, when given). Members of folders
+    started before bnlab recorded fingerprints (no code.json) may carry none."""
+    folder = member_dir(run_dir, seed)
+    if "config_sha256" not in summary:
+        if (Path(run_dir) / "code.json").exists():
+            raise ValueError(
+                f"{folder / 'summary.json'}: no fingerprint, though its folder was started by "
+                "a bnlab that writes them (edited, or copied from an older run)"
+            )
+        return
+    if summary["config_sha256"] != fingerprint(config):
+        raise ValueError(
+            f"{folder / 'summary.json'}: the member was trained with another config than "
+            f"{Path(run_dir) / 'config.yaml'} holds (copied from another run, or a file edited)"
+        )
+    rows, sha = history_digest(folder / "history.csv")
+    if (rows, sha) != (summary.get("history_rows"), summary.get("history_sha256")):
+        raise ValueError(
+            f"{folder / 'history.csv'}: {rows} rows, not the {summary.get('history_rows')} "
+            "rows written in training, or their content changed (cut short or edited)"
+        )
+    if history is None:
+        return
+    final = history[history["layer"] == ""].groupby(["split", "metric"])["value"].last()
+    for key, value in summary.items():
+        if key in FINAL_KEYS or key.startswith(("test_acc_", "test_loss_")):
+            split, metric = key.split("_", 1)
+            last = final.get((split, metric))
+            if last is not None and not (value == last or (value != value and last != last)):
+                raise ValueError(
+                    f"{folder / 'summary.json'}: {key}={value}, but its history ends at "
+                    f"{last} (the summary was edited)"
+                )
+
+
+# ---- run folders hold only bnlab's own files where bnlab writes
+
+
+def check_no_links(run_dir: str | Path, seeds) -> None:
+    """LinkError if a file or folder bnlab writes in run_dir (its config, lock, log, failure
+    record, code record, and each member's folder and files) is a symbolic link."""
+    run_dir = Path(run_dir)
+    names = ["config.yaml", "code.json", ".lock", "bnlab.log", "failure.json"]
+    for seed in seeds:
+        names += [f"seed{seed}"] + [
+            f"seed{seed}/{n}" for n in ("history.csv", "summary.json", "model.pt")
+        ]
+    for name in names:
+        if (run_dir / name).is_symlink():
+            raise LinkError(run_dir / name)
+
+
+class NoFollowFileHandler(logging.FileHandler):
+    """Hydra's bnlab.log handler (conf/config.yaml), opened without following a symbolic
+    link: a planted link gets no log lines; the log then goes to the terminal only."""
+
+    def __init__(self, filename, mode="a", encoding=None, delay=True, errors=None):
+        super().__init__(filename, mode, encoding, delay=True, errors=errors)  # opened in emit
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+        return os.fdopen(open_no_follow(self.baseFilename, flags), "a", encoding=self.encoding)
+
+    def emit(self, record):
+        if self.stream is None:
+            try:
+                self.stream = self._open()
+            except OSError as e:
+                print(f"bnlab: not logging to {self.baseFilename}: {e}", file=sys.stderr)
+                self.close()
+                self.emit = lambda record: None  # said once
+                return
+        super().emit(record)

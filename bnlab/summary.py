@@ -17,9 +17,16 @@ from .collect import read_tables
 from .records import DONE_STATUSES
 
 
+def keys(column: pd.Series) -> pd.Series:
+    """A setting's values as grouping keys: null ('null') is a value of its own, never
+    dropped (pandas' groupby and nunique skip NaN) nor filled with a default."""
+    return column.astype(object).where(column.notna(), "null").astype(str)
+
+
 def varying(runs: pd.DataFrame) -> list[str]:
-    """The config columns ('model.norm', ...) whose value differs between members."""
-    return [c for c in runs.columns if "." in c and runs[c].astype(str).nunique() > 1]
+    """The config columns ('model.norm', ...) whose value differs between members, null
+    counting as a value."""
+    return [c for c in runs.columns if "." in c and keys(runs[c]).nunique() > 1]
 
 
 def seed_stats(runs: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.DataFrame:
@@ -28,9 +35,11 @@ def seed_stats(runs: pd.DataFrame, by: list[str], metrics: list[str]) -> pd.Data
     if not by:  # nothing varies: one group
         done = done.assign(configuration="all")
         by = ["configuration"]
-    stats = done.groupby(by)[metrics].agg(["mean", "std", "min", "max"])
+    done = done.assign(**{c: keys(done[c]) for c in by})
+    groups = done.groupby(by)
+    stats = groups[metrics].agg(["mean", "std", "min", "max"])
     stats.columns = [f"{m}_{s}" for m, s in stats.columns]
-    stats.insert(0, "seeds", done.groupby(by)["seed"].nunique())
+    stats.insert(0, "seeds", groups["seed"].nunique())
     stats.insert(1, "diverged", done.assign(d=done["status"] == "diverged").groupby(by)["d"].sum())
     return stats.reset_index()
 
@@ -62,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     metrics = args.metrics or ["test_acc"] + sorted(
         c for c in runs if c.startswith("test_acc_") and runs[c].notna().any()
     )
+    unknown = [m for m in metrics if m not in runs]
+    if unknown:
+        numeric = [c for c in runs if c.startswith(("test_", "train_", "best_"))]
+        print(
+            f"error: --metrics {' '.join(unknown)}: no such column; choose from "
+            f"{', '.join(numeric)}",
+            file=sys.stderr,
+        )
+        return 2
     table = seed_stats(runs, by, metrics)
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print(table.round(4).to_string(index=False))

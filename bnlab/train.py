@@ -9,13 +9,17 @@ and the probes (bnlab.probes); this module holds the run folder's rules and the 
 from __future__ import annotations
 
 import errno
+import json
 import math
+import os
+import secrets
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from .config import NOT_IDENTITY, ConfigError, RunConfig, to_dict
@@ -27,18 +31,32 @@ from .optim import freeze_member, make_optimizer, set_lr, train_step
 from .probes import Prober
 from .records import (
     DONE_STATUSES,
+    LinkError,
     atomic_path,
+    check_member,
+    check_no_links,
+    code_version,
+    fingerprints,
     flatten,
     locked,
     member_dir,
     provenance,
     read_config,
     read_summary,
+    read_text,
     write_config,
     write_json,
 )
 from .reorder import reorder_rows
 from .schedules import lr_factor
+
+ALLOW_CODE_CHANGE = "BNLAB_ALLOW_CODE_CHANGE"  # =1: resume a folder started with other code
+CODE_FILE = "code.json"  # RUN/code.json: the code version the folder was started with
+_TOKEN = secrets.token_hex(3)
+
+# hydra.run.dir's default ends in ${now:...}-${bnlab_unique:}: runs started in the same second
+# (a shell loop with &, a job array) get folders of their own. One value per process.
+OmegaConf.register_new_resolver("bnlab_unique", lambda: _TOKEN, replace=True)
 
 
 def total_steps(cfg, n_train: int) -> int:
@@ -82,19 +100,27 @@ def run(
     With cfg.train.resume, members whose summary in out_dir says finished or diverged are not
     trained again (their summaries are returned as they are); the others train from scratch.
     Resuming into a folder trained with another config is refused (seeds aside: the folder's
-    members are every seed ever run in it). One process trains in a folder at a time (a
+    members are every seed ever run in it), and so is a done member whose fingerprints (in its
+    summary) do not match this config or its history, and adding members to a folder started
+    with other code (RUN/code.json) unless BNLAB_ALLOW_CODE_CHANGE=1. Folders holding a
+    symbolic link where bnlab writes are refused. One process trains in a folder at a time (a
     second waits for the first). A member retrained alone after a kill matches its
     in-ensemble history to float32 rounding (about 1e-7 to 1e-4 relative), not bit for bit:
     the ensemble's batched products round differently with another number of members.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with locked(out_dir):
-        return _run(cfg, out_dir, data, model)
+    try:
+        check_no_links(out_dir, cfg.seeds)
+        with locked(out_dir):
+            return _run(cfg, out_dir, data, model)
+    except LinkError as e:
+        raise ResumeError(str(e)) from None
 
 
 class ResumeError(ConfigError):
-    """A run folder holds members of another config: nothing is written to it."""
+    """A run folder this run must not write into (members of another config or other code,
+    a symbolic link where bnlab writes): nothing is written to it."""
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
@@ -111,49 +137,115 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     ]
 
 
-def _members(cfg: RunConfig, out_dir: Path) -> list[int]:
-    """The seeds the folder's config.yaml lists after this run: the earlier ones and the
-    requested ones. Refuses a folder whose members were trained with another config."""
+def _code_change(out_dir: Path) -> str | None:
+    """Why the folder's members came from other code than this process runs, or None (the
+    same code, a folder started before bnlab recorded it, or BNLAB_ALLOW_CODE_CHANGE=1)."""
+    try:
+        started = json.loads(read_text(out_dir / CODE_FILE))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return f"{out_dir / CODE_FILE} is unreadable ({e})"
+    old = started.get("code_sha256") if isinstance(started, dict) else None
+    if old == code_version():
+        return None
+    why = (
+        f"{out_dir} was started with other code (code_sha256 {str(old)[:12]}, git commit "
+        f"{started.get('git_commit') if isinstance(started, dict) else None}) than this bnlab "
+        f"(code_sha256 {code_version()[:12]})"
+    )
+    if os.environ.get(ALLOW_CODE_CHANGE) == "1":
+        print(f"{why}; adding members anyway, as {ALLOW_CODE_CHANGE}=1 asks", file=sys.stderr)
+        return None
+    return why
+
+
+def _members(cfg: RunConfig, out_dir: Path) -> tuple[list[int], bool, str | None]:
+    """The seeds the folder's config.yaml lists after this run (the earlier ones and the
+    requested ones), whether members were started in it before, and why its code differs
+    (None if it does not). Refuses a folder whose members were trained with another config;
+    with train.resume=false, sets such a folder's members aside (also for other code)."""
     path = out_dir / "config.yaml"
-    if not path.exists():
-        return list(cfg.seeds)
-    saved = read_config(out_dir)
+    saved = read_config(out_dir) if path.exists() else None
     earlier = saved.get("seeds") if isinstance(saved, dict) else None
     if not (isinstance(earlier, list) and all(isinstance(s, int) for s in earlier)):
-        return list(cfg.seeds)  # a failed composition's record: nothing was trained
+        # no record (a lost config.yaml: the members' fingerprints are checked), or a failed
+        # composition's record: nothing was trained
+        return list(cfg.seeds), False, None
     started = [s for s in earlier if member_dir(out_dir, s).exists()]
     diff = config_differences(saved, to_dict(cfg)) if started else []
+    code = _code_change(out_dir) if started else None
     if diff and cfg.train.resume:
         raise ResumeError(
             f"{out_dir} holds members trained with another config ({'; '.join(diff)}); "
             "resume continues only the same config: train into another folder "
             "(hydra.run.dir=DIR, hydra.sweep.dir=DIR) or retrain here with train.resume=false"
         )
-    if diff:  # train.resume=false with another config: the folder starts over
+    if (diff or code) and not cfg.train.resume:  # the folder starts over
         aside = out_dir / f"replaced-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
         aside.mkdir()
-        for name in ["config.yaml", *(member_dir(out_dir, s).name for s in started)]:
-            (out_dir / name).rename(aside / name)
-        print(f"{out_dir}: members of the earlier config moved to {aside}", file=sys.stderr)
-        return list(cfg.seeds)
-    return [*earlier, *(s for s in cfg.seeds if s not in earlier)]
+        for name in ["config.yaml", CODE_FILE, *(member_dir(out_dir, s).name for s in started)]:
+            if (out_dir / name).exists():
+                (out_dir / name).rename(aside / name)
+        print(f"{out_dir}: members of the earlier config or code moved to {aside}", file=sys.stderr)
+        return list(cfg.seeds), False, None
+    return [*earlier, *(s for s in cfg.seeds if s not in earlier)], bool(started), code
+
+
+def _done(cfg: RunConfig, out_dir: Path, base: dict, had_config: bool) -> dict:
+    """{seed: summary} of the requested members done in the folder (with train.resume), each
+    checked by its fingerprints against `base`, the config they must have been trained with;
+    ResumeError for one that fails."""
+    done = {}
+    for s in cfg.seeds if cfg.train.resume else []:
+        try:
+            m = read_summary(out_dir, s)
+        except (OSError, ValueError):  # unreadable: not done, trained again
+            continue
+        if not (isinstance(m, dict) and m.get("status") in DONE_STATUSES):
+            continue
+        try:
+            if "config_sha256" not in m and not had_config:
+                raise ValueError(
+                    f"{member_dir(out_dir, s) / 'summary.json'}: no fingerprint, and the folder "
+                    "has no config.yaml: what it was trained with is unknown"
+                )
+            check_member(out_dir, s, m, base)
+        except ValueError as e:
+            raise ResumeError(
+                f"cannot resume {out_dir}: {e}; retrain it with train.resume=false or train "
+                "into another folder (hydra.run.dir=DIR, hydra.sweep.dir=DIR)"
+            ) from None
+        done[s] = m
+    return done
 
 
 def _run(cfg: RunConfig, out_dir: Path, data: Data | None, model: MLP | None) -> list[dict]:
     t0 = time.perf_counter()
-    members = _members(cfg, out_dir)
-    done = {}
-    if cfg.train.resume:
-        done = {
-            s: m
-            for s in cfg.seeds
-            if (m := read_summary(out_dir, s)) and m["status"] in DONE_STATUSES
-        }
+    had_config = (out_dir / "config.yaml").exists()
+    members, started, code = _members(cfg, out_dir)
+    # the config the folder's members were trained with (the same as cfg: _members compared
+    # them, a setting newer than the folder counting as its default) or, for a new folder or
+    # one that lost its config.yaml, cfg: fingerprints are checked against it, and members
+    # added to the folder keep it
+    base = read_config(out_dir) if started else to_dict(cfg)
+    done = _done(cfg, out_dir, base, had_config)
     seeds = [s for s in cfg.seeds if s not in done]
     if not seeds:
         print(f"{out_dir}: all {len(done)} members already done, skipped")
         return [done[s] for s in cfg.seeds]
-    write_config(out_dir, {**to_dict(cfg), "seeds": members})
+    if code:  # something would train: members of two code versions in one folder
+        raise ResumeError(
+            f"{code}; a folder's members must come from one code version: train into "
+            "another folder, retrain this one with train.resume=false, or set "
+            f"{ALLOW_CODE_CHANGE}=1 to add members anyway (each summary records its code)"
+        )
+    config = {**base, "seeds": members}
+    write_config(out_dir, config)
+    prov = provenance()
+    if not started:  # the code version the folder is started with
+        code_keys = ("code_sha256", "git_commit", "git_dirty")
+        write_json(out_dir / CODE_FILE, {k: prov[k] for k in code_keys})
     (out_dir / "failure.json").unlink(missing_ok=True)
     for s in seeds:  # an earlier 'failed' summary would misreport the member while it trains
         (member_dir(out_dir, s) / "summary.json").unlink(missing_ok=True)
@@ -166,7 +258,7 @@ def _run(cfg: RunConfig, out_dir: Path, data: Data | None, model: MLP | None) ->
     try:
         steps, epochs, eval_s = _train(cfg, model, data, seeds, log)
     finally:
-        log.close()
+        log.close()  # histories fsynced before the summaries that fingerprint them
     wall = time.perf_counter() - t0
     common = {
         "members": len(seeds),
@@ -175,12 +267,13 @@ def _run(cfg: RunConfig, out_dir: Path, data: Data | None, model: MLP | None) ->
         "device": str(device),
         "finished_at": datetime.now(timezone.utc).isoformat(),
         "epochs": epochs,
-        **provenance(),
+        **prov,
     }
     for k, summary in enumerate(log.summaries(steps, wall, common)):
         seed = summary["seed"]
         if cfg.train.save_model and summary["status"] == "finished":
             save_member(model, k, member_dir(out_dir, seed) / "model.pt")
+        summary.update(fingerprints(config, member_dir(out_dir, seed) / "history.csv"))
         write_json(member_dir(out_dir, seed) / "summary.json", summary)
         done[seed] = summary
     return [done[s] for s in cfg.seeds]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from bnlab.collect import collect, flatten, main, read_tables
+from bnlab.export import main as export_main
 from bnlab.records import write_config
 from bnlab.status import main as status_main
 from bnlab.summary import main as summary_main
@@ -87,6 +88,7 @@ def test_collect_gives_the_exact_tables(tmp_path):
             "eval_s": [0.5, nan, nan],
             "steps_per_s": [nan] * 3,
             "error": pd.array([pd.NA] * 3, dtype="string"),
+            "code_sha256": pd.array([pd.NA] * 3, dtype="string"),
             "git_commit": pd.array(["abc123", pd.NA, pd.NA], dtype="string"),
             "git_dirty": pd.array([False, pd.NA, pd.NA], dtype="boolean"),
             "torch_version": pd.array(["2.14.1", pd.NA, pd.NA], dtype="string"),
@@ -151,6 +153,25 @@ BAD_FILES = {
     "text in a number": ("0/seed0/summary.json", '{"status": "finished", "test_acc": "high"}'),
     "unknown status": ("0/seed0/summary.json", '{"status": "done"}'),
     "seeds not a list": ("1/config.yaml", "seeds: oops\n"),
+    "fractional steps": (
+        "0/seed0/summary.json",
+        '{"status": "finished", "test_acc": 0.9, "steps_done": 40.5}',
+    ),
+    "accuracy above 1": ("0/seed0/summary.json", '{"status": "finished", "test_acc": 1.7}'),
+    "infinite accuracy": ("0/seed0/summary.json", '{"status": "finished", "test_acc": Infinity}'),
+    "no test accuracy": ("0/seed0/summary.json", '{"status": "finished", "steps_done": 50}'),
+    "negative time": (
+        "0/seed0/summary.json",
+        '{"status": "finished", "test_acc": 0.9, "wall_s": -1}',
+    ),
+    "another seed's summary": (
+        "0/seed0/summary.json",
+        '{"status": "finished", "test_acc": 0.9, "seed": 1}',
+    ),
+    "text for a flag": (
+        "0/seed0/summary.json",
+        '{"status": "finished", "test_acc": 0.9, "git_dirty": "no"}',
+    ),
 }
 
 
@@ -168,6 +189,9 @@ def test_one_bad_file_is_reported_and_the_rest_collected(tmp_path, capsys, bad):
     out = capsys.readouterr().out
     assert "corrupt 1" in out and str(tmp_path / path) in out
     assert main([str(tmp_path)]) == 0
+    # summary and export go on with the members that are done
+    assert summary_main([str(tmp_path)]) == 0
+    assert export_main(["--to", "tensorboard", str(tmp_path), "--out", str(tmp_path / "tb")]) == 0
 
 
 def test_a_finished_member_without_its_history_is_corrupt(tmp_path):

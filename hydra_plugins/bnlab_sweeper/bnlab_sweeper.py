@@ -10,12 +10,21 @@ namespace because Hydra loads plugins only from there; bnlab itself never import
   end of each experiment. Points of different experiments that land in the same run folder
   (experiments that reuse each other's runs) run once; if their configs differ, nothing starts.
 - Every point is composed and validated before any job starts: one bad value fails the
-  whole command at once, listing each bad point with the field and the allowed values.
+  whole command at once, listing each bad point with the field and the allowed values (and a
+  data folder that every point reads once, however many points read it).
+- One configuration, one folder: a point whose config (seeds and the settings that change
+  nothing aside) equals that of a run folder already in its sweep folder, or of an earlier
+  point, runs in that folder whatever overrides spelled it (`train.threads=1` spelled out).
+  A hydra.sweep.subdir that leaves the sweep folder is refused.
 - Jobs start longest first (bnlab.train.estimated_seconds), so a parallel launcher does not
   end on one long job while its other workers idle.
 - While jobs run, the parent prints done/total members and an estimate of the time left,
   counting summaries in the run folders (so it works with any launcher: basic, joblib,
   submitit). Members already done by an earlier invocation are counted as skipped.
+
+Importing this module imports nothing heavy (no torch, no bnlab): Hydra imports every plugin
+module of the environment when any Hydra application starts; bnlab is imported when the
+sweeper is used.
 """
 
 from __future__ import annotations
@@ -23,21 +32,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from pathlib import Path
 
+import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf, open_dict
-
-from bnlab.compose import PARENT_ENV, hydra_message, unwritable
-from bnlab.config import ConfigError, load_config, to_dict
-from bnlab.data import DataError, load_mnist
-from bnlab.records import JOBS_FILE, count_done, write_json
-from bnlab.train import estimated_seconds
+from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ class BnlabSweeper(BasicSweeper):
     def points(self, arguments: list[str]) -> list[list[str]]:
         """Every sweep point (its list of overrides), experiment by experiment when the
         command line sweeps `experiment`."""
+        from bnlab.compose import hydra_message
+
         try:
             return self._points(arguments)
         except HydraException as e:
@@ -76,39 +84,52 @@ class BnlabSweeper(BasicSweeper):
         """Compose and validate every point; one job per run folder, longest first. Writes each
         sweep folder's jobs.json (so status and collect can name members not started yet; jobs
         of other sweeps sharing the folder are kept)."""
-        errors, jobs, data = [], {}, {}
-        for overrides in points:
+        from bnlab.compose import hydra_message, unwritable
+        from bnlab.config import ConfigError, load_config, to_dict
+        from bnlab.records import JOBS_FILE, fingerprint, write_json
+        from bnlab.train import estimated_seconds
+
+        errors, jobs, data, folders = {}, {}, {}, {}  # errors: {message: [points]}
+        for num, overrides in enumerate(points):
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
                 rc = load_config({k: v for k, v in cfg.items() if k != "hydra"})
-            except (ConfigError, HydraException) as e:
-                message = hydra_message(e) if isinstance(e, HydraException) else e
-                errors.append(f"  {' '.join(overrides)}\n    -> {message}")
+                with open_dict(cfg):  # as the launcher numbers the points (Hydra's default
+                    cfg.hydra.job.num = num  # subdir is ${hydra.job.num})
+                sweep, sub = str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)
+            except (ConfigError, HydraException, OmegaConfBaseException) as e:
+                message = str(e) if isinstance(e, ConfigError) else hydra_message(e)
+                errors.setdefault(message, []).append(" ".join(overrides))
                 continue
             if rc.data.name == "mnist":
-                data.setdefault((rc.data.root, rc.data.download), overrides)
-            sweep, sub = str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)
-            if problem := unwritable(sweep):
-                errors.append(f"  {' '.join(overrides)}\n    -> cannot write {sweep}: {problem}")
+                data.setdefault((rc.data.root, rc.data.download), []).append(overrides)
+            problem = unwritable(sweep)
+            if problem := (problem and f"cannot write {sweep}: {problem}") or _outside(sweep, sub):
+                errors.setdefault(problem, []).append(" ".join(overrides))
                 continue
+            config = to_dict(rc)
+            if sweep not in folders:
+                folders[sweep] = _run_folders(Path(sweep))
+            sub = _same_config_folder(Path(sweep), sub, folders[sweep], fingerprint(config))
             job = {"dir": sub, "seeds": list(rc.seeds), "overrides": list(overrides)}
             first, first_rc = jobs.setdefault((sweep, sub), (job, rc))
-            if to_dict(first_rc) != to_dict(rc):
-                errors.append(
-                    f"  {' '.join(first['overrides'])}\n  {' '.join(overrides)}\n    -> both "
-                    f"build {Path(sweep) / sub} with different configs; give one experiment "
-                    "its own hydra.sweep.dir"
+            if fingerprint(to_dict(first_rc)) != fingerprint(config) or first_rc.seeds != rc.seeds:
+                message = (
+                    f"both build {Path(sweep) / sub} with different configs; give one "
+                    "experiment its own hydra.sweep.dir"
                 )
-        for (root, download), overrides in data.items():  # once here, not in every job
-            try:
-                load_mnist(root, download)
-            except DataError as e:
-                errors.append(f"  {' '.join(overrides)}\n    -> {' '.join(str(e).split())}")
+                errors[message] = [" ".join(first["overrides"]), " ".join(overrides)]
+        problems = self._data_errors(data, len(points))
         if errors:
-            _refuse(
-                f"{len(errors)} of {len(points)} sweep points are invalid; no job "
-                "was started:\n" + "\n".join(errors)
-            )
+            bad = len({p for users in errors.values() for p in users})
+            lines = [f"{bad} of {len(points)} sweep points are invalid; no job was started"]
+            for message, users in errors.items():  # a message shared by points: said once
+                every = len(users) == len(points) > 1
+                lines += ["  every sweep point"] if every else [f"  {u}" for u in users]
+                lines.append(f"    -> {message}")
+            _refuse("\n".join(lines + [f"  {line}" for line in problems]))
+        if problems:
+            _refuse("\n".join([f"no job was started: {problems[0]}", *problems[1:]]))
         for sweep in dict.fromkeys(s for s, _ in jobs):
             path = Path(sweep) / JOBS_FILE
             new = [job for (s, _), (job, _) in jobs.items() if s == sweep]
@@ -116,13 +137,38 @@ class BnlabSweeper(BasicSweeper):
             kept = json.loads(path.read_text())["jobs"] if path.exists() else []
             write_json(path, {"jobs": [j for j in kept if j["dir"] not in names] + new})
         order = sorted(jobs.items(), key=lambda kv: -estimated_seconds(kv[1][1]))
-        return [{"folder": Path(s) / d, **job} for (s, d), (job, _) in order]
+        return [
+            {"folder": Path(s) / d, **job, "overrides": _in_folder(job["overrides"], d)}
+            for (s, d), (job, _) in order
+        ]
+
+    @staticmethod
+    def _data_errors(data: dict, points: int) -> list[str]:
+        """The data the points read, checked once per folder: lines saying which points read
+        a folder that fails and its whole message, once however many points read it."""
+        from bnlab.data import DataError, load_mnist
+
+        errors = []
+        for (root, download), users in data.items():
+            try:
+                load_mnist(root, download)
+            except DataError as e:
+                who = (
+                    "every sweep point reads"
+                    if len(users) == points
+                    else (f"{len(users)} of {points} sweep points read")
+                )
+                errors.append(f"{who} the data in {root}:")
+                errors += [f"  {line}" for line in str(e).splitlines()]
+        return errors
 
     def sweep(self, arguments):
         # Resolve the sweep folder once: its ${now:...} is then cached in the master config,
         # and every point composed from it (here and in the launcher's workers) gets the same
         # timestamp, so a sweep without hydra.sweep.dir stays in one folder.
         str(self.config.hydra.sweep.dir)
+        from bnlab.compose import PARENT_ENV
+
         os.environ[PARENT_ENV] = str(os.getpid())  # workers exit when this process dies
         jobs = self.plan(self.points(arguments))
         folders = [j["folder"] for j in jobs]
@@ -153,6 +199,8 @@ class BnlabSweeper(BasicSweeper):
 
     @staticmethod
     def _done(folders: list[Path]) -> int:
+        from bnlab.records import count_done
+
         return sum(count_done(f) for f in folders if f.is_dir())
 
     def _report(self, folders: list[Path], before: int, stop: threading.Event) -> None:
@@ -174,6 +222,52 @@ class BnlabSweeper(BasicSweeper):
             f"sweep {word}: {done}/{total} members done ({before} skipped as already "
             f"done, {new} done since it started), {_fmt(elapsed)} elapsed{eta}"
         )
+
+
+def _outside(sweep: str, sub: str) -> str | None:
+    """Why hydra.sweep.subdir would put a run folder outside its sweep folder, or None."""
+    root = Path(sweep).resolve()
+    path = (root / sub).resolve()
+    if root in path.parents:
+        return None
+    return (
+        f"hydra.sweep.subdir={sub} puts the run folder at {path}, outside the sweep folder "
+        f"{sweep}; give a relative folder name inside it (by default each point is named "
+        "from its overrides)"
+    )
+
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.,=+~-][A-Za-z0-9_.,=+~/-]*")  # folders a point may join
+
+
+def _run_folders(sweep: Path) -> dict[str, str]:
+    """{fingerprint: folder name} of the run folders already in a sweep folder."""
+    from bnlab.collect import find_runs
+    from bnlab.records import fingerprint, read_config
+
+    found = {}
+    for run in find_runs(sweep) if sweep.is_dir() else []:
+        name = run.relative_to(sweep).as_posix()
+        try:
+            config = read_config(run)
+            if isinstance(config, dict) and SAFE_NAME.fullmatch(name):
+                found.setdefault(fingerprint(config), name)
+        except (OSError, ValueError, TypeError, yaml.YAMLError):
+            continue  # collect and status name what is wrong with it
+    return found
+
+
+def _same_config_folder(sweep: Path, sub: str, known: dict[str, str], print_: str) -> str:
+    """The folder a point runs in: its own when that holds a run already (the resume check
+    compares them), else a folder of the sweep (or an earlier point) with the same config."""
+    first = known.setdefault(print_, sub)
+    return sub if (sweep / sub / "config.yaml").exists() else first
+
+
+def _in_folder(overrides: list[str], sub: str) -> list[str]:
+    """A job's overrides, sent to run folder `sub` of its sweep folder."""
+    quoted = sub.replace("\\", "\\\\").replace("'", "\\'")  # Hydra's quoted-string escapes
+    return [*overrides, f"hydra.sweep.subdir='{quoted}'"]
 
 
 def _refuse(message: str):
