@@ -2,10 +2,11 @@
 
 Writes SWEEP_DIR/runs.parquet (one row per member: every config field as a column named as
 its override, plus seed, status, test_acc, steps_done, wall_s, ..., and where the run's code
-came from: git_commit, git_dirty, torch_version, host) and SWEEP_DIR/history.parquet (run,
-seed, step, split, metric, layer, value); both carry one token, so a reader can tell that
-they come from the same collect (read_tables). Safe to run at any time: members without a
-summary appear with status 'unfinished' (their history read up to its last complete row),
+came from: git_commit, git_dirty, torch_version, cpu_kernels, host) and
+SWEEP_DIR/history.parquet (run, seed, step, split, metric, layer, value); both carry one
+token, so a reader can tell that they come from the same collect (read_tables). Safe to run
+at any time: members without a summary appear with status 'unfinished' (their history read
+up to its last complete row),
 members the sweep planned but has not started as 'missing', and members whose files cannot
 be read as 'corrupt', with the file and the reason. Running it again gives the same tables.
 """
@@ -53,6 +54,7 @@ SUMMARY_COLUMNS = [
     "git_commit",
     "git_dirty",
     "torch_version",
+    "cpu_kernels",
     "host",
 ]
 FLOAT_COLUMNS = [
@@ -100,7 +102,7 @@ RANGES = {  # summary key -> (low, high) of its values (a loss may also be inf)
     "steps_per_s": NON_NEGATIVE,
 }
 COUNTS = ("steps_done", "members", "epochs", "history_rows")  # whole numbers >= 0
-TEXTS = ("error", "code_sha256", "git_commit", "torch_version", "host", "device",
+TEXTS = ("error", "code_sha256", "git_commit", "torch_version", "cpu_kernels", "host", "device",
          "finished_at", "config_sha256", "history_sha256")  # fmt: skip
 
 
@@ -249,7 +251,7 @@ def collect(sweep_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             runs[col] = None
     runs[FLOAT_COLUMNS] = runs[FLOAT_COLUMNS].astype("float64")
     runs["steps_done"] = runs["steps_done"].astype("Int64")
-    for col in ("error", "code_sha256", "git_commit", "torch_version", "host"):
+    for col in ("error", "code_sha256", "git_commit", "torch_version", "cpu_kernels", "host"):
         runs[col] = runs[col].astype("string")
     runs["git_dirty"] = runs["git_dirty"].astype("boolean")
     columns = ["run", "seed", "step", "split", "metric", "layer", "value"]

@@ -313,7 +313,9 @@ def code_version() -> str:
 def provenance() -> dict:
     """Where a run's code came from: code_version(), the git commit of the bnlab checkout and
     whether its source paths had uncommitted changes (both None for an installed package,
-    outside a checkout), the torch version and the host."""
+    outside a checkout), the torch version, the vectorised CPU kernels ATen dispatched to
+    (they round some reductions differently: bnlab/__init__.py pins AVX2 on x86) and the
+    host."""
     import torch
 
     here = Path(__file__).resolve().parent
@@ -337,6 +339,7 @@ def provenance() -> dict:
         "git_commit": commit,
         "git_dirty": dirty,
         "torch_version": torch.__version__,
+        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
         "host": socket.gethostname(),
     }
 

@@ -92,6 +92,7 @@ def test_collect_gives_the_exact_tables(tmp_path):
             "git_commit": pd.array(["abc123", pd.NA, pd.NA], dtype="string"),
             "git_dirty": pd.array([False, pd.NA, pd.NA], dtype="boolean"),
             "torch_version": pd.array(["2.14.1", pd.NA, pd.NA], dtype="string"),
+            "cpu_kernels": pd.array([pd.NA] * 3, dtype="string"),
             "host": pd.array(["node1", pd.NA, pd.NA], dtype="string"),
         }
     )
