@@ -33,6 +33,7 @@ LOSS_REDUCTIONS = ("sum", "mean")
 RESIDUAL_SCALES = ("none", "zero_init")
 TRAINABLE = ("all", "norm_only", "norm_only_head")
 DATASETS = ("mnist", "mnist5k")
+LOG_TO = ("none", "tensorboard")  # live logging while training (bnlab.livelog)
 PROBES = (
     "weights",
     "grads",
@@ -72,7 +73,7 @@ OmegaConf.register_new_resolver("bnlab_data_root", default_data_root, replace=Tr
 # Settings that do not change what a run computes: left out of run-folder names (the same
 # list as hydra.job.config.override_dirname.exclude_keys in conf/config.yaml, with the seeds,
 # which name the members) and ignored when a resumed run's saved config is compared.
-NOT_IDENTITY = ("data.root", "data.download", "train.progress", "train.resume")
+NOT_IDENTITY = ("data.root", "data.download", "train.progress", "train.resume", "train.log_to")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
 NAME_MAX = 100  # characters of `name`: a folder name, under the filesystem's 255 bytes
 FLOAT32 = torch.finfo(torch.float32)  # the engine's numbers: every float setting must fit
@@ -180,7 +181,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    """Training length, loss reduction, evaluation schedule, device and resume."""
+    """Training length, loss reduction, evaluation schedule, device, resume, live logging."""
 
     steps: int = 2000  # optimiser steps (unless epochs is set)
     epochs: float | None = None  # if set, steps = ceil(epochs * training examples / batch size)
@@ -199,6 +200,7 @@ class TrainConfig:
     shifts: list[str] = field(default_factory=list)  # at the end: shifted test sets, KIND:STRENGTH
     resume: bool = True  # skip members whose summary says finished or diverged
     save_model: bool = True  # write each member's final parameters and buffers (model.pt)
+    log_to: str = "none"  # none | tensorboard: each evaluation live into RUN/tensorboard/seed{S}/
 
 
 @dataclass
@@ -273,6 +275,7 @@ def choices() -> dict[str, list[str]]:
         "model.residual_scale": list(RESIDUAL_SCALES),
         "train.loss": list(LOSS_REDUCTIONS),
         "train.device": ["cpu", "cuda", "auto"],
+        "train.log_to": list(LOG_TO),
     }
 
 
@@ -404,6 +407,12 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError(
             f"train.device={t.device!r} but CUDA is not available here; use train.device=cpu "
             "(or auto: CUDA when available)"
+        )
+    _choice("train.log_to", t.log_to, LOG_TO)
+    if t.log_to == "tensorboard" and not _tensorboard_installed():
+        raise ConfigError(
+            "train.log_to=tensorboard needs tensorboard, which is not installed: "
+            'pip install -e ".[track]" (or train.log_to=none)'
         )
     if m.norm == "none" and m.placement is not None:
         raise ConfigError(
@@ -642,6 +651,15 @@ def _validate_engine(rc: RunConfig) -> None:
             f"{m.residual_scale}'s scalars at 0 (no branch ever acts): use "
             "model.residual_scale=none or optim.trainable=all"
         )
+
+
+def _tensorboard_installed() -> bool:
+    """Whether torch's TensorBoard writer imports (the optional extra `track`)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _check_root(root: str, download: bool) -> None:

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from .config import NOT_IDENTITY, ConfigError, RunConfig, to_dict
 from .data import Batches, Data, load_data
 from .evaluation import Evaluator, eval_steps, shift_rows
+from .livelog import LiveLog
 from .members import MemberLog
 from .model import CLASSES, IN_FEATURES, MLP, build_model
 from .optim import freeze_member, make_optimizer, set_lr, train_step
@@ -255,9 +256,11 @@ def _run(cfg: RunConfig, out_dir: Path, data: Data | None, model: MLP | None) ->
     data = (data or load_data(cfg.data)).to(device)
     model = build_model(cfg.model, seeds, device) if model is None else model.to(device)
     log = MemberLog(out_dir, seeds, device)
+    live = LiveLog(cfg.train.log_to, out_dir, seeds)  # train.log_to=tensorboard, else inert
     try:
-        steps, epochs, eval_s = _train(cfg, model, data, seeds, log)
+        steps, epochs, eval_s = _train(cfg, model, data, seeds, log, live)
     finally:
+        live.close()
         log.close()  # histories fsynced before the summaries that fingerprint them
     wall = time.perf_counter() - t0
     common = {
@@ -279,9 +282,12 @@ def _run(cfg: RunConfig, out_dir: Path, data: Data | None, model: MLP | None) ->
     return [done[s] for s in cfg.seeds]
 
 
-def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: MemberLog) -> tuple:
+def _train(
+    cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: MemberLog, live: LiveLog
+) -> tuple:
     """The training loop: steps, evaluations and probes on their schedules, rows into the
-    members' log. Returns (steps, epochs started, seconds spent evaluating)."""
+    members' log (evaluations also to `live`). Returns (steps, epochs started, seconds spent
+    evaluating)."""
     steps = total_steps(cfg, len(data.y_train))
     opt = make_optimizer(cfg.optim, model)
     batches = Batches(data.x_train, data.y_train, cfg.data.batch_size, seeds)
@@ -297,6 +303,7 @@ def _train(cfg: RunConfig, model: MLP, data: Data, seeds: list[int], log: Member
             stats = getattr(getattr(model, name), "train_stats", dict)()
             rows += [("train", metric, name, v.tolist()) for metric, v in stats.items()]
         log.evaluated(step, rows)
+        live.evaluated(step, rows, log.training())
         if not bar.disable:
             bar.set_postfix_str(log.postfix(), refresh=False)
 
