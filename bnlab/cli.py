@@ -18,7 +18,6 @@ import signal
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import hydra
@@ -44,7 +43,7 @@ log = logging.getLogger("bnlab")
 # Hydra's options that take a value (the value is not an override)
 VALUE_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name", "-p",
                "--package", "-sc", "--shell-completion", "-c", "--cfg")  # fmt: skip
-RUNNING: dict = {}  # the single run in progress: its folder and its number of members
+RUNNING: dict = {}  # the single run in progress: its folder and its seeds
 
 # a full disk, a quota, a read-only or forbidden folder: the user's to fix, in one line
 DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
@@ -75,8 +74,8 @@ def _train(cfg: DictConfig) -> float | None:
     if multirun and "joblib" in str(HydraConfig.get().launcher.get("_target_", "")):
         _die_with_parent()
     fresh = {p.name for p in out_dir.iterdir()} <= {"bnlab.log"}  # Hydra made it just now
-    seeds = cfg.get("seeds")
-    RUNNING.update(dir=out_dir, members=len(seeds) if OmegaConf.is_list(seeds) else None)
+    seeds = OmegaConf.to_container(cfg.seeds) if OmegaConf.is_list(cfg.get("seeds")) else None
+    RUNNING.update(dir=out_dir, seeds=seeds)
     try:
         summaries = run(load_config(cfg), out_dir)
     except Exception as e:
@@ -94,6 +93,8 @@ def _train(cfg: DictConfig) -> float | None:
             raise SystemExit(2) from None
         if not disk and not isinstance(e, ResumeError):
             _record_failure(cfg, out_dir, e)
+        if user or isinstance(e, ResumeError):  # the sweeper says it in one line per point
+            raise ConfigError(str(e)) from None
         raise
     done = [s["test_acc"] for s in summaries if "test_acc" in s]
     log.info(  # to the terminal and the run's bnlab.log
@@ -124,6 +125,8 @@ def _die_with_parent() -> None:
     would otherwise leave its workers training and writing into the sweep folder), also when
     it died before this job started. One watcher per worker process."""
     parent = int(os.environ.get(PARENT_ENV, os.getppid()))
+    if os.getpid() == parent:  # joblib with one job at a time runs it in the sweep's process
+        return
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGKILL)
     if any(t.name == "bnlab-parent-watch" for t in threading.enumerate()):
@@ -240,18 +243,18 @@ def sweep_refusal(cfg: DictConfig, overrides: list[str], argv: list[str]) -> str
     )
 
 
-def _interrupted(tb) -> str:
-    """What an interrupted command had finished: the sweep's members (read from the sweeper's
-    frame: it alone knows every run folder it planned), else the single run's."""
-    for frame, _ in traceback.walk_tb(tb):
-        sweeper, folders = frame.f_locals.get("self"), frame.f_locals.get("folders")
-        if hasattr(sweeper, "members") and isinstance(folders, list):
-            done, total = sweeper._done(folders), sweeper.members
-            break
+def _interrupted() -> str:
+    """What an interrupted command had finished: the sweep's members (the sweeper records the
+    run folders it planned), else the single run's."""
+    from hydra_plugins.bnlab_sweeper.bnlab_sweeper import BnlabSweeper
+
+    if BnlabSweeper.planned:
+        folders = BnlabSweeper.planned
+        done, total = BnlabSweeper._done(folders), sum(len(s) for s in folders.values())
+    elif not RUNNING.get("seeds"):
+        return "interrupted before any member started; rerun the same command to start"
     else:
-        if not RUNNING.get("members"):
-            return "interrupted before any member started; rerun the same command to start"
-        done, total = count_done(RUNNING["dir"]), RUNNING["members"]
+        done, total = count_done(RUNNING["dir"], RUNNING["seeds"]), len(RUNNING["seeds"])
     return f"interrupted: {done} of {total} members finished; rerun the same command to resume"
 
 
@@ -315,10 +318,10 @@ def train(argv: list[str]) -> int:
         os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [warnings, quiet]))
     try:
         _train()
-    except KeyboardInterrupt as e:  # Ctrl-C: one line, not a traceback
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the cleanup
         _stop_workers()
-        print(_interrupted(e.__traceback__), file=sys.stderr)
+        print(_interrupted(), file=sys.stderr)
         return 130
     return 0
 
@@ -336,7 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in COMMANDS:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `bnlab status DIR | head` ends quietly
         module = importlib.import_module(COMMANDS[argv[0]][0])
-        return module.main(argv[1:]) or 0
+        try:
+            return module.main(argv[1:]) or 0
+        except OSError as e:  # a full disk, a read-only folder: one line, not a traceback
+            if e.errno not in DISK_ERRORS:
+                raise
+            space = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            fix = "free some space" if space else "make it writable"
+            print(
+                f"error: {e.filename or 'a file'}: {e.strerror}; {fix}, or give another "
+                f"folder (bnlab {argv[0]} --help names the options)",
+                file=sys.stderr,
+            )
+            return 1
     if "=" in argv[0] or argv[0].startswith("-"):
         return train(argv)  # `python -m bnlab model.norm=batch`: overrides go to train
     print(f"error: unknown command '{argv[0]}'\n\n{USAGE}", file=sys.stderr)

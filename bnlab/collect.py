@@ -2,7 +2,9 @@
 
 Writes SWEEP_DIR/runs.parquet (one row per member: every config field as a column named as
 its override, plus seed, status, test_acc, steps_done, wall_s, ..., and where the run's code
-came from: git_commit, git_dirty, torch_version, cpu_kernels, host) and
+came from: git_commit, git_dirty, torch_version, cpu_kernels, host; null_settings: the
+settings the member's config sets to null, comma-separated, as parquet cannot tell a null
+from a setting an older config lacks; absent where no config sets one) and
 SWEEP_DIR/history.parquet (run, seed, step, split, metric, layer, value); both carry one
 token, so a reader can tell that they come from the same collect (read_tables). Safe to run
 at any time: members without a summary appear with status 'unfinished' (their history read
@@ -181,6 +183,9 @@ def _run_rows(root: Path, run_dir: Path) -> tuple[list[dict], list[pd.DataFrame]
     except ValueError as e:
         return [_corrupt(name, None, run_dir / "config.yaml", e)], []
     fields = flatten({k: v for k, v in config.items() if k != "seeds"})
+    # a null read back from parquet looks like a setting the config lacks: name the nulls
+    if nulls := ",".join(k for k, v in fields.items() if v is None):
+        fields["null_settings"] = nulls
     seeds = config.get("seeds")
     if not (isinstance(seeds, list) and all(isinstance(s, int) for s in seeds)):
         failure = run_dir / "failure.json"  # a config too broken to name its members

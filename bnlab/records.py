@@ -131,6 +131,10 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)  # a leftover, or a planted link: never written through
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:  # name the file the user asked for, not a nameless write or the tmp
+        if e.filename in (None, str(tmp)):
+            e.filename = str(path)
+        raise
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -217,12 +221,17 @@ def read_config(run_dir: str | Path) -> dict:
     return yaml.safe_load(read_text(Path(run_dir) / "config.yaml"))
 
 
-def count_done(sweep_dir: str | Path) -> int:
-    """Members under sweep_dir whose summary says finished or diverged."""
+def count_done(sweep_dir: str | Path, seeds: list[int] | None = None) -> int:
+    """Members under sweep_dir whose summary says finished or diverged; with seeds, only
+    those members of the run folder sweep_dir (not other seeds, not replaced-* copies)."""
     done = 0
-    for path in Path(sweep_dir).rglob("summary.json"):
+    paths = Path(sweep_dir).rglob("summary.json")
+    if seeds is not None:
+        paths = [member_dir(sweep_dir, s) / "summary.json" for s in seeds]
+    for path in paths:
         with contextlib.suppress(OSError, ValueError):  # being replaced: next look counts it
-            done += json.loads(read_text(path)).get("status") in DONE_STATUSES
+            summary = json.loads(read_text(path))
+            done += isinstance(summary, dict) and summary.get("status") in DONE_STATUSES
     return done
 
 
@@ -288,8 +297,10 @@ def read_history(run_dir: str | Path, seed: int) -> pd.DataFrame:
 
 SOURCE_PATHS = ("bnlab", "hydra_plugins")  # what a run's results depend on (configs included)
 # modules that only read, report or launch runs: editing them changes no result
-NOT_TRAINING = {"bench", "claims", "cli", "collect", "export", "figures", "plots", "reproduce",
-                "status", "summary", "tables", "verdicts", "__main__"}  # fmt: skip
+# (modules, or packages such as claims/, directly under bnlab/)
+NOT_TRAINING = {"bench", "claims", "cli", "collect", "export", "figures", "livelog", "margins",
+                "plots", "reproduce", "selection", "status", "summary", "tables", "verdicts",
+                "__main__"}  # fmt: skip
 
 
 @functools.cache
@@ -304,7 +315,7 @@ def code_version() -> str:
         if (
             path.suffix in (".py", ".yaml")
             and "__pycache__" not in rel
-            and path.stem not in (NOT_TRAINING if path.parent == here else ())
+            and Path(rel).parts[0].removesuffix(".py") not in NOT_TRAINING
         ):
             h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()

@@ -4,7 +4,9 @@ For every sweep under RESULTS/sweeps with a runs.parquet, writes RESULTS/tables/
 row per member with the settings that vary in the sweep, its status, its final metrics and the
 measures the claims report uses (below), each a single number per member. The bulky per-step
 history stays in the sweep folder. Also writes running_stats.csv (C17: how much the learned BN
-running statistics differ between members, from their model.pt files).
+running statistics differ between members, from their model.pt files). A setting that an
+older member's config lacks counts as its default; one set to null (model.bn_momentum=null)
+is a value of its own, written as an empty cell.
 
 Measures (NaN where a member did not record what they need; a sweep whose runs had a probe
 on but recorded none of a metric the measures read is refused: a renamed metric must not
@@ -315,16 +317,27 @@ def init_jacobian(h: pd.DataFrame, layer: str = "hidden") -> pd.DataFrame:
     return out
 
 
+def _varies(values: pd.Series) -> bool:
+    """Whether a setting takes several values; a null counts as one of them where the
+    setting's default is not null (a setting whose default is null, such as model.placement,
+    is null where it means nothing: that alone does not make it vary)."""
+    null = values.map(lambda v: v is None or v is pd.NA or (isinstance(v, float) and v != v))
+    keys = values.map(str).where(~null.astype(bool), None)
+    return keys.nunique(dropna=values.name not in SCALAR_DEFAULTS) > 1
+
+
 def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     """One row per member of `runs`: varying settings, results and the measures above. A
     setting missing from an older member's config counts as its default (as resume reads it),
-    so a new setting varies against the members trained before it existed."""
-    runs = runs.fillna({c: v for c, v in SCALAR_DEFAULTS.items() if c in runs})
-    varying = [
-        c
-        for c in runs.columns
-        if "." in c and c != "data.root" and runs[c].astype(str).nunique() > 1
-    ]
+    so a new setting varies against the members trained before it existed; one its config
+    sets to null (runs' null_settings) stays null, a value of its own (empty in the CSV)."""
+    runs = runs.copy()
+    nulls = runs.get("null_settings", pd.Series("", index=runs.index)).fillna("").str.split(",")
+    for c, default in SCALAR_DEFAULTS.items():
+        if c in runs:
+            missing = runs[c].isna() & ~nulls.map(lambda keys, c=c: c in keys)
+            runs[c] = runs[c].mask(missing, default)
+    varying = [c for c in runs.columns if "." in c and c != "data.root" and _varies(runs[c])]
     config = list(dict.fromkeys([c for c in ALWAYS if c in runs] + varying))
     modes = [c for c in runs.columns if c.startswith(("test_acc_", "test_loss_"))]
     out = runs[["run", "seed", *config, *RESULT_COLUMNS, *modes]].copy()
@@ -387,7 +400,8 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
             for loss, steps in fits.items():
                 for m in (prev, since0):
                     cols[f"{m}_{layer}_at_{loss:g}"] = _at_steps(h, steps, m, layer, split)
-    quarter = (runs["steps_done"].max() or 0) / 4
+    done = runs["steps_done"].dropna()  # none where every member is corrupt or unfinished
+    quarter = (done.max() if len(done) else 0) / 4
     for suffix, upto in (("", None), ("_early", quarter)):
         lmax = _mean_over_probes(h, "landscape_loss_max", "grad", "train", upto)
         lmin = _mean_over_probes(h, "landscape_loss_min", "grad", "train", upto)

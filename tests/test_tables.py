@@ -7,7 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bnlab.collect import collect
+from bnlab.config import RunConfig, to_dict
+from bnlab.records import write_config
 from bnlab.tables import FIT_LOSS, MissingMeasure, check_sources, measures
+
+HISTORY = ["run", "seed", "step", "split", "metric", "layer", "value"]
 
 
 def _tables():
@@ -88,3 +93,36 @@ def test_curvature_at_matched_training_loss():
     assert t.loc[0, "curv_overshoot_at_0.3"] == 20.0  # seed 0: training loss 0.02 at step 20
     assert t.loc[1, "curv_overshoot_at_0.3"] == 40.0  # seed 1: 0.3 at step 30
     assert np.isnan(t.loc[1, "curv_overshoot_at_0.1"])  # never that low
+
+
+def test_an_explicit_null_is_a_value_and_a_missing_setting_its_default():
+    """Issue 30: model.bn_momentum=null and 0.1 are two configurations (the null stays null,
+    empty in the CSV); an older member whose config lacks the setting counts as 0.1."""
+    runs, hist = _tables()
+    runs = pd.concat([runs, runs.assign(run="b")], ignore_index=True)
+    hist = pd.concat([hist, hist.assign(run="b")], ignore_index=True)
+    runs["model.bn_momentum"] = [None, None, 0.1, 0.1]
+    runs["null_settings"] = ["model.bn_momentum,train.epochs", "model.bn_momentum", "", ""]
+    t = measures(runs, hist).set_index(["run", "seed"])
+    assert t["model.bn_momentum"].isna().tolist() == [True, True, False, False]
+    csv = t.reset_index().to_csv(index=False).splitlines()
+    col = csv[0].split(",").index("model.bn_momentum")
+    assert [row.split(",")[col] for row in csv[1:]] == ["", "", "0.1", "0.1"]
+    missing = runs.assign(null_settings=["", "model.init_seed", "", ""])  # config lacks it
+    assert "model.bn_momentum" not in measures(missing, hist)  # 0.1 throughout: not varying
+    assert "model.bn_momentum" not in measures(runs.drop(columns="null_settings"), hist)
+
+
+def test_collect_names_the_settings_a_config_sets_to_null(tmp_path):
+    for name, momentum in (("a", None), ("b", 0.1)):
+        config = to_dict(RunConfig())
+        config["model"]["bn_momentum"] = momentum
+        write_config(tmp_path / name, {**config, "seeds": [0]})
+    del config["model"]["bn_momentum"]  # an older member's config, without the setting
+    write_config(tmp_path / "c", {**config, "seeds": [0]})
+    runs = collect(tmp_path)[0].set_index("run")
+    assert "model.bn_momentum" in runs.loc["a", "null_settings"].split(",")
+    assert "model.bn_momentum" not in runs.loc["b", "null_settings"].split(",")
+    assert "model.bn_momentum" not in runs.loc["c", "null_settings"].split(",")
+    table = measures(runs.reset_index().assign(seed=0), pd.DataFrame(columns=HISTORY))
+    assert table.set_index("run")["model.bn_momentum"].isna().tolist() == [True, False, False]

@@ -20,7 +20,13 @@ namespace because Hydra loads plugins only from there; bnlab itself never import
   end on one long job while its other workers idle.
 - While jobs run, the parent prints done/total members and an estimate of the time left,
   counting summaries in the run folders (so it works with any launcher: basic, joblib,
-  submitit). Members already done by an earlier invocation are counted as skipped.
+  submitit). Members already done by an earlier invocation are counted as skipped; only the
+  members (seeds) the sweep asks for count. The planned run folders are in
+  BnlabSweeper.planned, where bnlab.cli reads what an interrupted sweep had finished.
+- A point that refuses to train (a resume refusal, bad data, a full disk) is one line naming
+  the point and why; the other points still run, and the sweep exits 2.
+- With the joblib launcher, a guard process kills the workers when this process dies without
+  shutting them down (SIGKILL), idle workers included.
 
 Importing this module imports nothing heavy (no torch, no bnlab): Hydra imports every plugin
 module of the environment when any Hydra application starts; bnlab is imported when the
@@ -49,6 +55,10 @@ log = logging.getLogger(__name__)
 
 
 class BnlabSweeper(BasicSweeper):
+    # {run folder: its seeds} of the sweep in progress, set once it is planned: bnlab.cli reads
+    # it to say how many members an interrupted sweep had finished
+    planned: dict[Path, list[int]] = {}
+
     def __init__(self, max_batch_size=None, params=None, progress_every: float = 10.0):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.progress_every = progress_every
@@ -170,40 +180,61 @@ class BnlabSweeper(BasicSweeper):
         from bnlab.compose import PARENT_ENV
 
         os.environ[PARENT_ENV] = str(os.getpid())  # workers exit when this process dies
+        launcher = self.config.hydra.launcher
+        if "joblib" in str(launcher.get("_target_", "")) and launcher.get("n_jobs") == 0:
+            _refuse(
+                "hydra.launcher.n_jobs=0: joblib needs the number of jobs to run at once, 1 or "
+                "more (-1: one per CPU); set hydra.launcher.n_jobs=2, for example"
+            )
+        BnlabSweeper.planned = {}
         jobs = self.plan(self.points(arguments))
-        folders = [j["folder"] for j in jobs]
+        folders = {j["folder"]: j["seeds"] for j in jobs}
         with open_dict(self.config):  # launchers create the master sweep folder: use a real one
-            self.config.hydra.sweep.dir = str(folders[0].parent)
+            self.config.hydra.sweep.dir = str(jobs[0]["folder"].parent)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        self.members = sum(len(j["seeds"]) for j in jobs)
+        self.members = sum(len(seeds) for seeds in folders.values())
+        BnlabSweeper.planned = folders
         before, self.t0 = self._done(folders), time.perf_counter()
         stop = threading.Event()
         watcher = threading.Thread(target=self._report, args=(folders, before, stop), daemon=True)
         watcher.start()
+        joblib = "joblib" in str(launcher.get("_target_", ""))
+        guard = _guard_workers(PARENT_ENV) if joblib and os.path.isdir("/proc") else None
         size = self.max_batch_size or len(jobs)
-        returns = []
+        returns, refused = [], []  # refused: a line per point that refused to train
         try:
             for i in range(0, len(jobs), size):
                 batch = [j["overrides"] for j in jobs[i : i + size]]
                 results = self.launcher.launch(batch, initial_job_idx=i)
+                refused += [_refusal(r) for r in results if _refused(r)]
                 for r in results:
-                    _ = r.return_value  # raises if the job failed
+                    _ = r if _refused(r) else r.return_value  # raises if the job crashed
                 returns.append(results)
         finally:
+            if guard is not None:  # this process ends normally: workers shut down as usual
+                guard.kill()
+                guard.wait()
             stop.set()
             watcher.join()
             self._print(folders, before, time.perf_counter() - self.t0, final=True)
+            if refused:
+                print(f"error: {len(refused)} of {len(jobs)} sweep points did not train:",
+                      *refused, sep="\n  ", file=sys.stderr)  # fmt: skip
+        if refused:
+            raise SystemExit(2)
         return returns
 
     @staticmethod
-    def _done(folders: list[Path]) -> int:
+    def _done(folders: dict[Path, list[int]]) -> int:
+        """The members of these run folders ({folder: seeds}) that are done: only the seeds
+        planned, so a folder with more members than this sweep asks for counts no more."""
         from bnlab.records import count_done
 
-        return sum(count_done(f) for f in folders if f.is_dir())
+        return sum(count_done(f, seeds) for f, seeds in folders.items() if f.is_dir())
 
-    def _report(self, folders: list[Path], before: int, stop: threading.Event) -> None:
+    def _report(self, folders: dict[Path, list[int]], before: int, stop: threading.Event) -> None:
         last = None
         while not stop.wait(self.progress_every):
             done = self._done(folders)
@@ -211,7 +242,7 @@ class BnlabSweeper(BasicSweeper):
                 self._print(folders, before, time.perf_counter() - self.t0)
                 last = done
 
-    def _print(self, folders: list[Path], before: int, elapsed: float, final=False) -> None:
+    def _print(self, folders: dict[Path, list[int]], before: int, elapsed: float, final=False):
         done, total = self._done(folders), self.members
         new = done - before
         eta = ""
@@ -222,6 +253,49 @@ class BnlabSweeper(BasicSweeper):
             f"sweep {word}: {done}/{total} members done ({before} skipped as already "
             f"done, {new} done since it started), {_fmt(elapsed)} elapsed{eta}"
         )
+
+
+# Kills every process started with ENV=PID once process PID is gone (its end of stdin closes):
+# a SIGKILLed sweep's joblib workers, including idle ones that never ran a job (those have no
+# watcher of their own: bnlab.cli starts it with a job) and so would keep the resource
+# trackers alive. Linux only (/proc).
+GUARD = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+sys.stdin.buffer.read()
+mark = f"{sys.argv[1]}={sys.argv[2]}".encode()
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if mark in f.read().split(b"\\0") and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def _guard_workers(env: str):
+    """Start the GUARD process for this process (whose pid is in os.environ[env])."""
+    import subprocess
+
+    cmd = [sys.executable, "-c", GUARD, env, os.environ[env]]
+    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+
+
+def _refused(result) -> bool:
+    """Whether a job refused to train (bad input, a resume refusal, a full disk: bnlab.cli
+    raises those as ConfigError), as opposed to crashing."""
+    from hydra.core.utils import JobStatus
+
+    from bnlab.config import ConfigError
+
+    return result.status == JobStatus.FAILED and isinstance(result._return_value, ConfigError)
+
+
+def _refusal(result) -> str:
+    """One line: the point (its overrides, without the run folder bnlab added) and why."""
+    point = " ".join(o for o in result.overrides if not o.startswith("hydra.sweep.subdir="))
+    return f"{point}: {result._return_value}"
 
 
 def _outside(sweep: str, sub: str) -> str | None:
