@@ -627,6 +627,14 @@ def _validate_engine(rc: RunConfig) -> None:
             f"model.residual=true skips hidden blocks whose input and output widths are equal; "
             f"model.widths={list(m.widths)} has none: use equal widths, e.g. [100,100,100]"
         )
+    if m.norm != "none" and NORMS[m.norm].jacobian is None and rc.probes.jacobian.every:
+        cls = NORMS[m.norm].__name__
+        raise ConfigError(
+            f"model.norm={m.norm} with probes.jacobian.every={rc.probes.jacobian.every}: "
+            f"{cls} declares no Jacobian rule; set probes.jacobian.every=0, or declare it in "
+            f'{cls}: jacobian = "not_diagonal" (the probe records no Jacobian, as for layer '
+            'norm) or "diagonal" with a jacobian_diagonal(x) method (bnlab.layers.Layer)'
+        )
     if m.residual and rc.probes.jacobian.every:
         raise ConfigError(
             f"probes.jacobian.every={rc.probes.jacobian.every}: the Jacobian probe has no rule "

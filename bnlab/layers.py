@@ -94,9 +94,19 @@ class Layer(nn.Module):
     `state` names the attributes, besides parameters and buffers, that a training-mode forward
     changes (counters, accumulators): probes save and restore them around their extra passes,
     so that probing never steers training (a test checks every registered layer declares all).
+
+    What the probes need to know about a layer, it declares (the probes keep no lists of
+    classes): `affine`, the names of its gamma and beta (the parameters of a per-unit affine
+    map y = gamma * xhat + beta; gamma alone is allowed), which the weight and gradient probes
+    report; `jacobian`, what its per-sample Jacobian is at evaluation, for the Jacobian probe:
+    "diagonal" (a per-unit map; `jacobian_diagonal(x)` gives its diagonal), "identity" (dropout,
+    noise) or "not_diagonal" (layer, group norm: the probe records no Jacobian). A norm that
+    leaves `jacobian` at None is refused by config validation while the probe is on.
     """
 
     state: tuple[str, ...] = ()
+    affine: tuple[str, ...] = ()
+    jacobian: str | None = None
 
     def __init__(self):
         super().__init__()
@@ -109,6 +119,15 @@ class Layer(nn.Module):
 
     def backward(self, dy: torch.Tensor) -> torch.Tensor:
         return self.autograd_backward(dy)
+
+    def affine_params(self) -> dict[str, torch.Tensor]:
+        """The declared affine parameters by role: {'gamma': ..., 'beta': ...}."""
+        return {role: getattr(self, n) for role, n in zip(("gamma", "beta"), self.affine)}
+
+    def jacobian_diagonal(self, x: torch.Tensor) -> torch.Tensor:
+        """For jacobian = "diagonal": the diagonal of the per-sample Jacobian at evaluation at
+        input x (K, N, C), broadcastable to (K, N, C)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no jacobian_diagonal")
 
     def autograd_forward(self, x: torch.Tensor, need_dx: bool = True) -> torch.Tensor:
         """forward(x) with autograd recording its graph in training mode, for
@@ -184,6 +203,8 @@ class Linear(Layer):
 class Dropout(Layer):
     """Inverted dropout with one random stream per member (set `generators` before training)."""
 
+    jacobian = "identity"  # at evaluation
+
     def __init__(self, p: float):
         super().__init__()
         self.p = p
@@ -205,6 +226,8 @@ class Dropout(Layer):
 class Activation(Layer):
     """An activation of the ACTIVATIONS table; its backward is the table's, or autograd's."""
 
+    jacobian = "diagonal"
+
     def __init__(self, name: str):
         super().__init__()
         self.name, self.spec = name, ACTIVATIONS[name]
@@ -221,6 +244,9 @@ class Activation(Layer):
 
     def backward(self, dy: torch.Tensor) -> torch.Tensor:
         return self.spec.backward(dy, self.saved["x"], self.saved["y"])
+
+    def jacobian_diagonal(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spec.derivative(x)
 
     def extra_repr(self) -> str:
         return self.name

@@ -68,6 +68,8 @@ class BatchStatNorm(Layer):
     block_backward for ghost BN, `group` > 0)."""
 
     state = ("batches_seen",)
+    affine = ("weight", "bias")
+    jacobian = "diagonal"  # a per-unit affine map at evaluation
 
     @classmethod
     def build(cls, cfg: ModelConfig, members: int, width: int) -> BatchStatNorm:
@@ -119,6 +121,16 @@ class BatchStatNorm(Layer):
         else:
             mean, std = self.running_moments()
         return (x - _col(mean)) * _col(self.weight / std) + _col(self.bias)
+
+    def jacobian_diagonal(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-unit multiplier at evaluation, gamma / std, (K, 1, C)."""
+        if self.eval_stats == "batch":
+            std = (x.var(1, unbiased=False) + self.eps).sqrt()
+        elif self.eval_stats == "population":
+            std = (self.population_var + self.eps).sqrt()
+        else:
+            std = self.running_moments()[1]
+        return (self.weight / std).unsqueeze(1)
 
     def train_forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -393,6 +405,8 @@ class Noise(Layer):
     s_ij ~ N(sigma_j, j) (a=0.5, lo=1, hi=1.25, j=0.1). Identity at evaluation. One random
     stream per member (set `generators`)."""
 
+    jacobian = "identity"  # at evaluation
+
     @classmethod
     def build(cls, cfg, members, width):
         return cls(cfg.noise)
@@ -448,6 +462,9 @@ class LayerNorm(Layer):
     """Layer normalization: each example normalised over its units, then per-unit gamma, beta.
     Independent of the other examples in the batch, in training and at evaluation alike."""
 
+    affine = ("weight", "bias")
+    jacobian = "not_diagonal"  # every unit depends on all units of its example
+
     @classmethod
     def build(cls, cfg, members, width):
         return cls(members, width, cfg.bn_eps)
@@ -486,7 +503,7 @@ class GroupNorm(LayerNorm):
     consecutive units, each group normalised over its own units (layer norm within a group),
     then per-unit gamma, beta. groups=1 is layer norm; groups=width normalises every unit
     alone (the instance-norm limit: in an MLP a unit has one value per example, so the output
-    is beta). A subclass of LayerNorm: the probes treat it as layer norm (gamma and beta are
+    is beta). A subclass of LayerNorm: its declarations are layer norm's (gamma and beta are
     reported; not a per-unit map at evaluation, so no Jacobian)."""
 
     @classmethod

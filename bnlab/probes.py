@@ -25,14 +25,12 @@ import torch
 
 from . import records
 from .config import PROBES
-from .layers import Activation, Dropout, Layer, Linear
+from .layers import Activation, Layer, Linear
 from .loss import loss_and_grad, member_losses
 from .model import scale_invariant_linears
 from .modelstate import capture, linears, norms, restore  # noqa: F401 (also for callers)
 from .norms import (
     BatchStatNorm,
-    LayerNorm,
-    Noise,
     ScratchBatchNorm,
     bn_forward,
     ghost_join,
@@ -58,12 +56,16 @@ def weight_stats(model) -> list:
             ("train", "w_fro", name, w.flatten(1).norm(dim=1)),
             ("train", "w_spec", name, spectral_norm(w)),
         ]
-    for name, layer in norms(model, (BatchStatNorm, LayerNorm)):
-        out += [
-            ("train", "gamma_norm", name, layer.weight.norm(dim=1)),
-            ("train", "beta_norm", name, layer.bias.norm(dim=1)),
-        ]
+    for name, params in affine_layers(model):
+        out += [("train", f"{role}_norm", name, p.norm(dim=1)) for role, p in params.items()]
     return out
+
+
+def affine_layers(model) -> list[tuple[str, dict[str, torch.Tensor]]]:
+    """(name, {'gamma': ..., 'beta': ...}) of every layer that declares affine parameters
+    (Layer.affine: the norms' gamma and beta), in forward order."""
+    layers = [(n, getattr(model, n)) for n in model.order]
+    return [(n, layer.affine_params()) for n, layer in layers if layer.affine]
 
 
 def spectral_norm(w: torch.Tensor) -> torch.Tensor:
@@ -111,10 +113,10 @@ def grad_stats(model, reduction: str = "sum") -> list:
             ("train", "grad_fro", name, fro),
             ("train", "grad_rel", name, fro / w.flatten(1).norm(dim=1)),
         ]
-    for name, layer in norms(model, (BatchStatNorm, LayerNorm)):
-        dy = layer.saved.get("dy")
+    for name, params in affine_layers(model):
+        dy = getattr(model, name).saved.get("dy")
         if dy is not None:
-            dxhat = dy * layer.weight.unsqueeze(1)
+            dxhat = dy * params["gamma"].unsqueeze(1)
             out.append(("train", "grad_xhat_norm", name, dxhat.flatten(1).norm(dim=1)))
     return out
 
@@ -296,23 +298,13 @@ def train_mode_moments(model, x: torch.Tensor) -> dict:
 
 
 # --------------------------------------------------------------------------- 7. Jacobians
-def _eval_scale(layer: BatchStatNorm, x: torch.Tensor) -> torch.Tensor:
-    """The per-unit multiplier of a batch-statistics norm at evaluation, (K, C)."""
-    if layer.eval_stats == "batch":
-        std = (x.var(1, unbiased=False) + layer.eps).sqrt()
-    elif layer.eval_stats == "population":
-        std = (layer.population_var + layer.eps).sqrt()
-    else:
-        std = layer.running_moments()[1]
-    return layer.weight / std
-
-
 @torch.no_grad()
 def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) -> list:
     """Per hidden block l, the diagonal d_l (K, N, C) with J_l = diag(d_l) W_l for each
     sample: act'(pre-activation) times the norm layer's per-unit scale (BN at
-    evaluation is a per-unit affine map). None for a block whose norm is not per-unit (layer
-    norm).
+    evaluation is a per-unit affine map), each layer's diagonal as it declares
+    (Layer.jacobian, Layer.jacobian_diagonal). None for a block with a layer whose Jacobian
+    is not diagonal (layer, group norm).
 
     batch_sum=True gives instead the 2017 study's quantity: the Jacobian of the batch sum of
     the block's outputs with respect to sample i's input, BN normalising with the batch's own
@@ -334,36 +326,31 @@ def layer_jacobian_diagonals(model, x: torch.Tensor, batch_sum: bool = False) ->
             if block is not None:
                 out.append((block, d))
             block, d, pending = name, torch.ones_like(record[name]), None
-        elif d is None:
+        elif d is None or layer.jacobian == "identity":  # identity: dropout, noise at eval
             continue
-        elif isinstance(layer, Activation):
-            grad = layer.spec.derivative(z)
-            if pending is not None:  # batch sum through BN before the activation
-                s, xhat = pending
-                corr = grad.mean(1, keepdim=True) + xhat * (grad * xhat).mean(1, keepdim=True)
-                d, pending = d * s * (grad - corr), None
-            else:
-                d = d * grad
-        elif isinstance(layer, BatchStatNorm):
-            s = _eval_scale(layer, z).unsqueeze(1)
-            if batch_sum:
-                xhat = (z - z.mean(1, keepdim=True)) / (
-                    z.var(1, False, keepdim=True) + layer.eps
-                ).sqrt()
-                nxt = model.order[model.order.index(name) + 1]
-                if isinstance(getattr(model, nxt), Activation):
-                    pending = s, xhat
-                else:
-                    d = torch.zeros_like(d)
-            else:
-                d = d * s
-        elif isinstance(layer, LayerNorm):
+        elif layer.jacobian == "not_diagonal":
             d = None
-        elif not isinstance(layer, (Dropout, Noise)):  # those two: the identity at evaluation
+        elif layer.jacobian != "diagonal":
             raise TypeError(
-                f"the Jacobian probe has no rule for layer {name} ({type(layer).__name__}); "
-                "add one to bnlab.probes.layer_jacobian_diagonals or set probes.jacobian.every=0"
+                f"the Jacobian probe has no rule for layer {name} ({type(layer).__name__}): "
+                "declare it in the class (Layer.jacobian) or set probes.jacobian.every=0"
             )
+        elif pending is not None:  # batch sum through BN before the activation
+            grad, (s, xhat) = layer.jacobian_diagonal(z), pending
+            corr = grad.mean(1, keepdim=True) + xhat * (grad * xhat).mean(1, keepdim=True)
+            d, pending = d * s * (grad - corr), None
+        elif batch_sum and isinstance(layer, BatchStatNorm):  # the 2017 study's BN quantity
+            s = layer.jacobian_diagonal(z)
+            xhat = (z - z.mean(1, keepdim=True)) / (
+                z.var(1, False, keepdim=True) + layer.eps
+            ).sqrt()
+            nxt = model.order[model.order.index(name) + 1]
+            if isinstance(getattr(model, nxt), Activation):
+                pending = s, xhat
+            else:
+                d = torch.zeros_like(d)
+        else:
+            d = d * layer.jacobian_diagonal(z)
     out.append((block, d))
     return out
 

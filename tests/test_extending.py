@@ -1,7 +1,8 @@
 """Extension points fail loudly or work correctly: the registries' tables, the autograd
-fallback for layers without a hand-written backward, the Jacobian probe's refusal of layers it
-has no rule for, declared layer state (probes never steer) and ensemble members that equal
-their solo runs for every structure the registries allow."""
+fallback for layers without a hand-written backward, what layers declare for the probes (their
+affine parameters, their Jacobian rule, or config's refusal of a norm that declares none),
+declared layer state (probes never steer) and ensemble members that equal their solo runs for
+every structure the registries allow."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from conftest import make_cfg, model_settings, synthetic_data
 from torch import nn
 
 from bnlab import layers, norms
+from bnlab.config import ConfigError
 from bnlab.data import Batches
 from bnlab.layers import ACTIVATIONS, ActivationFn, Layer
 from bnlab.loss import loss_and_grad, member_losses
 from bnlab.model import build_model
 from bnlab.optim import make_optimizer, train_step
-from bnlab.probes import capture, restore, singular_values
+from bnlab.probes import capture, grad_stats, restore, singular_values, weight_stats
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
@@ -88,7 +90,9 @@ def _check_fallback(over):
     expect_losses, expect = _autograd_reference(reference, x, y)
     torch.testing.assert_close(losses, expect_losses)
     for name, g in grads.items():
-        torch.testing.assert_close(g, expect[name], rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            g, expect[name], rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
     return explicit
 
 
@@ -101,7 +105,7 @@ def test_an_activation_without_backward_trains_with_autograds_gradient(monkeypat
 
 def test_a_norm_without_backward_trains_with_autograds_gradient(monkeypatch):
     monkeypatch.setitem(norms.NORMS, "rms", RMSNorm)
-    _check_fallback(["model.norm=rms", "model.activation=tanh"])
+    _check_fallback(["model.norm=rms", "model.activation=tanh", "probes.jacobian.every=0"])
 
 
 @pytest.mark.parametrize("over", [["model.norm=batch"], ["model.norm=noisy_batch"], []])
@@ -117,14 +121,55 @@ def test_every_layer_on_autograd_equals_the_explicit_backward(over):
     b, gb = _explicit(slow, x, y)
     torch.testing.assert_close(a, b)
     for name in ga:
-        torch.testing.assert_close(ga[name], gb[name], rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            ga[name], gb[name], rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
 
 
-def test_the_jacobian_probe_refuses_a_layer_it_has_no_rule_for(monkeypatch):
+def test_a_norm_that_declares_no_jacobian_rule_is_refused_while_the_probe_is_on(monkeypatch):
     monkeypatch.setitem(norms.NORMS, "rms", RMSNorm)
-    model = build_model(make_cfg("model.norm=rms").model, [0])
+    with pytest.raises(ConfigError) as e:
+        make_cfg("model.norm=rms", "probes.jacobian.every=100")
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in ("model.norm=rms", "probes.jacobian.every=100", "probes.jacobian.every=0"):
+        assert part in msg
+    assert 'jacobian = "not_diagonal"' in msg and "jacobian_diagonal" in msg
+    model = build_model(make_cfg("model.norm=rms", "probes.jacobian.every=0").model, [0])
     with pytest.raises(TypeError, match=r"no rule for layer bn1 \(RMSNorm\)"):
-        singular_values(model, torch.rand(4, 784))
+        singular_values(model, torch.rand(4, 784))  # called directly, past validation
+
+
+class DeclaredRMSNorm(RMSNorm):
+    affine = ("weight",)  # gamma only
+    jacobian = "not_diagonal"  # every unit depends on all units of its example
+
+
+def test_a_norms_declarations_reach_the_probes(monkeypatch):
+    """Its gamma is reported by the weight and gradient probes, and the Jacobian probe skips a
+    norm whose Jacobian is not diagonal, as it does layer norm."""
+    monkeypatch.setitem(norms.NORMS, "rms", DeclaredRMSNorm)
+    cfg = make_cfg("model.norm=rms", "model.widths=[24,16]", "probes.jacobian.every=1")
+    model = build_model(cfg.model, [0, 1])
+    x, y = torch.rand(2, 8, 784), torch.randint(0, 10, (2, 8))
+    model.train()
+    train_step(model, make_optimizer(cfg.optim, model), x, y, None, "sum")
+    rows = {(m, layer): v for _, m, layer, v in weight_stats(model) + grad_stats(model)}
+    torch.testing.assert_close(rows["gamma_norm", "bn2"], model.bn2.weight.norm(dim=1))
+    assert ("grad_xhat_norm", "bn1") in rows and ("beta_norm", "bn1") not in rows
+    assert singular_values(model.eval(), torch.rand(4, 784)) == {}
+
+
+@pytest.mark.parametrize("norm", list(norms.NORMS))
+def test_every_registered_norm_declares_its_affine_parameters_and_jacobian_rule(norm):
+    """Nothing reaches the probes by a list of classes: a norm with parameters names them as
+    gamma and beta, and every norm says what its Jacobian is (layer and group norm: not
+    diagonal, so the probe records none and runs with them by default)."""
+    layer = norms.NORMS[norm].build(make_cfg(f"model.norm={norm}").model, 2, 6)
+    params = {n for n, _ in layer.named_parameters()}
+    assert set(layer.affine) <= params and bool(layer.affine) == bool(params)
+    assert layer.jacobian in ("diagonal", "identity", "not_diagonal")
+    make_cfg(f"model.norm={norm}", "probes.jacobian.every=100")  # accepted
 
 
 @pytest.mark.parametrize("norm", list(norms.NORMS))
@@ -187,16 +232,17 @@ def test_ensemble_member_equals_its_solo_model(over):
     solo = models[1].state_dict()
     for name, t in models[3].state_dict().items():
         if t.dim():
-            torch.testing.assert_close(t[1:2], solo[name], rtol=1e-5, atol=1e-6, msg=name)
+            torch.testing.assert_close(
+                t[1:2], solo[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}"
+            )
 
 
 def test_registries_name_what_config_validation_allows():
-    from bnlab.config import ConfigError
-
     for name in ACTIVATIONS:
         make_cfg(f"model.activation={name}")
     for name in norms.NORMS:
         make_cfg(f"model.norm={name}")
-    with pytest.raises(ConfigError, match="model.activation='gelu' is not allowed"):
-        make_cfg("model.activation=gelu")
+    unknown = "_".join(ACTIVATIONS)  # longer than any registered name
+    with pytest.raises(ConfigError, match=f"model.activation='{unknown}' is not allowed"):
+        make_cfg(f"model.activation={unknown}")
     assert layers.ACTIVATIONS is ACTIVATIONS

@@ -172,7 +172,9 @@ def test_model_explicit_backward_equals_autograd(norm):
     torch.testing.assert_close(losses, expect_losses.detach(), rtol=1e-12, atol=1e-12)
     autos = dict(auto.named_parameters())
     for name, p in manual.named_parameters():
-        torch.testing.assert_close(p.grad, autos[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            p.grad, autos[name].grad, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
     for name, b in manual.named_buffers():
         torch.testing.assert_close(b, dict(auto.named_buffers())[name])
 

@@ -67,7 +67,7 @@ def test_a_scheduled_run_trains_as_torch_optim_with_its_scheduler(tmp_path, name
         train_step(ref, opt, x, y, None, cfg.train.loss)
         sched.step()
     for (name_, a), b in zip(ours.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name_)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name_: f"{n}: {m}")
 
 
 def test_the_weights_feeding_bn_take_their_own_learning_rate():
@@ -95,7 +95,9 @@ def test_the_weights_feeding_bn_take_their_own_learning_rate():
             train_step(ours, opt, x, y, None, "mean", weight_grads=False)
             train_step(ref, ref_opt, x, y, None, "mean")
         for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+            torch.testing.assert_close(
+                a, b, rtol=1e-12, atol=1e-14, msg=lambda m, n=name: f"{n}: {m}"
+            )
         set_lr(opt, 0.1)  # the base rate, times each group's own multiplier
         assert [g["lr"] for g in opt.param_groups] == ([0.1] if momentum == 0 else [0.1, 0.9])
 

@@ -185,7 +185,9 @@ def test_explicit_backward_equals_autograd(over):
     expect_losses, expect = _autograd_grads(auto_model, x, y, cfg.train.loss)
     torch.testing.assert_close(losses, expect_losses, rtol=1e-12, atol=1e-12)
     for name, p in manual_model.named_parameters():
-        torch.testing.assert_close(p.grad, expect[name], rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            p.grad, expect[name], rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
     for name, b in manual_model.named_buffers():
         torch.testing.assert_close(b, dict(auto_model.named_buffers())[name])
 

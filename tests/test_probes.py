@@ -10,7 +10,7 @@ from conftest import make_cfg, model_settings, synthetic_data
 from bnlab.config import PROBES
 from bnlab.loss import loss_and_grad, member_losses
 from bnlab.model import build_model
-from bnlab.norms import BATCH_STAT_NORMS, NORMS, LayerNorm
+from bnlab.norms import BATCH_STAT_NORMS, NORMS
 from bnlab.optim import make_optimizer
 from bnlab.probes import (
     JAC_BINS,
@@ -93,8 +93,8 @@ def test_analytic_jacobian_singular_values_equal_jacrev(over):
     model.eval()
     x = torch.rand(2, 784, dtype=torch.float64)
     sv = singular_values(model, x)
-    if cfg.model.norm != "none" and issubclass(NORMS[cfg.model.norm], LayerNorm):
-        assert sv == {}  # per-example statistics: no per-unit Jacobian rule
+    if cfg.model.norm != "none" and NORMS[cfg.model.norm].jacobian == "not_diagonal":
+        assert sv == {}  # per-example statistics (layer, group norm): no per-unit rule
         return
     order = model.order
 
@@ -619,7 +619,7 @@ def test_every_probe_runs_on_every_norm_setting(tmp_path, norm):
     batch_stats = norm in BATCH_STAT_NORMS
     assert ("curv_lambda_w_scaled" in metrics) == batch_stats  # bias-free fc feeding BN
     assert ("var_shift" in metrics) == batch_stats  # mismatch only where BN statistics exist
-    per_example = norm != "none" and issubclass(NORMS[norm], LayerNorm)  # layer, group norm
+    per_example = norm != "none" and NORMS[norm].jacobian == "not_diagonal"  # layer, group
     assert ("jac_s_mean" in metrics) == (not per_example)  # no per-unit Jacobian rule
     assert ("jac_batchstat_s_mean" in metrics) == batch_stats
     values = hist[~hist["metric"].str.endswith("log10_cond")]["value"]  # may be all-tiny: NaN

@@ -71,7 +71,9 @@ def test_explicit_backward_equals_autograd(over):
         expect_losses.sum().backward()
     torch.testing.assert_close(losses, expect_losses.detach(), rtol=1e-12, atol=1e-12)
     for (name, p), q in zip(manual.named_parameters(), auto.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(
+            p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
     if "model.residual_scale=zero_init" in over:
         assert manual.res2.alpha.grad.abs().min() > 0
 

@@ -59,6 +59,8 @@ def test_resume_refusals_in_a_sweep_are_one_line_per_point(mnist_root, tmp_path,
         assert "train.steps: 20 -> 30" in line and "train.resume=false" in line
     assert "hydra.sweep.subdir" not in out.stderr and "Error executing job" not in out.stderr
     assert (sweep / "layer" / "seed0" / "summary.json").exists()
+    # the refused folders' members (another config's) are not counted as this sweep's
+    assert "sweep finished: 1/1 members done (0 skipped as already done, 1 done" in out.stdout
 
 
 def test_progress_counts_only_the_members_this_sweep_asks_for(mnist_root, tmp_path):

@@ -72,7 +72,9 @@ def test_ensemble_member_equals_its_solo_run(mnist, tmp_path, over):
     for name, p_ens in ens_model.state_dict().items():
         p_solo = solo_state[name]
         if p_ens.dim():
-            torch.testing.assert_close(p_ens[1:2], p_solo, rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(
+                p_ens[1:2], p_solo, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}"
+            )
 
 
 def test_zero_steps_leave_weights_and_statistics_unchanged(tmp_path):
@@ -117,7 +119,7 @@ def test_sgd_with_the_update_fused_into_the_gradient_product_equals_torch_optim(
                 torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-10, atol=1e-13)
     for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
         assert not torch.equal(a, start[name]), name
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15, msg=lambda m, n=name: f"{n}: {m}")
     momentum = make_cfg("optim.momentum=0.9").optim
     assert isinstance(make_optimizer(momentum, ours), torch.optim.SGD)
 

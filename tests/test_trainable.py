@@ -55,7 +55,9 @@ def test_frozen_parameters_stay_and_the_rest_train_as_torch_optim(trainable, opt
             assert torch.equal(a, init[name]), name
         else:
             assert not torch.equal(a, init[name]), name
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+            torch.testing.assert_close(
+                a, b, rtol=1e-10, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+            )
 
 
 def test_norm_only_trains_exactly_the_norms_gamma_and_beta():

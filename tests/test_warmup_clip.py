@@ -76,7 +76,7 @@ def test_a_warmed_up_run_trains_as_torch_optim_with_its_schedulers(tmp_path, sch
         train_step(ref, opt, x, y, None, cfg.train.loss)
         sched.step()
     for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
 @pytest.mark.parametrize("optim", [["optim=sgd"], ["optim=sgd", "optim.momentum=0.9"],
@@ -121,7 +121,7 @@ def test_clipping_equals_clip_grad_norm_per_member_on_an_autograd_copy(optim, cl
                 p.grad[k] = leaf.grad
         ref_opt.step()
     for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
     assert bool(clipped) == (clip < 1e6) and bool(kept) == (clip > 1)
 
 

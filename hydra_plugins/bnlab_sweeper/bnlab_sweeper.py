@@ -196,19 +196,21 @@ class BnlabSweeper(BasicSweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         self.members = sum(len(seeds) for seeds in folders.values())
         BnlabSweeper.planned = folders
-        before, self.t0 = self._done(folders), time.perf_counter()
+        before_by = {f: self._done({f: seeds}) for f, seeds in folders.items()}
+        before, self.t0 = sum(before_by.values()), time.perf_counter()
         stop = threading.Event()
         watcher = threading.Thread(target=self._report, args=(folders, before, stop), daemon=True)
         watcher.start()
         joblib = "joblib" in str(launcher.get("_target_", ""))
         guard = _guard_workers(PARENT_ENV) if joblib and os.path.isdir("/proc") else None
         size = self.max_batch_size or len(jobs)
-        returns, refused = [], []  # refused: a line per point that refused to train
+        returns, refused, gone = [], [], set()  # a line, and the folder, per refused point
         try:
             for i in range(0, len(jobs), size):
                 batch = [j["overrides"] for j in jobs[i : i + size]]
                 results = self.launcher.launch(batch, initial_job_idx=i)
                 refused += [_refusal(r) for r in results if _refused(r)]
+                gone |= {j["folder"] for j, r in zip(jobs[i : i + size], results) if _refused(r)}
                 for r in results:
                     _ = r if _refused(r) else r.return_value  # raises if the job crashed
                 returns.append(results)
@@ -218,7 +220,10 @@ class BnlabSweeper(BasicSweeper):
                 guard.wait()
             stop.set()
             watcher.join()
-            self._print(folders, before, time.perf_counter() - self.t0, final=True)
+            kept = {f: seeds for f, seeds in folders.items() if f not in gone}  # refused: not ours
+            self.members = sum(len(seeds) for seeds in kept.values())
+            before = sum(before_by[f] for f in kept)
+            self._print(kept, before, time.perf_counter() - self.t0, final=True)
             if refused:
                 print(f"error: {len(refused)} of {len(jobs)} sweep points did not train:",
                       *refused, sep="\n  ", file=sys.stderr)  # fmt: skip
