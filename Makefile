@@ -46,7 +46,7 @@ test-fast: $(BIN)/.installed-dev
 
 # the whole suite, keeping every test's time in docs/generated/test-durations.md
 test-durations: $(BIN)/.installed-dev
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations-file docs/generated/test-durations.md
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations-file=docs/generated/test-durations.md
 
 reproduce: $(BIN)/.installed
 	$(BIN)/bnlab reproduce

@@ -1,7 +1,7 @@
 """From command-line overrides to a validated RunConfig, in Python: `bnlab.compose`.
 
 `compose(["model.norm=batch", "optim=adam", "experiment=demo"])` composes bnlab's packaged
-configs (bnlab/conf/) with Hydra's compose API, exactly as `bnlab train` does with the same
+configs (configs/) with Hydra's compose API, exactly as `bnlab train` does with the same
 overrides (config groups and experiments included), and returns the RunConfig that
 `bnlab.run` takes. Hydra stays at this edge: nothing below it imports Hydra.
 
@@ -31,7 +31,8 @@ from .config import ConfigError, RunConfig, choices, load_config
 CONFIG_MODULE = "bnlab.conf"
 PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
 MIN_FREE_BYTES = 20 * 2**20  # a run's histories and model files need a few MB
-CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")  # the same configs, as a folder
+# the same configs, as a folder: configs/ in a checkout, configs/ in an installed package
+CONFIG_DIR = str(resources.files(CONFIG_MODULE))
 
 
 def groups() -> list[str]:

@@ -1,6 +1,6 @@
 """The run configuration: a typed schema, loading from OmegaConf, and validation.
 
-Hydra composes `bnlab/conf/config.yaml`; `load_config` merges the result into the dataclass
+Hydra composes `configs/config.yaml`; `load_config` merges the result into the dataclass
 schema below (refusing unknown keys and wrong types) and `validate` checks values. Every
 error names the field, the bad value and what is allowed, and is raised before any training.
 """
@@ -64,9 +64,9 @@ def default_data_root() -> str:
     return default_root()
 
 
-# Hydra resolves hydra.sweep.subdir with it (bnlab/conf/config.yaml), in every worker process.
+# Hydra resolves hydra.sweep.subdir with it (configs/config.yaml), in every worker process.
 OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
-# data.root's default in bnlab/conf/data/*.yaml
+# data.root's default in configs/data/*.yaml
 OmegaConf.register_new_resolver("bnlab_data_root", default_data_root, replace=True)
 
 

@@ -1,7 +1,7 @@
 """The registry of experiments: which sweep folder each one trains into and which figures it
 draws. `bnlab reproduce`, `bnlab tables`, `bnlab figures` and `bnlab claims` all ask it.
 
-An experiment is a config, bnlab/conf/experiment/NAME.yaml, whose sweep writes to
+An experiment is a config, configs/experiment/NAME.yaml, whose sweep writes to
 RESULTS/sweeps/SWEEP (the YAML's `hydra.sweep.dir`; a test keeps the two equal). Experiments
 that share a protocol share a sweep folder and so reuse each other's runs: the 2017 study's
 Fig. 4, Fig. 5, Fig. 1 and the ICS and landscape summaries are one set of runs.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Experiment:
-    name: str  # bnlab/conf/experiment/NAME.yaml
+    name: str  # configs/experiment/NAME.yaml
     sweep: str  # its sweep folder under RESULTS/sweeps
     figures: tuple[str, ...] = ()  # figures drawn from its runs (bnlab.figures.FIGURES)
     reproduce: bool = True  # part of `bnlab reproduce`

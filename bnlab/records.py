@@ -305,19 +305,27 @@ NOT_TRAINING = {"bench", "claims", "cli", "collect", "export", "figures", "livel
 
 @functools.cache
 def code_version() -> str:
-    """SHA-256 over the source of bnlab's training code (its modules but the reporting ones,
-    and the packaged configs), as this process loaded it: two runs with the same value ran
-    the same code, in a checkout or an installed package alike."""
+    """SHA-256 over the source of bnlab's training code (its modules but the reporting ones)
+    and its configs (configs/ in a checkout, bnlab/conf/ in an installed package), as this
+    process loaded them: two runs with the same value ran the same code, in a checkout or an
+    installed package alike."""
+    from importlib import resources
+
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
     for path in sorted(here.rglob("*")):
-        rel = path.relative_to(here).as_posix()
+        rel = Path(path.relative_to(here).as_posix())
         if (
-            path.suffix in (".py", ".yaml")
-            and "__pycache__" not in rel
-            and Path(rel).parts[0].removesuffix(".py") not in NOT_TRAINING
+            path.suffix == ".py"
+            and "__pycache__" not in rel.parts
+            and rel.parts[0] != "conf"  # hashed below, wherever it lives
+            and rel.parts[0].removesuffix(".py") not in NOT_TRAINING
         ):
-            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+            h.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    conf = Path(str(resources.files("bnlab.conf")))
+    for path in sorted(conf.rglob("*.yaml")):
+        h.update(b"conf/" + path.relative_to(conf).as_posix().encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
     return h.hexdigest()
 
 

@@ -10,7 +10,7 @@ they cannot go stale:
   protocol): each option with the comment at the top of its YAML file.
 - `<!-- bnlab:cli-reference -->` becomes the help of every `bnlab` command: the command table
   of bnlab/cli.py, each command's argparse help and `bnlab train --help` (Hydra's help,
-  rendered from bnlab/conf/hydra/help/bnlab.yaml).
+  rendered from configs/hydra/help/bnlab.yaml).
 - `<!-- bnlab:reproduction-times -->` becomes the table of results/tables/reproduction_times.csv
   (written by `bnlab reproduce`).
 
@@ -46,7 +46,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_SOURCE = REPO / "bnlab" / "config.py"
-HELP_CONFIG = REPO / "bnlab" / "conf" / "hydra" / "help" / "bnlab.yaml"
+HELP_CONFIG = REPO / "configs" / "hydra" / "help" / "bnlab.yaml"
 TIMES_CSV = REPO / "results" / "tables" / "reproduction_times.csv"
 MIRRORED = ("results/CLAIMS.md", "results/figures/*", "results/tables/*.csv")
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from bnlab.compose import CONFIG_DIR
 from bnlab.config import ConfigError, load_config
 
-EXPERIMENTS = sorted(p.stem for p in (REPO / "bnlab" / "conf" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("data", ["mnist", "mnist5k"])

@@ -76,7 +76,7 @@ def yaml_vs_schema(yaml_config: dict, schema_config: dict) -> list[str]:
 
 
 def test_yaml_defaults_equal_the_schema_defaults():
-    """bnlab/conf/config.yaml with its default groups (data/mnist.yaml, optim/sgd.yaml),
+    """configs/config.yaml with its default groups (data/mnist.yaml, optim/sgd.yaml),
     composed as `bnlab train` composes them, holds exactly the schema's keys and defaults."""
     composed = OmegaConf.to_container(compose_dict([]), resolve=False)
     problems = yaml_vs_schema(composed, to_dict(RunConfig()))

@@ -19,7 +19,7 @@ from bnlab.config import load_config
 from bnlab.experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, figures_of
 from bnlab.figures import FIGURES
 
-CONFIGS = REPO / "bnlab" / "conf"
+CONFIGS = REPO / "configs"
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 
 

@@ -54,9 +54,9 @@ def copy_of_bnlab(dest: Path) -> Path:
 
 
 def target(copy: Path, path: str) -> Path:
-    """The file a marker names, in the copy; bnlab/conf/... wherever the configs live."""
-    if path.startswith("bnlab/conf/"):
-        return copy / CONF.relative_to(ROOT) / path.removeprefix("bnlab/conf/")
+    """The file a marker names, in the copy; configs/... wherever the configs live."""
+    if path.startswith("configs/"):
+        return copy / CONF.relative_to(ROOT) / path.removeprefix("configs/")
     return copy / path
 
 

@@ -19,19 +19,21 @@ from conftest import REPO
 
 def test_every_folder_of_the_package_is_declared():
     """setuptools warns at length (about 380 lines on `pip install -e .`) about each folder of
-    data files (the configs) that is not a declared package, and leaves out code folders."""
-    from setuptools import find_namespace_packages
-
+    data files (the configs) that is not a declared package, and leaves out code folders. The
+    configs live in configs/ and ship as bnlab.conf (a package-dir mapping)."""
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    found = set(find_namespace_packages(str(REPO), **find["find"]))
-    files = [*(REPO / "bnlab").rglob("*.yaml"), *(REPO / "bnlab").rglob("*.py")]
-    folders = {".".join(p.parent.relative_to(REPO).parts) for p in files}
-    folders = {f for f in folders if "__pycache__" not in f}
-    assert {"bnlab.conf.experiment", "bnlab.conf.hydra.launcher"} <= folders <= found, sorted(
-        folders - found
-    )
-    assert not [f for f in found if "pycache" in f or "egg" in f]
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setup["package-dir"] == {"bnlab.conf": "configs"}
+    declared = set(setup["packages"])
+    files = [p for d in ("bnlab", "configs", "hydra_plugins") for p in (REPO / d).rglob("*.*")]
+    folders = {
+        ".".join(p.parent.relative_to(REPO).parts).replace("configs", "bnlab.conf", 1)
+        for p in files
+        if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts
+    }
+    folders |= {f.rsplit(".", 1)[0] for f in folders if f.startswith("bnlab.conf.")}  # parents
+    assert {"bnlab.conf.experiment", "bnlab.conf.hydra.launcher"} <= folders
+    assert folders - {"hydra_plugins"} == declared, sorted(folders ^ declared)
 
 
 def _run(cmd, **kw):
@@ -46,14 +48,17 @@ def test_wheel_installs_and_trains_outside_the_checkout(tmp_path, mnist_root):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)
-    for name in ("bnlab", "hydra_plugins"):
+    for name in ("bnlab", "configs", "hydra_plugins"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
                   "-v", "-w", str(wheels), str(src)])  # fmt: skip
     assert "absent from the `packages` configuration" not in build.stdout + build.stderr
     wheel = next(wheels.glob("bnlab-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {p.relative_to(REPO).as_posix() for p in (REPO / "bnlab" / "conf").rglob("*.yaml")}
+    configs = {
+        "bnlab/conf/" + p.relative_to(REPO / "configs").as_posix()
+        for p in (REPO / "configs").rglob("*.yaml")
+    }
     assert configs and configs <= names  # every config ships, experiments included
     assert "hydra_plugins/bnlab_sweeper/bnlab_sweeper.py" in names
 

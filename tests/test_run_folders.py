@@ -91,7 +91,7 @@ def test_atomic_outputs_keep_the_old_file_when_a_write_fails(tmp_path):
 
 
 def test_folder_identity_keys_match_the_hydra_config():
-    with open(REPO / "bnlab" / "conf" / "config.yaml") as f:
+    with open(REPO / "configs" / "config.yaml") as f:
         exclude = yaml.safe_load(f)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
     assert set(exclude) == {"experiment", "seeds", *NOT_IDENTITY}
 

@@ -12,6 +12,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -292,7 +293,7 @@ def frequency_loss(classes: list[int] | None = None) -> float:
 
 def _train_classes(experiment: str) -> list[int] | None:
     """The digits the experiment trains on (data.train_classes of its config), None for all."""
-    path = Path(__file__).parents[1] / "conf" / "experiment" / f"{experiment}.yaml"
+    path = Path(str(resources.files("bnlab.conf"))) / "experiment" / f"{experiment}.yaml"
     if not path.exists():
         return None
     data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}

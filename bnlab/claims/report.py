@@ -64,7 +64,7 @@ STATIC_DIFFERENCES = """\
   fixed steps); a corrected companion (mean loss, equal epochs for every batch size) is
   reported next to it.
 - **Ioffe & Szegedy Fig. 1.** The paper does not state the optimiser, learning rate or weight
-  scale; bnlab's choice is in bnlab/conf/experiment/ioffe2015_fig1.yaml.
+  scale; bnlab's choice is in configs/experiment/ioffe2015_fig1.yaml.
 - **Out of scope:** "BN should not be used in RNNs": bnlab has no recurrent model."""
 
 

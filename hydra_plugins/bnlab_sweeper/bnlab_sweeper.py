@@ -1,4 +1,4 @@
-"""bnlab's Hydra sweeper (`hydra/sweeper=bnlab`, the default in bnlab/conf/config.yaml).
+"""bnlab's Hydra sweeper (`hydra/sweeper=bnlab`, the default in configs/config.yaml).
 
 Hydra's basic sweeper, plus what a long sweep needs. (It lives in the hydra_plugins
 namespace because Hydra loads plugins only from there; bnlab itself never imports Hydra.)
