@@ -16,7 +16,7 @@ from conftest import REPO
 from bnlab.cli import main as cli_main
 
 TABLES = REPO / "results" / "tables"
-SWEEP = REPO / "results" / "sweeps" / "santurkar2018_landscape_lr"
+SWEEP = "study_bias"  # a sweep the test trains (tiny), so a clean clone runs it too
 
 
 def _tmpfs(mount, size: str):
@@ -48,18 +48,20 @@ def _bnlab(*args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_claims_and_tables_on_a_full_disk_say_so_in_one_line(full_disk, tmp_path):
+def test_claims_and_tables_on_a_full_disk_say_so_in_one_line(full_disk, tmp_path, mnist_root):
     out = _bnlab("claims", "--results", str(full_disk))
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr == (
         f"error: {full_disk / 'CLAIMS.md'}: No space left on device; free some space, or give "
         "another folder (bnlab claims --help names the options)\n"
     )
-    (full_disk / "sweeps").symlink_to(tmp_path / "sweeps")  # the sweep is read, not written
-    shutil.copytree(SWEEP, tmp_path / "sweeps" / SWEEP.name)
-    out = _bnlab("tables", "--results", str(full_disk), SWEEP.name)
+    trained = tmp_path / "trained"
+    out = _bnlab("reproduce", "--tiny", "--only", SWEEP, "--results", str(trained))
+    assert out.returncode == 0, out.stderr
+    (full_disk / "sweeps").symlink_to(trained / "sweeps")  # the sweep is read, not written
+    out = _bnlab("tables", "--results", str(full_disk), SWEEP)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    table = full_disk / "tables" / f"{SWEEP.name}.csv"
+    table = full_disk / "tables" / f"{SWEEP}.csv"
     assert out.stderr.strip().splitlines() == [
         f"error: {table}: No space left on device; free some space, or give another folder "
         "(bnlab tables --help names the options)"
