@@ -7,6 +7,8 @@ and the commands the tests start read the same files."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,22 @@ def make_cfg(*overrides: str, root: Path | None = None) -> RunConfig:
     """A validated RunConfig from dotted overrides, e.g. make_cfg('model.norm=batch')."""
     base = [f"data.root={root or DATA_ROOT}", "data.download=false", "train.progress=false"]
     return load_config(OmegaConf.from_dotlist([*base, *overrides]))
+
+
+def run_bnlab(*args: str, root=None, cwd=REPO, env=None, timeout=300):
+    """`python -m bnlab ARGS` in a subprocess (on MNIST under `root` when given), its output
+    captured; Hydra's own traceback off, as a user sees it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", **(env or {})}
+    if root is not None:
+        env[DATA_ROOT_ENV] = str(root)
+    return subprocess.run(
+        [sys.executable, "-m", "bnlab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import time
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import run_bnlab as bnlab
 
 from bnlab import compose
 from bnlab.cli import COMMANDS, complete, sweep_refusal
@@ -28,18 +28,6 @@ SHORT = [
     "data.eval_train_size=1000",
     "train.eval_batch=2000",
 ]
-
-
-def bnlab(*args: str, root, cwd=REPO, env=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "bnlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_real_multirun_then_collect(mnist_root, tmp_path):

@@ -8,10 +8,9 @@ import errno
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_bnlab
 
 from bnlab.cli import main as cli_main
 
@@ -42,24 +41,19 @@ def full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
-def _bnlab(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bnlab", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-
-
 @pytest.mark.slow
 def test_claims_and_tables_on_a_full_disk_say_so_in_one_line(full_disk, tmp_path, mnist_root):
-    out = _bnlab("claims", "--results", str(full_disk))
+    out = run_bnlab("claims", "--results", str(full_disk))
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr == (
         f"error: {full_disk / 'CLAIMS.md'}: No space left on device; free some space, or give "
         "another folder (bnlab claims --help names the options)\n"
     )
     trained = tmp_path / "trained"
-    out = _bnlab("reproduce", "--tiny", "--only", SWEEP, "--results", str(trained))
+    out = run_bnlab("reproduce", "--tiny", "--only", SWEEP, "--results", str(trained))
     assert out.returncode == 0, out.stderr
     (full_disk / "sweeps").symlink_to(trained / "sweeps")  # the sweep is read, not written
-    out = _bnlab("tables", "--results", str(full_disk), SWEEP)
+    out = run_bnlab("tables", "--results", str(full_disk), SWEEP)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     table = full_disk / "tables" / f"{SWEEP}.csv"
     assert out.stderr.strip().splitlines() == [
@@ -88,7 +82,7 @@ def test_claims_into_a_read_only_folder_names_the_file_not_its_temporary(tmp_pat
     try:
         shutil.copytree(TABLES, mount / "tables")
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
-        out = _bnlab("claims", "--results", str(mount))
+        out = run_bnlab("claims", "--results", str(mount))
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
     assert out.returncode == 1 and out.stderr == (

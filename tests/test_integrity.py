@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, make_cfg, synthetic_data
+from conftest import run_bnlab as _bnlab
 
 from bnlab.collect import collect
 from bnlab.collect import main as collect_main
@@ -25,18 +26,6 @@ from bnlab.summary import main as summary_main
 from bnlab.train import ResumeError, run
 
 TINY = ["train.steps=20", "train.eval_every=10", "data.eval_train_size=100", "seeds=[0,1]"]
-
-
-def _bnlab(*args, root, cwd, env=None, timeout=300):
-    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "bnlab", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def _corrupt(runs: pd.DataFrame) -> dict:

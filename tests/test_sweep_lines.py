@@ -10,16 +10,14 @@ import sys
 import time
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_bnlab
 
 pytestmark = pytest.mark.slow
 TINY = ["train.eval_every=10", "data.eval_train_size=1000", "train.eval_batch=2000"]
 
 
 def bnlab(*args, root, timeout=300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "BNLAB_DATA_ROOT": str(root), "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "-m", "bnlab", "train", "-m", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return run_bnlab("train", "-m", *args, root=root, timeout=timeout)
 
 
 def test_joblib_with_zero_jobs_is_one_line_naming_the_fix(mnist_root, tmp_path):
