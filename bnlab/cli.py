@@ -129,6 +129,10 @@ def _die_with_parent() -> None:
         return
     if os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGKILL)
+    # Ctrl-C reaches the whole process group; the sweep handles it (it stops its workers and
+    # says how far it got), so a worker ignores it rather than print a traceback of its own
+    with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     if any(t.name == "bnlab-parent-watch" for t in threading.enumerate()):
         return
 
