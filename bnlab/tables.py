@@ -8,67 +8,12 @@ running statistics differ between members, from their model.pt files). A setting
 older member's config lacks counts as its default; one set to null (model.bn_momentum=null)
 is a value of its own, written as an empty cell.
 
-Measures (NaN where a member did not record what they need; a sweep whose runs had a probe
-on but recorded none of a metric the measures read is refused: a renamed metric must not
-turn a claim inconclusive):
-  gap                      final train accuracy - test accuracy
-  valid_acc, valid_loss    at the last evaluation on the held-out images (data.eval_holdout)
-  steps_to_T               first evaluated step with test accuracy >= T (T = 0.9, 0.95, 0.97);
-                           members that never reach it get steps_done + 1 and reached_T=False
-  w2_mean_abs_start/_final mean |W2| at step 0 / at the last probe (the 2017 study's Fig. 1)
-  grad1_mean_abs_1k        mean over steps 1-1000 of mean |dL/dW1| (Fig. 2)
-  jac_{s2_mean,frac_iso,log10_cond}_{fc1,fc2,hidden}   mean over probes after step 0
-  jac_spread_{fc1,fc2,hidden}  mean over probes of var(s^2)/mean(s^2)^2: the singular
-                           values' spread, separate from the gain mean(s^2) (jac_s2_mean)
-  curv_{lr_lambda,gHg,overshoot}_mean   mean over probes after step 0 of the curvature
-                           probe's lr x lambda_max, g'Hg/||g||^2 and overshoot D
-  curv_{lanczos_iters,residual}_max   the most Lanczos steps and the largest relative
-                           residual of any probe's top-eigenvalue estimate (the convergence)
-  curv_{...}_at_{0.3,0.1}  the same at the first evaluation with training-subset loss <= 0.3
-                           (0.1): arms compared at matched training loss
-  init_jac_{gain,spread}_hidden   the hidden layers' end-to-end Jacobian at step 0 as in
-                           training (BN with the batch's statistics): mean s^2 and
-                           var(s^2)/mean(s^2)^2; depth: the number of hidden layers
-  fit_step, test_loss_at_fit, test_acc_at_fit, gap_at_fit   at the first evaluation whose
-                           training-subset loss is <= FIT_LOSS (matched fit; NaN if never)
-  ics_grad_{rel,cos}_{fc2,fc3}, ics_{kl,mean_shift}_{fc2,fc3}   mean over probes after step 0
-  ics0_mean_shift_fc3_final                            drift of the layer-3 input since step 0
-  landscape_{beta,loss_range,grad_diff_max}[_early]    mean over probes (first quarter of the
-                           run for _early), along the gradient
-  var_shift_{bn1,bn2}_final                            dropout variance shift (Li et al.)
-  reorder_{acc,loss}_{sd,shift}, reorder_{mean,log_var}_ratio_{bn1,bn2}   the batch-order
-                           intervention (train.reorder, bnlab.reorder): SD across orders and
-                           mean over orders - own; running statistics' spread across orders
-  drift_prev_L, drift_prev_L_final, drift0_L_final     scale-free drift of the input of layer L
-                           (act1, act2: pre-activations; fc2, fc3) between consecutive probes
-                           (mean over probes after step 0; at the last probe) and since step 0
-                           (at the last probe); eval mode, test probe batch (activations probe)
-  drift_prev_L_at_X, drift0_L_at_X   the same at the first evaluation with training-subset loss
-                           <= X (0.3, 0.1): NaN unless that step is also an activations probe step
-  train_drift_...          all of the above from the ics_train probe: training mode (noise and
-                           BN batch statistics on), training probe batch
-  scale_ratio_{fc1,fc2}    (||W_T||^2 - ||W_0||^2) / sum_t lr^2 ||g_t||^2 at the last scale probe:
-                           1 where scale invariance makes the weights grow by the squared SGD
-                           steps alone (plain SGD only, else NaN; fc feeding BN without bias)
-  scale_growth_rel_{fc1,fc2}   (||W_T||^2 - ||W_0||^2) / ||W_0||^2 at the last scale probe
-  bn_log_gain_{bn1,bn2}_{start,final}   mean over units of log10(|gamma| / sqrt(var_B + eps)),
-                           batch statistics of the training probe batch, at step 0 / the last
-                           activations probe
-  grad_w_cos_abs_{fc1,fc2}, grad_w_cos_unit_abs_{fc1,fc2}   mean over grads probes after step
-                           0 of |cos(W, dL/dW)| over the layer, and of the mean over units of
-                           |cos(w_j, dL/dw_j)|: 0 under exact scale invariance
-  eff_lr_{fc1,fc2}_{half,final}, w_fro_{fc1,fc2}_{half,final}   effective learning rate
-                           lr/||w_j||^2 (mean over units) and ||W|| of the weights feeding BN,
-                           at the last probe at or before half the run, and at the end
-  angular_step_{fc1,fc2}_late   the weights feeding BN: mean over the probes of the run's last
-                           quarter of the angle (radians, mean over units) one step turns w_j
-  agrad_log_ratio_first, agrad_log_ratio_1k   log10 of the activation-space gradient (grad_z)
-                           at the first hidden layer over the last: at the first grads probe
-                           after step 0 (the initial weights' gradient when probes.grads.every
-                           is 1, as in yang2019_depth) and averaged over steps 1-1,000
-  shift_{acc,loss}_MODE_ENTRY   the covariate-shift evaluation (train.shifts, bnlab.shift)
-  equiv_max_rel_loss, equiv_max_acc, equiv_exact   where model.invariant_init_scale varies:
-                           each member against the unscaled member of its seed (equivalence)
+The measures are the registry TABLE below: each named Measure with its columns, what it reads
+(a probe's metrics, the evaluation history), its definition and the function that computes it
+from the members' histories; docs/measures.md lists them, generated from it. A measure is NaN
+where a member did not record what it needs; a sweep whose runs had a probe on but recorded
+none of a metric the measures read is refused: a renamed metric must not turn a claim
+inconclusive.
 """
 
 from __future__ import annotations
@@ -76,7 +21,10 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -327,7 +275,7 @@ def _varies(values: pd.Series) -> bool:
 
 
 def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
-    """One row per member of `runs`: varying settings, results and the measures above. A
+    """One row per member of `runs`: varying settings, results and the measures of TABLE. A
     setting missing from an older member's config counts as its default (as resume reads it),
     so a new setting varies against the members trained before it existed; one its config
     sets to null (runs' null_settings) stays null, a value of its own (empty in the CSV)."""
@@ -340,100 +288,14 @@ def measures(runs: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     varying = [c for c in runs.columns if "." in c and c != "data.root" and _varies(runs[c])]
     config = list(dict.fromkeys([c for c in ALWAYS if c in runs] + varying))
     modes = [c for c in runs.columns if c.startswith(("test_acc_", "test_loss_"))]
-    out = runs[["run", "seed", *config, *RESULT_COLUMNS, *modes]].copy()
-    out["gap"] = out["train_acc"] - out["test_acc"]
-    out = out.set_index(["run", "seed"])
-    h = history
-    acc = h[(h["metric"] == "acc") & (h["split"] == "test") & (h["layer"] == "")]
-    for t in TARGETS:
-        first = acc[acc["value"] >= t].groupby(["run", "seed"])["step"].min()
-        out[f"reached_{t}"] = first.reindex(out.index).notna()
-        out[f"steps_to_{t}"] = first.reindex(out.index).fillna(out["steps_done"] + 1)
+    out = runs[["run", "seed", *config, *RESULT_COLUMNS, *modes]].set_index(["run", "seed"])
+    inputs = Inputs(history, out, runs.set_index(["run", "seed"]))
     cols = {
-        "valid_acc": _at(h, "acc", "", "valid", last=True),
-        "valid_loss": _at(h, "loss", "", "valid", last=True),
-        "w2_mean_abs_start": _at(h, "w_mean_abs", "fc2", "train", last=False),
-        "w2_mean_abs_final": _at(h, "w_mean_abs", "fc2", "train", last=True),
-        "grad1_mean_abs_1k": _mean_over_probes(h, "grad_mean_abs", "fc1", "train", upto=1000),
-        "ics0_mean_shift_fc3_final": _at(h, "ics0_mean_shift", "fc3", "test", last=True),
+        name: values.reindex(out.index)
+        for measure, name, values in measure_columns(inputs)
+        if measure.always or len(values)
     }
-    for stat in ("s2_mean", "frac_iso", "log10_cond"):
-        for layer in ("fc1", "fc2", "hidden"):
-            cols[f"jac_{stat}_{layer}"] = _mean_over_probes(h, f"jac_{stat}", layer, "test")
-    for layer in ("fc1", "fc2", "hidden"):
-        cols[f"jac_spread_{layer}"] = _spread_over_probes(h, layer)
-    for name, series in _at_fit(h, FIT_LOSS).items():  # NaN for members that never fit
-        out[name] = series.reindex(out.index).astype(float)
-    init = init_jacobian(h)
-    for name in ("gain", "spread"):
-        if name in init:
-            cols[f"init_jac_{name}_hidden"] = init[name]
-    if "model.widths" in runs:
-        out["depth"] = [len(widths_of(w)) for w in runs["model.widths"]]
-    for metric in LANCZOS:  # how far each top-eigenvalue estimate went, at worst
-        cols[f"{metric}_max"] = _mean_over_probes(h, metric, "all", "train", stat="max")
-    for metric, layer in CURVATURE:
-        cols[f"{metric}_mean"] = _mean_over_probes(h, metric, layer, "train")
-        for loss in MATCHED_LOSS:
-            cols[f"{metric}_at_{loss:g}"] = _at_loss(h, metric, layer, loss)
-    for layer in ("fc2", "fc3"):
-        for m in ("rel", "cos"):
-            cols[f"ics_grad_{m}_{layer}"] = _mean_over_probes(h, f"ics_grad_{m}", layer, "train")
-        for m in ("kl", "mean_shift"):
-            cols[f"ics_{m}_{layer}"] = _mean_over_probes(h, f"ics_{m}", layer, "test")
-    for layer in ("bn1", "bn2"):
-        cols[f"var_shift_{layer}_final"] = _at(h, "var_shift", layer, "train", last=True)
-        for stat in ("mean", "log_var"):  # train.reorder
-            name = f"reorder_{stat}_ratio"
-            cols[f"{name}_{layer}"] = _at(h, name, layer, "test", last=True)
-    for m in ("acc_sd", "acc_shift", "loss_sd", "loss_shift"):
-        cols[f"reorder_{m}"] = _at(h, f"reorder_{m}", "", "test", last=True)
-    fits = {loss: _fit_steps(h, loss) for loss in MATCHED_LOSS}
-    for prefix, split in DRIFTS:
-        if f"{prefix}_prev" not in set(h["metric"]):
-            continue  # not recorded (an older sweep, or ics_train off): no columns of NaN
-        prev, since0 = f"{prefix}_prev", f"{prefix}0"
-        for layer in DRIFT_LAYERS:
-            cols[f"{prev}_{layer}"] = _mean_over_probes(h, prev, layer, split)
-            cols[f"{prev}_{layer}_final"] = _at(h, prev, layer, split, last=True)
-            cols[f"{since0}_{layer}_final"] = _at(h, since0, layer, split, last=True)
-            for loss, steps in fits.items():
-                for m in (prev, since0):
-                    cols[f"{m}_{layer}_at_{loss:g}"] = _at_steps(h, steps, m, layer, split)
-    done = runs["steps_done"].dropna()  # none where every member is corrupt or unfinished
-    quarter = (done.max() if len(done) else 0) / 4
-    for suffix, upto in (("", None), ("_early", quarter)):
-        lmax = _mean_over_probes(h, "landscape_loss_max", "grad", "train", upto)
-        lmin = _mean_over_probes(h, "landscape_loss_min", "grad", "train", upto)
-        cols[f"landscape_loss_range{suffix}"] = lmax - lmin
-        for m in ("beta", "grad_diff_max"):
-            cols[f"landscape_{m}{suffix}"] = _mean_over_probes(
-                h, f"landscape_{m}", "grad", "train", upto
-            )
-    for layer in ("fc1", "fc2"):  # scale invariance of the weights feeding BN
-        cols[f"scale_ratio_{layer}"] = _at(h, "scale_ratio", layer, "train", last=True)
-        cols[f"scale_growth_rel_{layer}"] = _at(h, "scale_w2_growth_rel", layer, "train", True)
-        cos = _mean_over_probes(h, "grad_w_cos", layer, "train", absolute=True)
-        cols[f"grad_w_cos_abs_{layer}"] = cos
-        unit = "grad_w_cos_unit_abs"  # already |.| per unit, averaged over units
-        cols[f"{unit}_{layer}"] = _mean_over_probes(h, unit, layer, "train")
-    for layer in ("bn1", "bn2"):
-        for suffix, last in (("start", False), ("final", True)):
-            cols[f"bn_log_gain_{layer}_{suffix}"] = _at(h, "bn_log_gain", layer, "train", last)
-    cols.update(activation_gradients(h))
-    half = (runs.set_index(["run", "seed"])["steps_done"] / 2).rename("step")
-    for layer in ("fc1", "fc2"):  # effective lr and norm of the weights feeding BN
-        for metric, name in (("lr_over_w2", "eff_lr"), ("w_fro", "w_fro")):
-            cols[f"{name}_{layer}_final"] = _at(h, metric, layer, "train", last=True)
-            cols[f"{name}_{layer}_half"] = _at_or_before(h, half, metric, layer, "train")
-        last_quarter = _mean_over_probes(h, "angular_step", layer, "train", after=half * 1.5)
-        cols[f"angular_step_{layer}_late"] = last_quarter
-    cols.update(shift_columns(h))
-    for name, series in cols.items():
-        if len(series):
-            out[name] = series.reindex(out.index)
-    out = out.reset_index()
-    return pd.concat([out, equivalence(out, h)], axis=1)
+    return pd.concat([out, pd.DataFrame(cols, index=out.index)], axis=1).reset_index()
 
 
 def _at_or_before(h: pd.DataFrame, steps: pd.Series, metric: str, layer: str, split: str):
@@ -519,6 +381,451 @@ def equivalence(table: pd.DataFrame, h: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(out, index=table.index)
+
+
+# --------------------------------------------------------------------------- the measures
+class Inputs(NamedTuple):
+    """What the measures are computed from: every member's history rows (h), and per member,
+    indexed by (run, seed), the table's settings and results (table) and every collected
+    column of the runs table (runs)."""
+
+    h: pd.DataFrame
+    table: pd.DataFrame
+    runs: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A named measure of the tables. `name` gives its columns, a comma-separated list of
+    patterns in which {a,b} stands for each of a and b, and MODE and ENTRY for a name; `reads`
+    says what it is computed from; `definition` what it is. `columns` computes its columns,
+    {column: value by (run, seed)}, from the Inputs, or from the Inputs and a layer for each of
+    `layers` where it has them. A column appears where some member has a value for it; one of
+    an `always` measure is in every table, NaN for the members without a value."""
+
+    name: str
+    reads: str
+    definition: str
+    columns: Callable[..., dict[str, pd.Series]]
+    layers: tuple[str, ...] = ()
+    always: bool = False
+
+
+def _alts(values) -> str:
+    return "{" + ",".join(f"{v:g}" if isinstance(v, float) else v for v in values) + "}"
+
+
+def _steps_to(d: Inputs) -> dict[str, pd.Series]:
+    h, out = d.h, {}
+    acc = h[(h["metric"] == "acc") & (h["split"] == "test") & (h["layer"] == "")]
+    for t in TARGETS:
+        first = acc[acc["value"] >= t].groupby(["run", "seed"])["step"].min()
+        out[f"reached_{t}"] = first.reindex(d.table.index).notna()
+        out[f"steps_to_{t}"] = first.reindex(d.table.index).fillna(d.table["steps_done"] + 1)
+    return out
+
+
+def _depth(d: Inputs) -> dict[str, pd.Series]:
+    if "model.widths" not in d.runs:
+        return {}
+    depth = [len(widths_of(w)) for w in d.runs["model.widths"]]
+    return {"depth": pd.Series(depth, index=d.runs.index)}
+
+
+def _jacobian(d: Inputs) -> dict[str, pd.Series]:
+    return {
+        f"jac_{stat}_{layer}": _mean_over_probes(d.h, f"jac_{stat}", layer, "test")
+        for stat in ("s2_mean", "frac_iso", "log10_cond")
+        for layer in ("fc1", "fc2", "hidden")
+    }
+
+
+def _curvature(d: Inputs) -> dict[str, pd.Series]:
+    cols = {}
+    for metric, layer in CURVATURE:
+        cols[f"{metric}_mean"] = _mean_over_probes(d.h, metric, layer, "train")
+        for loss in MATCHED_LOSS:
+            cols[f"{metric}_at_{loss:g}"] = _at_loss(d.h, metric, layer, loss)
+    return cols
+
+
+def _drift(prefix: str, split: str) -> Callable[[Inputs], dict[str, pd.Series]]:
+    def columns(d: Inputs) -> dict[str, pd.Series]:
+        h, cols = d.h, {}
+        if f"{prefix}_prev" not in set(h["metric"]):
+            return cols  # not recorded (an older sweep, or ics_train off): no columns of NaN
+        prev, since0 = f"{prefix}_prev", f"{prefix}0"
+        fits = {loss: _fit_steps(h, loss) for loss in MATCHED_LOSS}
+        for layer in DRIFT_LAYERS:
+            cols[f"{prev}_{layer}"] = _mean_over_probes(h, prev, layer, split)
+            cols[f"{prev}_{layer}_final"] = _at(h, prev, layer, split, last=True)
+            cols[f"{since0}_{layer}_final"] = _at(h, since0, layer, split, last=True)
+            for loss, steps in fits.items():
+                for m in (prev, since0):
+                    cols[f"{m}_{layer}_at_{loss:g}"] = _at_steps(h, steps, m, layer, split)
+        return cols
+
+    return columns
+
+
+def _landscape(d: Inputs, early: bool) -> dict[str, pd.Series]:
+    done = d.runs["steps_done"].dropna()  # none where every member is corrupt or unfinished
+    upto = (done.max() if len(done) else 0) / 4 if early else None
+    suffix = "_early" if early else ""
+    lmax = _mean_over_probes(d.h, "landscape_loss_max", "grad", "train", upto)
+    lmin = _mean_over_probes(d.h, "landscape_loss_min", "grad", "train", upto)
+    cols = {f"landscape_loss_range{suffix}": lmax - lmin}
+    for m in ("beta", "grad_diff_max"):
+        cols[f"landscape_{m}{suffix}"] = _mean_over_probes(
+            d.h, f"landscape_{m}", "grad", "train", upto
+        )
+    return cols
+
+
+def _half(d: Inputs) -> pd.Series:
+    return (d.runs["steps_done"] / 2).rename("step")
+
+
+def _feeding_bn(metric: str, name: str) -> Callable[[Inputs, str], dict[str, pd.Series]]:
+    """`metric` of a layer feeding BN at the end and at the last probe at or before half the
+    run: columns NAME_LAYER_final and NAME_LAYER_half."""
+    return lambda d, layer: {
+        f"{name}_{layer}_final": _at(d.h, metric, layer, "train", last=True),
+        f"{name}_{layer}_half": _at_or_before(d.h, _half(d), metric, layer, "train"),
+    }
+
+
+_X, _L_DRIFT = _alts(MATCHED_LOSS), _alts(DRIFT_LAYERS)
+_CURV = "curv_" + _alts(m.removeprefix("curv_") for m, _ in CURVATURE)
+_DRIFT_NAME = (
+    "{p}_prev_{L}, {p}_prev_{L}_final, {p}0_{L}_final, {p}_prev_{L}_at_{X}, {p}0_{L}_at_{X}"
+)
+
+# The measures in the table's column order. A tuple holds measures of the same layers whose
+# columns come layer by layer (ics_grad_rel_fc2, ics_grad_cos_fc2, ics_kl_fc2, ...). Unless
+# said otherwise a probe metric is averaged over the probes after step 0; a column is NaN
+# where a member did not record what it reads.
+TABLE = (
+    Measure(
+        "gap",
+        "the final evaluation: `train_acc`, `test_acc`",
+        "final train accuracy - test accuracy",
+        lambda d: {"gap": d.table["train_acc"] - d.table["test_acc"]},
+        always=True,
+    ),
+    Measure(
+        f"reached_{_alts(TARGETS)}, steps_to_{_alts(TARGETS)}",
+        "evaluation history: test `acc`",
+        "`steps_to_T`: the first evaluated step with test accuracy >= T; a member that never "
+        "reaches it gets steps_done + 1, and `reached_T` is false",
+        _steps_to,
+        always=True,
+    ),
+    Measure(
+        "fit_step, test_loss_at_fit, test_acc_at_fit, gap_at_fit",
+        "evaluation history: train and test `loss` and `acc`",
+        f"at the first evaluation whose training-subset loss is <= {FIT_LOSS:g} (matched fit): "
+        "that step, the test loss and accuracy and the train - test accuracy gap there; "
+        "compared at matched fit, a regulariser shows as a lower test loss. NaN if never reached",
+        lambda d: {
+            name: series.reindex(d.table.index).astype(float)
+            for name, series in _at_fit(d.h, FIT_LOSS).items()
+        },
+        always=True,
+    ),
+    Measure(
+        "depth",
+        "the setting `model.widths`",
+        "the number of hidden layers",
+        _depth,
+        always=True,
+    ),
+    Measure(
+        "valid_acc, valid_loss",
+        "evaluation history: valid `acc`, `loss`",
+        "accuracy and loss at the last evaluation on the held-out images (`data.eval_holdout`)",
+        lambda d: {
+            "valid_acc": _at(d.h, "acc", "", "valid", last=True),
+            "valid_loss": _at(d.h, "loss", "", "valid", last=True),
+        },
+    ),
+    Measure(
+        "w2_mean_abs_start, w2_mean_abs_final",
+        "`weights` probe: `w_mean_abs` (fc2)",
+        "mean |W2| at step 0 and at the last probe (the 2017 study's Fig. 1)",
+        lambda d: {
+            "w2_mean_abs_start": _at(d.h, "w_mean_abs", "fc2", "train", last=False),
+            "w2_mean_abs_final": _at(d.h, "w_mean_abs", "fc2", "train", last=True),
+        },
+    ),
+    Measure(
+        "grad1_mean_abs_1k",
+        "`grads` probe: `grad_mean_abs` (fc1)",
+        "mean over steps 1 to 1,000 of mean |dL/dW1| (the 2017 study's Fig. 2)",
+        lambda d: {
+            "grad1_mean_abs_1k": _mean_over_probes(d.h, "grad_mean_abs", "fc1", "train", 1000)
+        },
+    ),
+    Measure(
+        "ics0_mean_shift_fc3_final",
+        "`activations` probe: `ics0_mean_shift` (fc3)",
+        "drift of the input of layer 3 since step 0, at the last probe",
+        lambda d: {"ics0_mean_shift_fc3_final": _at(d.h, "ics0_mean_shift", "fc3", "test", True)},
+    ),
+    Measure(
+        "jac_{s2_mean,frac_iso,log10_cond}_{fc1,fc2,hidden}",
+        "`jacobian` probe: `jac_s2_mean`, `jac_frac_iso`, `jac_log10_cond`",
+        "the per-sample Jacobian summaries: mean s^2, the fraction of s in [1/2, 2] and the mean "
+        "log10(s_max / s_min), of each layer's Jacobian and the end-to-end one of the hidden "
+        "layers (`hidden`)",
+        _jacobian,
+    ),
+    Measure(
+        "jac_spread_{fc1,fc2,hidden}",
+        "`jacobian` probe: `jac_s2_var`, `jac_s2_mean`",
+        "var(s^2)/mean(s^2)^2: the singular values' spread, separate from the gain mean(s^2) "
+        "(`jac_s2_mean`)",
+        lambda d: {
+            f"jac_spread_{layer}": _spread_over_probes(d.h, layer)
+            for layer in ("fc1", "fc2", "hidden")
+        },
+    ),
+    Measure(
+        "init_jac_{gain,spread}_hidden",
+        "`jacobian` probe at step 0: `jac_batchstat_s2_mean`, `jac_batchstat_s2_var` where "
+        "recorded, else `jac_s2_mean`, `jac_s2_var` (hidden)",
+        "the hidden layers' end-to-end Jacobian at step 0 as in training (BN with the batch's "
+        "own statistics): mean s^2 (gain) and var(s^2)/mean(s^2)^2 (spread)",
+        lambda d: {f"init_jac_{k}_hidden": v for k, v in init_jacobian(d.h).items()},
+    ),
+    Measure(
+        "curv_" + _alts(m.removeprefix("curv_") for m in LANCZOS) + "_max",
+        "`curvature` probe: `curv_lanczos_iters`, `curv_residual` (all)",
+        "the most Lanczos steps and the largest relative residual of any probe's "
+        "top-eigenvalue estimate: how far the estimates converged, at worst",
+        lambda d: {
+            f"{m}_max": _mean_over_probes(d.h, m, "all", "train", stat="max") for m in LANCZOS
+        },
+    ),
+    Measure(
+        f"{_CURV}_mean, {_CURV}_at_{_X}",
+        "`curvature` probe: `curv_lr_lambda` (all), `curv_gHg`, `curv_overshoot` (grad); "
+        "evaluation history: train `loss`",
+        "the curvature probe's lr x lambda_max, g'Hg/||g||^2 and overshoot D: `_mean` over "
+        "the run; `_at_X` at the first evaluation whose training-subset loss is <= X, arms "
+        "compared at matched training loss (NaN if never reached)",
+        _curvature,
+    ),
+    (
+        Measure(
+            "ics_grad_{rel,cos}_{fc2,fc3}",
+            "`ics_grad` probe: `ics_grad_rel`, `ics_grad_cos`",
+            "gradient ICS (Santurkar et al. 2018): the relative change and the cosine of a "
+            "layer's gradient when the layers below it take their step",
+            lambda d, layer: {
+                f"ics_grad_{m}_{layer}": _mean_over_probes(d.h, f"ics_grad_{m}", layer, "train")
+                for m in ("rel", "cos")
+            },
+            layers=("fc2", "fc3"),
+        ),
+        Measure(
+            "ics_{kl,mean_shift}_{fc2,fc3}",
+            "`activations` probe: `ics_kl`, `ics_mean_shift`",
+            "distributional ICS between probes: the Gaussian KL divergence and the mean shift "
+            "of a layer's input, per unit and averaged over units",
+            lambda d, layer: {
+                f"ics_{m}_{layer}": _mean_over_probes(d.h, f"ics_{m}", layer, "test")
+                for m in ("kl", "mean_shift")
+            },
+            layers=("fc2", "fc3"),
+        ),
+    ),
+    (
+        Measure(
+            "var_shift_{bn1,bn2}_final",
+            "`mismatch` probe: `var_shift`",
+            "dropout's variance shift (Li et al. 2019) at the last probe",
+            lambda d, layer: {
+                f"var_shift_{layer}_final": _at(d.h, "var_shift", layer, "train", last=True)
+            },
+            layers=("bn1", "bn2"),
+        ),
+        Measure(
+            "reorder_{mean,log_var}_ratio_{bn1,bn2}",
+            "the batch-order intervention's final rows: `reorder_mean_ratio`, "
+            "`reorder_log_var_ratio`",
+            "the batch-order intervention (`train.reorder`): mean over units of the SD across "
+            "orders of the running mean, divided by the SD across units of its mean over the "
+            "orders; the same for the log of the running variance",
+            lambda d, layer: {
+                f"reorder_{s}_ratio_{layer}": _at(d.h, f"reorder_{s}_ratio", layer, "test", True)
+                for s in ("mean", "log_var")
+            },
+            layers=("bn1", "bn2"),
+        ),
+    ),
+    Measure(
+        "reorder_{acc,loss}_{sd,shift}",
+        "the batch-order intervention's final rows: `reorder_acc_sd`, `reorder_acc_shift`, "
+        "`reorder_loss_sd`, `reorder_loss_shift`",
+        "the batch-order intervention (`train.reorder`): the SD across orders of test accuracy "
+        "and loss, and their mean over the orders minus the value with the run's own running "
+        "statistics; only for runs with `train.reorder` and a batch-statistics norm",
+        lambda d: {
+            f"reorder_{m}": _at(d.h, f"reorder_{m}", "", "test", last=True)
+            for m in ("acc_sd", "acc_shift", "loss_sd", "loss_shift")
+        },
+    ),
+    Measure(
+        _DRIFT_NAME.format(p="drift", L=_L_DRIFT, X=_X),
+        "`activations` probe: `drift_prev`, `drift0`; evaluation history: train `loss`",
+        "scale-free drift of the input of layer L (act1, act2: pre-activations; fc2, fc3) in "
+        "eval mode on the test probe batch: between consecutive probes (`drift_prev_L`) and at "
+        "the last probe (`_final`), since step 0 at the last probe (`drift0_L_final`); `_at_X` "
+        "at the first evaluation whose training-subset loss is <= X: BN and no BN compared at "
+        "matched training loss rather than matched step (NaN if never reached, or if that "
+        "evaluation step is not also an `activations` probe step)",
+        _drift("drift", "test"),
+    ),
+    Measure(
+        _DRIFT_NAME.format(p="train_drift", L=_L_DRIFT, X=_X),
+        "`ics_train` probe: `train_drift_prev`, `train_drift0`; evaluation history: train `loss`",
+        "the drift measures above from the `ics_train` probe: training mode (noise and BN batch "
+        "statistics on), training probe batch",
+        _drift("train_drift", "train"),
+    ),
+    Measure(
+        "landscape_{loss_range,beta,grad_diff_max}",
+        "`landscape` probe: `landscape_loss_max`, `landscape_loss_min`, `landscape_beta`, "
+        "`landscape_grad_diff_max` (grad)",
+        "landscape measures along the gradient: the loss range (max - min of the loss), the "
+        "effective beta-smoothness and the largest gradient difference",
+        lambda d: _landscape(d, early=False),
+    ),
+    Measure(
+        "landscape_{loss_range,beta,grad_diff_max}_early",
+        "`landscape` probe, as `landscape_*`",
+        "the same over the first quarter of the run only (of the sweep's longest member)",
+        lambda d: _landscape(d, early=True),
+    ),
+    (
+        Measure(
+            "scale_ratio_{fc1,fc2}",
+            "`scale` probe: `scale_ratio`",
+            "(||W_T||^2 - ||W_0||^2) / sum_t lr^2 ||g_t||^2 at the last scale probe: 1 where "
+            "scale invariance makes the weights grow by the squared SGD steps alone (plain SGD "
+            "only, else NaN; a linear layer without bias feeding BN)",
+            lambda d, layer: {
+                f"scale_ratio_{layer}": _at(d.h, "scale_ratio", layer, "train", last=True)
+            },
+            layers=("fc1", "fc2"),
+        ),
+        Measure(
+            "scale_growth_rel_{fc1,fc2}",
+            "`scale` probe: `scale_w2_growth_rel`",
+            "(||W_T||^2 - ||W_0||^2) / ||W_0||^2 at the last scale probe",
+            lambda d, layer: {
+                f"scale_growth_rel_{layer}": _at(d.h, "scale_w2_growth_rel", layer, "train", True)
+            },
+            layers=("fc1", "fc2"),
+        ),
+        Measure(
+            "grad_w_cos_abs_{fc1,fc2}, grad_w_cos_unit_abs_{fc1,fc2}",
+            "`grads` probe: `grad_w_cos`, `grad_w_cos_unit_abs`",
+            "|cos(W, dL/dW)| over the layer, and the mean over units of |cos(w_j, dL/dw_j)|, "
+            "of the weights feeding BN: 0 under exact scale invariance",
+            lambda d, layer: {
+                f"grad_w_cos_abs_{layer}": _mean_over_probes(
+                    d.h, "grad_w_cos", layer, "train", absolute=True
+                ),
+                f"grad_w_cos_unit_abs_{layer}": _mean_over_probes(  # already |.| per unit
+                    d.h, "grad_w_cos_unit_abs", layer, "train"
+                ),
+            },
+            layers=("fc1", "fc2"),
+        ),
+    ),
+    Measure(
+        "bn_log_gain_{bn1,bn2}_{start,final}",
+        "`activations` probe: `bn_log_gain`",
+        "mean over units of log10(|gamma| / sqrt(var_B + eps)), BN's gain with the batch "
+        "statistics of the training probe batch, at step 0 and at the last `activations` probe",
+        lambda d: {
+            f"bn_log_gain_{layer}_{suffix}": _at(d.h, "bn_log_gain", layer, "train", last)
+            for layer in ("bn1", "bn2")
+            for suffix, last in (("start", False), ("final", True))
+        },
+    ),
+    Measure(
+        "agrad_log_ratio_first, agrad_log_ratio_1k",
+        "`grads` probe: `grad_z` (act*)",
+        "log10 of the activation-space gradient `grad_z` at the first hidden layer over the "
+        "last: at the first `grads` probe after step 0 (the initial weights' gradient when "
+        "`probes.grads.every` is 1, as in yang2019_depth) and averaged over steps 1-1,000. 0: "
+        "the gradient reaches the first layer undiminished; negative: it vanishes on the way "
+        "down; positive: it grows",
+        lambda d: activation_gradients(d.h),
+    ),
+    (
+        Measure(
+            "eff_lr_{fc1,fc2}_{final,half}",
+            "`weights` probe: `lr_over_w2`",
+            "the effective learning rate lr/||w_j||^2 (mean over units) of the weights feeding "
+            "BN, at the end and at the last probe at or before half the run",
+            _feeding_bn("lr_over_w2", "eff_lr"),
+            layers=("fc1", "fc2"),
+        ),
+        Measure(
+            "w_fro_{fc1,fc2}_{final,half}",
+            "`weights` probe: `w_fro`",
+            "||W|| of the weights feeding BN, at the end and at the last probe at or before "
+            "half the run",
+            _feeding_bn("w_fro", "w_fro"),
+            layers=("fc1", "fc2"),
+        ),
+        Measure(
+            "angular_step_{fc1,fc2}_late",
+            "`weights` probe: `angular_step`",
+            "of the weights feeding BN, the angle (radians, mean over units) one step turns "
+            "w_j, averaged over the probes of the run's last quarter",
+            lambda d, layer: {
+                f"angular_step_{layer}_late": _mean_over_probes(
+                    d.h, "angular_step", layer, "train", after=_half(d) * 1.5
+                )
+            },
+            layers=("fc1", "fc2"),
+        ),
+    ),
+    Measure(
+        "shift_{acc,loss}_MODE_ENTRY",
+        "the covariate-shift evaluation's final rows: `shift_acc_MODE`, `shift_loss_MODE`",
+        "the covariate-shift evaluation (`train.shifts`): test accuracy and loss in each mode "
+        "(running, adapted, batch) on each shifted test set (ENTRY: `clean` or KIND:STRENGTH)",
+        lambda d: shift_columns(d.h),
+    ),
+    Measure(
+        "equiv_max_rel_loss, equiv_max_acc, equiv_exact",
+        "evaluation history: test and train `loss`, `acc`",
+        "where `model.invariant_init_scale` varies, each member against the member of its seed "
+        "and other settings with the weights unscaled: the largest relative difference of the "
+        "test and training-subset loss over every evaluation, the largest test-accuracy "
+        "difference, and whether every evaluation agrees bit for bit",
+        lambda d: dict(equivalence(d.table.reset_index(), d.h).set_axis(d.table.index).items()),
+    ),
+)
+MEASURES = [m for entry in TABLE for m in (entry if isinstance(entry, tuple) else (entry,))]
+
+
+def measure_columns(d: Inputs):
+    """(measure, column, values by (run, seed)) for every column the measures compute, in the
+    table's order (empty ones included)."""
+    for entry in TABLE:
+        group = entry if isinstance(entry, tuple) else (entry,)
+        for layer in group[0].layers or [None]:
+            for measure in group:
+                cols = measure.columns(d) if layer is None else measure.columns(d, layer)
+                for name, values in cols.items():
+                    yield measure, name, values
 
 
 def expected_buffers(run_dir: Path) -> set | None:

@@ -11,6 +11,8 @@ they cannot go stale:
 - `<!-- bnlab:cli-reference -->` becomes the help of every `bnlab` command: the command table
   of bnlab/cli.py, each command's argparse help and `bnlab train --help` (Hydra's help,
   rendered from configs/hydra/help/bnlab.yaml).
+- `<!-- bnlab:measures -->` becomes the table of the per-member measures of `bnlab tables`:
+  each measure of the registry bnlab.tables.TABLE with what it reads and its definition.
 - `<!-- bnlab:reproduction-times -->` becomes the table of results/tables/reproduction_times.csv
   (written by `bnlab reproduce`).
 
@@ -54,6 +56,7 @@ CONFIG_MARKER = "<!-- bnlab:config-reference -->"
 GROUPS_MARKER = "<!-- bnlab:config-groups -->"
 CLI_MARKER = "<!-- bnlab:cli-reference -->"
 TIMES_MARKER = "<!-- bnlab:reproduction-times -->"
+MEASURES_MARKER = "<!-- bnlab:measures -->"
 
 
 # --------------------------------------------------------------------------- config reference
@@ -324,6 +327,17 @@ def cli_reference() -> str:
     return "\n".join(out)
 
 
+# --------------------------------------------------------------------------- measures
+def measures_reference() -> str:
+    """The per-member measures of bnlab.tables.TABLE as a Markdown table, in column order."""
+    from bnlab.tables import MEASURES
+
+    out = ["| measure | definition | reads |", "|---|---|---|"]
+    for m in MEASURES:
+        out.append(f"| `{m.name}` | {_cell(m.definition)} | {_cell(m.reads)} |")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------- reproduction times
 def reproduction_times() -> str:
     """results/tables/reproduction_times.csv as a Markdown table."""
@@ -423,6 +437,7 @@ def on_page_markdown(markdown, page, config, files):
         GROUPS_MARKER: config_groups,
         CLI_MARKER: cli_reference,
         TIMES_MARKER: reproduction_times,
+        MEASURES_MARKER: measures_reference,
     }
     for marker, make in generated.items():
         if marker in markdown:
