@@ -20,6 +20,9 @@ class Experiment:
     reproduce: bool = True  # part of `bnlab reproduce`
     extra: bool = False  # not in the default reproduction: `bnlab reproduce --extras` adds it
     seeds: int = 5  # members per run in the reproduction (a test checks the YAML agrees)
+    # tunes each arm's lr: selection seeds choose, confirmation seeds judge (bnlab.sequential)
+    confirm: bool = False
+    arm_keys: tuple[str, ...] = ()  # columns beyond activation/norm/placement naming an arm
 
 
 # In reproduction order: cheap experiments first, so an interrupted reproduction has results.
@@ -41,7 +44,7 @@ _ALL = (
         "santurkar2018_landscape_lr",
         ("santurkar2018_landscape_lr",),
     ),
-    Experiment("study_tuned", "study_tuned", ("study_tuned",), seeds=3),  # 30 runs x 20k steps
+    Experiment("study_tuned", "study_tuned", ("study_tuned",), seeds=3, confirm=True),
     Experiment("mlds2017_fig4", "mlds2017", ("mlds2017_fig4",)),
     Experiment("mlds2017_fig5", "mlds2017", ("mlds2017_fig5",)),
     Experiment("mlds2017_fig1", "mlds2017", ("mlds2017_fig1",)),
@@ -56,8 +59,18 @@ _ALL = (
     Experiment("study_wd", "study_wd", ("study_wd",), extra=True),
     Experiment("study_ghost", "study_ghost", ("study_ghost",), extra=True),
     Experiment("study_shift", "study_shift", ("study_shift",), extra=True),
-    Experiment("study_depth", "study_depth", ("study_depth",), seeds=3, extra=True),
-    Experiment("study_momentum", "study_momentum", ("study_momentum",), seeds=3, extra=True),
+    Experiment(
+        "study_depth",
+        "study_depth",
+        ("study_depth",),
+        seeds=3,
+        extra=True,
+        confirm=True,
+        arm_keys=("depth",),
+    ),  # fmt: skip
+    Experiment(
+        "study_momentum", "study_momentum", ("study_momentum",), seeds=3, extra=True, confirm=True
+    ),
     Experiment("demo", "demo", ("demo",), reproduce=False),
     Experiment("bn_small_batch_demo", "bn_small_batch_demo", reproduce=False),
 )
@@ -102,14 +115,18 @@ def sweep_points(name: str, extra: list[str] = ()) -> dict[str, list[str]]:
     from omegaconf import OmegaConf
 
     from .compose import compose_dict  # below the registry: imported when used
-    from .config import NOT_IDENTITY, sweep_dirname
 
     cfg = compose_dict([f"experiment={name}"], hydra=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params) or {}
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    points = BasicSweeper.split_arguments(parsed, None)[0]
+    return {point_dirname([*point, *extra]): [*point, *extra] for point in points}
+
+
+def point_dirname(overrides: list[str]) -> str:
+    """The run folder bnlab's sweeper gives a point with these overrides (Hydra's
+    override_dirname, without the keys that do not name a run, through config.sweep_dirname)."""
+    from .config import NOT_IDENTITY, sweep_dirname
+
     skip = ("experiment", "seeds", *NOT_IDENTITY)
-    out = {}
-    for point in BasicSweeper.split_arguments(parsed, None)[0]:
-        named = sorted(o for o in [*point, *extra] if o.split("=", 1)[0] not in skip)
-        out[sweep_dirname(",".join(named))] = [*point, *extra]
-    return out
+    return sweep_dirname(",".join(sorted(o for o in overrides if o.split("=", 1)[0] not in skip)))

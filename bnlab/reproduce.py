@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .confirm import confirm
 from .experiments import (
     EXPERIMENTS,
     EXTRAS,
@@ -47,6 +48,7 @@ from .experiments import (
     sweeps,
 )
 from .records import JOBS_FILE, read_summary
+from .sequential import is_confirmation
 
 TIME_COLUMNS = [
     "experiment",
@@ -120,7 +122,8 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
             name = next(
                 (o.split("=", 1)[1] for o in job["overrides"] if o.startswith("experiment=")), None
             )
-            done = [read_summary(path.parent / job["dir"], s) for s in job["seeds"]]
+            selection = [s for s in job["seeds"] if not is_confirmation(s)]  # confirm: its own
+            done = [read_summary(path.parent / job["dir"], s) for s in selection]
             done = [d for d in done if d and "wall_s" in d]
             if name not in rows or not done:
                 continue
@@ -316,6 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("all", "train"):
         rc, wall = train(names, args.results, args.jobs, extra)
         times = breakdown(names, args.results)
+        if rc == 0:  # the two-stage experiments' extension and confirmation (bnlab.confirm)
+            t0 = time.perf_counter()
+            rows = [confirm(n, args.results, args.jobs) for n in names if EXPERIMENTS[n].confirm]
+            times = pd.concat([times, pd.DataFrame(rows, columns=times.columns)])
+            wall += time.perf_counter() - t0
         out = write_times(times, wall, args.results / "tables" / TIMES)
         print(f"training: exit {rc}, {wall:.0f} s wall, {times['job_s'].sum():.0f} job-s; {out}")
     if args.stage in ("all", "report"):

@@ -6,7 +6,9 @@ Each comparison is tested with scipy's t-tests: paired by seed (ttest_rel) when 
 from one sweep table, whose members of a seed start from the same weights, Welch's
 (ttest_ind, equal_var=False) otherwise; equivalence within the margin with statsmodels' TOST.
 Within a claim, each test's p-values are adjusted across the claim's comparisons
-(multipletests, method CORRECTION); a test rejects at an adjusted p <= ALPHA.
+(multipletests, method CORRECTION); a test rejects at an adjusted p <= ALPHA. A comparison of
+confirmation seeds added in looks (bnlab.sequential) has its p-values multiplied by the
+design's number of looks first.
 """
 
 from __future__ import annotations
@@ -74,11 +76,14 @@ class Comparison:
     log: bool = False  # compare log values (ratios) instead of differences
     paired: bool = True  # both arms from one sweep table: a seed's members share initial weights
     setting: dict = field(default_factory=dict)  # what sets it apart ({'lr': 0.3}): headline
+    looks: int = 1  # looks of a sequential design (bnlab.sequential): each test at ALPHA / looks
 
     def __post_init__(self):
         ta, tb = self.a.attrs.get("table"), self.b.attrs.get("table")  # set by claims.arm
         if self.paired and ta and tb and ta != tb:
             raise ValueError(f"{self.label}: arms of {ta} and {tb} cannot be paired by seed")
+        # arms of confirmation seeds (selection.at_best_lr marks them) are tested sequentially
+        self.looks = max(self.looks, self.a.attrs.get("looks", 1), self.b.attrs.get("looks", 1))
 
     def values(self) -> tuple[np.ndarray, np.ndarray]:
         """Both arms' values (logs if self.log), without NaN; paired: the seeds both have."""
@@ -122,7 +127,8 @@ class Comparison:
         return mean, lo, hi, self.paired
 
     def pvalues(self) -> dict[str, float]:
-        """Unadjusted p-values by test (TESTS); none with fewer than MIN_VALUES in an arm."""
+        """Unadjusted p-values by test (TESTS), times self.looks (at most 1); none with fewer
+        than MIN_VALUES in an arm."""
         a, b = self.values()
         if self.too_few():
             return {}
@@ -140,7 +146,8 @@ class Comparison:
             p["beyond"] = up if a.mean() - b.mean() >= 0 else down
         else:
             p[">"], p["<"] = self._ttest(a, b, "greater").pvalue, self._ttest(a, b, "less").pvalue
-        return {k: 1.0 if math.isnan(v) else float(v) for k, v in p.items()}  # NaN: no effect
+        # NaN: no effect; a sequential design's looks: Bonferroni over them (bnlab.sequential)
+        return {k: 1.0 if math.isnan(v) else min(1.0, self.looks * float(v)) for k, v in p.items()}
 
 
 @dataclass

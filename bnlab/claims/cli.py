@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 
 from .. import claims as package
-from .. import verdicts
+from .. import sequential, verdicts
 from ..records import write_atomic
 from ..selection import ClaimError
 from .framework import TableError, Tables, build_claims
@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="bnlab claims",
         description=package.__doc__,
-        epilog="verdict rules:\n" + textwrap.fill(verdicts.RULES, 90, break_on_hyphens=False),
+        epilog="verdict rules:\n"
+        + textwrap.fill(f"{verdicts.RULES} {sequential.RULE}", 90, break_on_hyphens=False),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")

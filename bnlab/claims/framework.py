@@ -24,6 +24,7 @@ from ..collect import select
 from ..margins import FRAGILITY, Margin
 from ..records import MANIFEST, manifest, verify
 from ..selection import ClaimError, require
+from ..sequential import LOOKS, is_confirmation
 from ..verdicts import Comparison, Result, at_margins, headline, judge
 
 
@@ -389,6 +390,10 @@ def arm(table: pd.DataFrame, measure: str, sometimes: bool = False, **where) -> 
         raise ClaimError(f"{name}: {what} matches several members per seed")
     values = rows.set_index("seed")[measure]
     values.attrs = {"table": table.attrs.get("table")}  # Comparison: not paired across tables
+    if len(rows) and rows["seed"].map(is_confirmation).all():  # added in looks: tested so
+        values.attrs["looks"] = LOOKS
+    if "run" in rows:  # the run folders it reads (bnlab.confirm adds seeds to them)
+        values.attrs["runs"] = tuple(sorted(rows["run"].unique()))
     trained = rows["status"] != "diverged"
     if "collapsed" in rows:  # its measures are missing too
         trained &= ~rows["collapsed"].astype(bool)
@@ -434,8 +439,14 @@ def _name(t: pd.DataFrame) -> str:
 
 
 def _seed_list(seeds: pd.Series) -> str:
-    """'seeds 0-4' (consecutive) or 'seeds 0, 2, 5'."""
+    """'seeds 0-4' (consecutive) or 'seeds 0, 2, 5'; with confirmation seeds (bnlab.sequential)
+    'selection seeds 0-2, confirmation seeds 100-109'."""
     s = sorted(int(x) for x in seeds.dropna().unique())
+    confirm = [x for x in s if is_confirmation(x)]
+    if confirm and len(confirm) < len(s):
+        chose = [x for x in s if not is_confirmation(x)]
+        both = _seed_list(pd.Series(chose)), _seed_list(pd.Series(confirm))
+        return "selection {}, confirmation {}".format(*both)
     if len(s) > 2 and s == list(range(s[0], s[-1] + 1)):
         return f"seeds {s[0]}-{s[-1]}"
     return "seeds " + ", ".join(map(str, s))

@@ -13,6 +13,7 @@ import pandas as pd
 
 from .. import experiments, verdicts
 from ..margins import FRAGILITY, MARGINS, Margin
+from ..sequential import RULE
 from ..verdicts import TESTS, Comparison, Result, counts
 from .framework import Claim, Tables
 
@@ -156,7 +157,7 @@ def render(claims: list[Claim], figures: str = "figures", tables: Tables | None 
         "",
         textwrap.fill(header, 92, break_on_hyphens=False),
         "",
-        textwrap.fill(f"**Verdicts** (`bnlab/verdicts.py`). {verdicts.RULES}", 92),
+        textwrap.fill(f"**Verdicts** (`bnlab/verdicts.py`). {verdicts.RULES} {RULE}", 92),
         "",
         "| claim | statement | headline | comparisons | robustness |",
         "|---|---|---|---|---|",
@@ -202,8 +203,13 @@ def _section(c: Claim, figures: str, level: str, method: str) -> list[str]:
         lines += [f"**Figure.** [{c.figure}]({figures}/{c.figure}.png)", ""]
     if c.missing:
         return [*lines, f"**Verdict: not run** ({c.missing}).", ""]
+    confirmed = any(x.looks > 1 for x in c.comparisons)
     chosen = (
-        f"the same seeds chose {c.selection} and gave the numbers judged here (no separate "
+        f"the selection seeds chose {c.selection}; only the confirmation seeds, trained at the "
+        "chosen rates afterwards, gave the numbers judged here, added in looks while a "
+        "comparison was undecided (each test at the sequential rule's level)"
+        if c.selection and confirmed
+        else f"the same seeds chose {c.selection} and gave the numbers judged here (no separate "
         "confirmation seeds, none added): the chosen arms may look better than fresh seeds "
         "would show (the winner's curse)"
         if c.selection
