@@ -300,7 +300,7 @@ SOURCE_PATHS = ("bnlab", "hydra_plugins")  # what a run's results depend on (con
 # (modules, or packages such as claims/, directly under bnlab/)
 NOT_TRAINING = {"bench", "claims", "cli", "collect", "export", "figures", "livelog", "margins",
                 "plots", "reproduce", "selection", "status", "summary", "tables", "verdicts",
-                "sequential", "__main__"}  # fmt: skip
+                "sequential", "confirm", "__main__"}  # fmt: skip
 
 
 @functools.cache
