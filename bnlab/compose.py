@@ -1,9 +1,10 @@
 """From command-line overrides to a validated RunConfig, in Python: `bnlab.compose`.
 
 `compose(["model.norm=batch", "optim=adam", "experiment=demo"])` composes bnlab's packaged
-configs (configs/) with Hydra's compose API, exactly as `bnlab train` does with the same
-overrides (config groups and experiments included), and returns the RunConfig that
-`bnlab.run` takes. Hydra stays at this edge: nothing below it imports Hydra.
+configs (configs/, onto every setting's schema default: `schema_defaults`) with Hydra's
+compose API, exactly as `bnlab train` does with the same overrides (config groups and
+experiments included), and returns the RunConfig that `bnlab.run` takes. Hydra stays at
+this edge: nothing below it imports Hydra.
 
 Users add configs of their own the Hydra way: folders on Hydra's search path
 (`hydra.searchpath=[DIR]`, or `bnlab train --config-dir DIR`) whose group folders
@@ -22,17 +23,31 @@ from pathlib import Path
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
+from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import ConfigError, RunConfig, choices, load_config
+from .config import ConfigError, RunConfig, choices, load_config, to_dict
 
 CONFIG_MODULE = "bnlab.conf"
 PARENT_ENV = "BNLAB_SWEEP_PID"  # set by the sweeper; its joblib workers watch that process
 MIN_FREE_BYTES = 20 * 2**20  # a run's histories and model files need a few MB
 # the same configs, as a folder: configs/ in a checkout, configs/ in an installed package
 CONFIG_DIR = str(resources.files(CONFIG_MODULE))
+SCHEMA_NODE = "bnlab_schema"  # the first entry of configs/config.yaml's defaults list
+
+
+def schema_defaults() -> dict:
+    """Every setting at its schema default (bnlab/config.py), the node Hydra composes the YAML
+    onto: configs/ holds only what differs from it, and `bnlab train --cfg job` still shows
+    every setting. data.root stays an interpolation, resolved when a config is loaded."""
+    node = to_dict(RunConfig())
+    node["data"]["root"] = "${bnlab_data_root:}"
+    return node
+
+
+ConfigStore.instance().store(name=SCHEMA_NODE, node=schema_defaults())
 
 
 def groups() -> list[str]:

@@ -12,8 +12,10 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 
 import torch
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from omegaconf.nodes import IntegerNode
@@ -34,18 +36,6 @@ RESIDUAL_SCALES = ("none", "zero_init")
 TRAINABLE = ("all", "norm_only", "norm_only_head")
 DATASETS = ("mnist", "mnist5k")
 LOG_TO = ("none", "tensorboard")  # live logging while training (bnlab.livelog)
-PROBES = (
-    "weights",
-    "grads",
-    "activations",
-    "mismatch",
-    "jacobian",
-    "ics_grad",
-    "landscape",
-    "curvature",
-    "ics_train",
-    "scale",
-)
 
 
 def sweep_dirname(overrides: str) -> str:
@@ -66,14 +56,20 @@ def default_data_root() -> str:
 
 # Hydra resolves hydra.sweep.subdir with it (configs/config.yaml), in every worker process.
 OmegaConf.register_new_resolver("bnlab_dirname", sweep_dirname, replace=True)
-# data.root's default in configs/data/*.yaml
+# data.root's default in the composed config (bnlab.compose.schema_defaults)
 OmegaConf.register_new_resolver("bnlab_data_root", default_data_root, replace=True)
 
 
-# Settings that do not change what a run computes: left out of run-folder names (the same
-# list as hydra.job.config.override_dirname.exclude_keys in conf/config.yaml, with the seeds,
-# which name the members) and ignored when a resumed run's saved config is compared.
-NOT_IDENTITY = ("data.root", "data.download", "train.progress", "train.resume", "train.log_to")
+def _folder_name_excluded() -> list[str]:
+    """hydra.job.config.override_dirname.exclude_keys of configs/config.yaml."""
+    text = (resources.files("bnlab.conf") / "config.yaml").read_text()
+    return yaml.safe_load(text)["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]
+
+
+# Settings that do not change what a run computes: left out of run-folder names and ignored
+# when a resumed run's saved config is compared. Written once, as the keys Hydra leaves out of
+# folder names (configs/config.yaml), less the experiment and the seeds (which name members).
+NOT_IDENTITY = tuple(k for k in _folder_name_excluded() if k not in ("experiment", "seeds"))
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
 NAME_MAX = 100  # characters of `name`: a folder name, under the filesystem's 255 bytes
 FLOAT32 = torch.finfo(torch.float32)  # the engine's numbers: every float setting must fit
@@ -216,11 +212,11 @@ def _every(n: int):
 
 @dataclass
 class ProbesConfig:
-    """Probe schedules (bnlab/probes.py). Cheap probes default to every 500 steps (the default
-    evaluation interval), gradient ICS and landscape to every 2000, the Jacobian to every 5000
-    (its eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images); the
-    Hessian curvature probe and the training-mode drift probe (ics_train) are off unless asked
-    for."""
+    """Probe schedules: each `Every` field schedules the registered probe of its name
+    (bnlab/probes/). Cheap probes default to every 500 steps (the default evaluation interval),
+    gradient ICS and landscape to every 2000, the Jacobian to every 5000 (its
+    eigen-decompositions dominate: ~0.5 s per call for 5 members and 100 images); the Hessian
+    curvature probe and the training-mode drift probe (ics_train) are off unless asked for."""
 
     batch: int = 500  # fixed probe batch: this many training and test images, drawn once
     weights: Every = _every(500)  # norms of W, gamma, beta; effective lr of scale-invariant rows
@@ -239,6 +235,11 @@ class ProbesConfig:
         default_factory=lambda: [0.5, 0.673, 0.906, 1.22, 1.64, 2.21, 2.97, 4.0]
     )  # landscape, and the curvature probe's overshoot
     curvature_iters: int = 100  # Lanczos steps at most per Hessian eigenvalue (curvature probe)
+
+
+# the probes, in the order of their schedules above; bnlab.probes refuses a registry without
+# exactly these (bnlab/probes/registry.py)
+PROBES = tuple(name for name, v in vars(ProbesConfig()).items() if isinstance(v, Every))
 
 
 @dataclass
@@ -361,9 +362,20 @@ def _available_bytes() -> float:
 
 
 def validate(rc: RunConfig) -> None:
-    """Check every value and fill derived defaults (placement); raise ConfigError if bad."""
-    d, m, o, t = rc.data, rc.model, rc.optim, rc.train
+    """Check every value and fill derived defaults (placement); raise ConfigError if bad.
+    Section by section, in this order; a check that joins two sections is in the later one."""
     _finite(to_dict(rc))
+    _validate_run(rc)
+    _validate_data(rc)
+    _validate_model(rc)
+    _validate_optim(rc)
+    _validate_train(rc)
+    _validate_probes(rc)
+    _validate_machine(rc)
+
+
+def _validate_run(rc: RunConfig) -> None:
+    """The top level: the run's name and its seeds."""
     if len(rc.name) > NAME_MAX:
         raise ConfigError(
             f"name={rc.name[:20]}... is {len(rc.name)} characters long; at most {NAME_MAX} "
@@ -380,14 +392,58 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError(f"seeds={rc.seeds} repeats a seed; each member needs its own seed")
     if min(rc.seeds) < 0:
         raise ConfigError(f"seeds={rc.seeds} must be integers >= 0, e.g. seeds=[0,1,2]")
+
+
+def _train_examples(d: DataConfig) -> int:
+    """The training examples left after data.holdout (before data.train_classes)."""
+    return (60000 if d.name == "mnist" else 4000) - d.holdout
+
+
+def _validate_data(rc: RunConfig) -> None:
+    """Dataset and batching (the smallest batch depends on model.norm)."""
+    d, m = rc.data, rc.model
     _choice("data", d.name, DATASETS)
+    n_train = _train_examples(d)
+    if d.batch_size > n_train // 2:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} leaves fewer than two batches in the {n_train} "
+            f"training examples of data={d.name} (holdout={d.holdout}); use a smaller batch"
+        )
+    min_batch = 2 if m.norm != "none" else 1
+    if d.batch_size < min_batch:
+        raise ConfigError(
+            f"data.batch_size={d.batch_size} is too small: batch norm needs at least 2 examples "
+            "per batch to estimate a variance"
+            if m.norm != "none"
+            else f"data.batch_size={d.batch_size} must be >= 1"
+        )
+    if d.train_classes is not None and (
+        not d.train_classes or not all(0 <= c <= 9 for c in d.train_classes)
+    ):
+        raise ConfigError(
+            f"data.train_classes={list(d.train_classes)} must list digits 0-9, e.g. [0,1]"
+        )
+    if d.test_ratio is not None and not d.test_ratio >= 1:
+        raise ConfigError(
+            f"data.test_ratio={d.test_ratio!r} is the 1:0 ratio of the test set and must be >= 1"
+        )
+    if d.holdout < 0 or d.eval_train_size < 1:
+        raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
+    if d.eval_holdout and not d.holdout:
+        raise ConfigError(
+            "data.eval_holdout=true needs held-out images: set data.holdout, e.g. 5000"
+        )
+
+
+def _validate_model(rc: RunConfig) -> None:
+    """The MLP: its choices, norm settings, placement, widths, dropout, ghost BN, group norm,
+    residual blocks, and whether the Jacobian probe has a rule for them."""
+    d, m, t = rc.data, rc.model, rc.train
     _choice("model.activation", m.activation, list(ACTIVATIONS))  # the registries, as they are
     _choice("model.norm", m.norm, ["none", *NORMS])  # now (an extension may have added to them)
     _choice("model.init", m.init, INITS)
     _choice("model.bn_eval", m.bn_eval, BN_EVAL)
     _choice("model.population_lower", m.population_lower, POPULATION_LOWER)
-    for mode in t.final_eval:
-        _choice("train.final_eval entry", mode, BN_EVAL)
     _positive("model.population_batches", m.population_batches)
     r = m.renorm
     if r.r_max < 1 or r.d_max < 0 or not 0 < r.momentum <= 1:
@@ -399,20 +455,6 @@ def validate(rc: RunConfig) -> None:
         raise ConfigError(
             f"model.noise needs mean_range, jitter >= 0 and 0 < scale_low <= scale_high (a "
             f"scale below 0 flips signs); got {n}"
-        )
-    _choice("optim", o.name, OPTIMS)
-    _choice("train.loss", t.loss, LOSS_REDUCTIONS)
-    _choice("train.device", t.device.split(":")[0], ("cpu", "cuda", "auto"))
-    if t.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(
-            f"train.device={t.device!r} but CUDA is not available here; use train.device=cpu "
-            "(or auto: CUDA when available)"
-        )
-    _choice("train.log_to", t.log_to, LOG_TO)
-    if t.log_to == "tensorboard" and not _tensorboard_installed():
-        raise ConfigError(
-            "train.log_to=tensorboard needs tensorboard, which is not installed: "
-            'pip install -e ".[track]" (or train.log_to=none)'
         )
     if m.norm == "none" and m.placement is not None:
         raise ConfigError(
@@ -429,50 +471,12 @@ def validate(rc: RunConfig) -> None:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout={m.dropout!r} must be a probability in [0, 1)")
     _choice("model.dropout_at", m.dropout_at, DROPOUT_AT)
-    n_train = (60000 if d.name == "mnist" else 4000) - d.holdout  # before train_classes
-    if d.batch_size > n_train // 2:
-        raise ConfigError(
-            f"data.batch_size={d.batch_size} leaves fewer than two batches in the {n_train} "
-            f"training examples of data={d.name} (holdout={d.holdout}); use a smaller batch"
-        )
-    min_batch = 2 if m.norm != "none" else 1
-    if d.batch_size < min_batch:
-        raise ConfigError(
-            f"data.batch_size={d.batch_size} is too small: batch norm needs at least 2 examples "
-            "per batch to estimate a variance"
-            if m.norm != "none"
-            else f"data.batch_size={d.batch_size} must be >= 1"
-        )
-    _positive("optim.lr", o.lr)
-    _positive("train.steps", t.steps)
-    _positive("train.eval_every", t.eval_every)
-    _positive("train.eval_dense_every", t.eval_dense_every)
-    _positive("train.eval_batch", t.eval_batch)
     _positive("model.bn_eps", m.bn_eps)
     _positive("model.init_std", m.init_std)
     _positive("model.init_scale", m.init_scale)
     if m.bn_momentum is not None and not 0.0 < m.bn_momentum <= 1.0:
         raise ConfigError(f"model.bn_momentum={m.bn_momentum!r} must be in (0, 1] or null")
-    if o.weight_decay < 0 or o.momentum < 0:
-        raise ConfigError("optim.weight_decay and optim.momentum must be >= 0")
-    _choice("optim.schedule", o.schedule, list(SCHEDULES))
-    if not all(0 < f < 1 for f in o.milestones) or not 0 < o.gamma <= 1:
-        raise ConfigError(
-            f"optim.milestones={list(o.milestones)} must be fractions of the run in (0, 1) and "
-            f"optim.gamma={o.gamma} in (0, 1], e.g. milestones=[0.5,0.75] gamma=0.1"
-        )
     _positive("model.invariant_init_scale", m.invariant_init_scale)
-    _positive("optim.invariant_lr_scale", o.invariant_lr_scale)
-    invariant = m.norm in BATCH_STAT_NORMS and not issubclass(NORMS[m.norm], BatchRenorm)
-    invariant &= m.placement == "before" and not m.bias_before_norm
-    invariant &= not (m.dropout > 0 and m.dropout_at == "before_bn")
-    if (m.invariant_init_scale != 1 or o.invariant_lr_scale != 1) and not invariant:
-        raise ConfigError(
-            "model.invariant_init_scale and optim.invariant_lr_scale act on the weights that "
-            f"feed a batch-statistics norm directly; model.norm={m.norm} placement={m.placement} "
-            f"bias_before_norm={m.bias_before_norm} dropout_at={m.dropout_at} has none: use "
-            "model.norm=batch, placement=before, bias_before_norm=false, no dropout before BN"
-        )
     if m.bn_group:
         if m.norm not in ("batch", "batch_scratch"):
             raise ConfigError(
@@ -489,7 +493,117 @@ def validate(rc: RunConfig) -> None:
                 f"model.bn_group={m.bn_group} must be >= 2 and divide data.batch_size="
                 f"{d.batch_size}, e.g. model.bn_group=16 with data.batch_size=64 (0 = off)"
             )
-    _validate_engine(rc)
+    if m.norm == "group":
+        common = math.gcd(*m.widths)
+        if m.groups < 1 or common % m.groups:
+            fit = max(g for g in range(1, max(m.groups, 1) + 1) if common % g == 0)
+            raise ConfigError(
+                f"model.groups={m.groups} must be >= 1 and divide every hidden width of "
+                f"model.widths={list(m.widths)}; use a divisor of {common}, e.g. model.groups={fit}"
+            )
+    elif m.groups != ModelConfig.groups:
+        raise ConfigError(
+            f"model.groups={m.groups} sets group norm's groups; model.norm={m.norm} has none: "
+            "set model.norm=group or drop the model.groups override"
+        )
+    _choice("model.residual_scale", m.residual_scale, RESIDUAL_SCALES)
+    if m.residual_scale != "none" and not m.residual:
+        raise ConfigError(
+            f"model.residual_scale={m.residual_scale} scales residual branches and "
+            "model.residual=false has none: set model.residual=true"
+        )
+    dims = [784, *m.widths]  # the images' 784 pixels feed the first block
+    if m.residual and not any(a == b for a, b in zip(dims, m.widths)):
+        raise ConfigError(
+            f"model.residual=true skips hidden blocks whose input and output widths are equal; "
+            f"model.widths={list(m.widths)} has none: use equal widths, e.g. [100,100,100]"
+        )
+    if m.norm != "none" and NORMS[m.norm].jacobian is None and rc.probes.jacobian.every:
+        cls = NORMS[m.norm].__name__
+        raise ConfigError(
+            f"model.norm={m.norm} with probes.jacobian.every={rc.probes.jacobian.every}: "
+            f"{cls} declares no Jacobian rule; set probes.jacobian.every=0, or declare it in "
+            f'{cls}: jacobian = "not_diagonal" (the probe records no Jacobian, as for layer '
+            'norm) or "diagonal" with a jacobian_diagonal(x) method (bnlab.layers.Layer)'
+        )
+    if m.residual and rc.probes.jacobian.every:
+        raise ConfigError(
+            f"probes.jacobian.every={rc.probes.jacobian.every}: the Jacobian probe has no rule "
+            "for residual blocks (model.residual=true); set probes.jacobian.every=0"
+        )
+
+
+def _validate_optim(rc: RunConfig) -> None:
+    """The optimiser: its settings, the invariant-weights scaling, trainable parameters."""
+    m, o = rc.model, rc.optim
+    _choice("optim", o.name, OPTIMS)
+    _positive("optim.lr", o.lr)
+    if o.weight_decay < 0 or o.momentum < 0:
+        raise ConfigError("optim.weight_decay and optim.momentum must be >= 0")
+    _choice("optim.schedule", o.schedule, list(SCHEDULES))
+    if not all(0 < f < 1 for f in o.milestones) or not 0 < o.gamma <= 1:
+        raise ConfigError(
+            f"optim.milestones={list(o.milestones)} must be fractions of the run in (0, 1) and "
+            f"optim.gamma={o.gamma} in (0, 1], e.g. milestones=[0.5,0.75] gamma=0.1"
+        )
+    _positive("optim.invariant_lr_scale", o.invariant_lr_scale)
+    invariant = m.norm in BATCH_STAT_NORMS and not issubclass(NORMS[m.norm], BatchRenorm)
+    invariant &= m.placement == "before" and not m.bias_before_norm
+    invariant &= not (m.dropout > 0 and m.dropout_at == "before_bn")
+    if (m.invariant_init_scale != 1 or o.invariant_lr_scale != 1) and not invariant:
+        raise ConfigError(
+            "model.invariant_init_scale and optim.invariant_lr_scale act on the weights that "
+            f"feed a batch-statistics norm directly; model.norm={m.norm} placement={m.placement} "
+            f"bias_before_norm={m.bias_before_norm} dropout_at={m.dropout_at} has none: use "
+            "model.norm=batch, placement=before, bias_before_norm=false, no dropout before BN"
+        )
+    _choice("optim.trainable", o.trainable, TRAINABLE)
+    if o.warmup_steps < 0:
+        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0 (0 = no warmup)")
+    if o.clip_norm < 0:
+        raise ConfigError(f"optim.clip_norm={o.clip_norm!r} must be >= 0 (0 = no clipping)")
+    if o.trainable == "norm_only" and (
+        m.norm == "none" or not list(NORMS[m.norm].build(m, 1, m.widths[0]).parameters())
+    ):
+        raise ConfigError(
+            f"optim.trainable=norm_only trains only the norm layers' gamma and beta and "
+            f"model.norm={m.norm} has none: use a norm with gamma and beta (batch, layer, group,"
+            " ...) or optim.trainable=norm_only_head (random features: only the output trains)"
+        )
+    if o.trainable != "all" and m.residual_scale != "none":
+        raise ConfigError(
+            f"optim.trainable={o.trainable} would freeze model.residual_scale="
+            f"{m.residual_scale}'s scalars at 0 (no branch ever acts): use "
+            "model.residual_scale=none or optim.trainable=all"
+        )
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
+
+
+def _validate_train(rc: RunConfig) -> None:
+    """Training: loss, device, logging, evaluation schedule, end-of-run measures, and the run's
+    length (in steps, from train.epochs and the batch size) with the warmup and evaluations
+    it must hold."""
+    d, m, o, t = rc.data, rc.model, rc.optim, rc.train
+    for mode in t.final_eval:
+        _choice("train.final_eval entry", mode, BN_EVAL)
+    _choice("train.loss", t.loss, LOSS_REDUCTIONS)
+    _choice("train.device", t.device.split(":")[0], ("cpu", "cuda", "auto"))
+    if t.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={t.device!r} but CUDA is not available here; use train.device=cpu "
+            "(or auto: CUDA when available)"
+        )
+    _choice("train.log_to", t.log_to, LOG_TO)
+    if t.log_to == "tensorboard" and not _tensorboard_installed():
+        raise ConfigError(
+            "train.log_to=tensorboard needs tensorboard, which is not installed: "
+            'pip install -e ".[track]" (or train.log_to=none)'
+        )
+    _positive("train.steps", t.steps)
+    _positive("train.eval_every", t.eval_every)
+    _positive("train.eval_dense_every", t.eval_dense_every)
+    _positive("train.eval_batch", t.eval_batch)
     for entry in t.shifts:
         kind, _, strength = entry.partition(":")
         _choice("train.shifts entry kind", kind, list(SHIFTS))
@@ -509,18 +623,6 @@ def validate(rc: RunConfig) -> None:
             f"train.shifts={list(t.shifts)} shifts pixels in [0, 1]: it needs "
             "data.standardize=false"
         )
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError(f"optim.betas={list(o.betas)} must be two numbers in [0, 1)")
-    if d.train_classes is not None and (
-        not d.train_classes or not all(0 <= c <= 9 for c in d.train_classes)
-    ):
-        raise ConfigError(
-            f"data.train_classes={list(d.train_classes)} must list digits 0-9, e.g. [0,1]"
-        )
-    if d.test_ratio is not None and not d.test_ratio >= 1:
-        raise ConfigError(
-            f"data.test_ratio={d.test_ratio!r} is the 1:0 ratio of the test set and must be >= 1"
-        )
     if t.epochs is not None:
         _positive("train.epochs", t.epochs)
     if t.evals < 0:
@@ -530,12 +632,7 @@ def validate(rc: RunConfig) -> None:
             f"train.evals={t.evals} is more than train.steps={t.steps}; at most one evaluation "
             "per step: lower train.evals"
         )
-    if d.holdout < 0 or d.eval_train_size < 1:
-        raise ConfigError("data.holdout must be >= 0 and data.eval_train_size >= 1")
-    if d.eval_holdout and not d.holdout:
-        raise ConfigError(
-            "data.eval_holdout=true needs held-out images: set data.holdout, e.g. 5000"
-        )
+    n_train = _train_examples(d)
     steps = t.steps if t.epochs is None else math.ceil(t.epochs * n_train / d.batch_size)
     if steps > MAX_STEPS:
         what = f"train.steps={t.steps}" if t.epochs is None else f"train.epochs={t.epochs}"
@@ -579,15 +676,27 @@ def validate(rc: RunConfig) -> None:
             f"statistics; use at least {math.ceil(math.log(0.01) / math.log(1 - m.bn_momentum))}"
             " batches"
         )
+
+
+def _validate_probes(rc: RunConfig) -> None:
+    """Probe schedules and sizes."""
     pr = rc.probes
-    for name in PROBES:
+    for name in PROBES:  # every Every field of ProbesConfig
         if getattr(pr, name).every < 0:
-            raise ConfigError(f"probes.{name}.every={getattr(pr, name).every} must be >= 0")
+            raise ConfigError(
+                f"probes.{name}.every={getattr(pr, name).every} must be >= 0: the probe fires "
+                f"at the steps that are multiples of it; set probes.{name}.every=0 to turn it off"
+            )
     _positive("probes.batch", pr.batch)
     _positive("probes.jacobian_samples", pr.jacobian_samples)
     _positive("probes.curvature_iters", pr.curvature_iters)
     if not pr.landscape_steps or min(pr.landscape_steps) <= 0:
         raise ConfigError(f"probes.landscape_steps={list(pr.landscape_steps)} must be > 0")
+
+
+def _validate_machine(rc: RunConfig) -> None:
+    """What this machine must give the run: the memory, and a usable MNIST folder."""
+    d, m = rc.data, rc.model
     need, have = _memory_bytes(rc), _available_bytes()
     if need > have:
         raise ConfigError(
@@ -597,68 +706,6 @@ def validate(rc: RunConfig) -> None:
         )
     if d.name == "mnist":
         _check_root(d.root, d.download)
-
-
-def _validate_engine(rc: RunConfig) -> None:
-    """Group norm, residual blocks, warmup, clipping and trainable parameters (issue 29)."""
-    m, o = rc.model, rc.optim
-    if m.norm == "group":
-        common = math.gcd(*m.widths)
-        if m.groups < 1 or common % m.groups:
-            fit = max(g for g in range(1, max(m.groups, 1) + 1) if common % g == 0)
-            raise ConfigError(
-                f"model.groups={m.groups} must be >= 1 and divide every hidden width of "
-                f"model.widths={list(m.widths)}; use a divisor of {common}, e.g. model.groups={fit}"
-            )
-    elif m.groups != ModelConfig.groups:
-        raise ConfigError(
-            f"model.groups={m.groups} sets group norm's groups; model.norm={m.norm} has none: "
-            "set model.norm=group or drop the model.groups override"
-        )
-    _choice("model.residual_scale", m.residual_scale, RESIDUAL_SCALES)
-    if m.residual_scale != "none" and not m.residual:
-        raise ConfigError(
-            f"model.residual_scale={m.residual_scale} scales residual branches and "
-            "model.residual=false has none: set model.residual=true"
-        )
-    dims = [784, *m.widths]  # the images' 784 pixels feed the first block
-    if m.residual and not any(a == b for a, b in zip(dims, m.widths)):
-        raise ConfigError(
-            f"model.residual=true skips hidden blocks whose input and output widths are equal; "
-            f"model.widths={list(m.widths)} has none: use equal widths, e.g. [100,100,100]"
-        )
-    if m.norm != "none" and NORMS[m.norm].jacobian is None and rc.probes.jacobian.every:
-        cls = NORMS[m.norm].__name__
-        raise ConfigError(
-            f"model.norm={m.norm} with probes.jacobian.every={rc.probes.jacobian.every}: "
-            f"{cls} declares no Jacobian rule; set probes.jacobian.every=0, or declare it in "
-            f'{cls}: jacobian = "not_diagonal" (the probe records no Jacobian, as for layer '
-            'norm) or "diagonal" with a jacobian_diagonal(x) method (bnlab.layers.Layer)'
-        )
-    if m.residual and rc.probes.jacobian.every:
-        raise ConfigError(
-            f"probes.jacobian.every={rc.probes.jacobian.every}: the Jacobian probe has no rule "
-            "for residual blocks (model.residual=true); set probes.jacobian.every=0"
-        )
-    _choice("optim.trainable", o.trainable, TRAINABLE)
-    if o.warmup_steps < 0:
-        raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0 (0 = no warmup)")
-    if o.clip_norm < 0:
-        raise ConfigError(f"optim.clip_norm={o.clip_norm!r} must be >= 0 (0 = no clipping)")
-    if o.trainable == "norm_only" and (
-        m.norm == "none" or not list(NORMS[m.norm].build(m, 1, m.widths[0]).parameters())
-    ):
-        raise ConfigError(
-            f"optim.trainable=norm_only trains only the norm layers' gamma and beta and "
-            f"model.norm={m.norm} has none: use a norm with gamma and beta (batch, layer, group,"
-            " ...) or optim.trainable=norm_only_head (random features: only the output trains)"
-        )
-    if o.trainable != "all" and m.residual_scale != "none":
-        raise ConfigError(
-            f"optim.trainable={o.trainable} would freeze model.residual_scale="
-            f"{m.residual_scale}'s scalars at 0 (no branch ever acts): use "
-            "model.residual_scale=none or optim.trainable=all"
-        )
 
 
 def _tensorboard_installed() -> bool:

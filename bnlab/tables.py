@@ -139,7 +139,7 @@ def check_sources(runs: pd.DataFrame, history: pd.DataFrame, sweep: str) -> None
             raise MissingMeasure(
                 f"{sweep}: no member recorded metric {metric!r} although probes.{probe} was on "
                 f"in {int(due.sum())} members; the probe or the measure was renamed: make "
-                "bnlab/tables.py and bnlab/probes.py agree"
+                "bnlab/tables.py and bnlab/probes/ agree"
             )
     shifts = runs.get("train.shifts", pd.Series(None, index=runs.index, dtype=object))
     due = shifts.notna() & shifts.astype(str).ne("[]") & (runs["status"] == "finished")

@@ -21,7 +21,7 @@
 # relu and sigmoid). This notebook puts them side by side from the committed tables and
 # reads them in plain language. **Time:** a few seconds; no training.
 #
-# The measures (means over the probes of each run; definitions in `bnlab/probes.py` and
+# The measures (means over the probes of each run; definitions in `bnlab/probes/` and
 # `bnlab/tables.py`):
 # - **distributional ICS**: Gaussian KL between a layer input's distribution at consecutive
 #   probes (every 1,000 steps, 500 fixed test images), `ics_kl_fc2` (input of layer 2);

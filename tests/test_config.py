@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import REPO, make_cfg
 from hydra import compose, initialize_config_dir
@@ -120,3 +122,18 @@ def test_every_fixed_set_of_values_is_what_validation_allows():
         with pytest.raises(ConfigError) as err:
             make_cfg(f"{key}=nope", *extra)
         assert ", ".join(allowed) in str(err.value), key
+
+
+def test_settings_outside_a_runs_identity_are_left_out_of_folder_names():
+    """config.NOT_IDENTITY is read from the one list, the keys Hydra leaves out of a sweep
+    point's folder name (configs/config.yaml): overriding them names no folder apart."""
+    from bnlab.compose import compose_dict
+    from bnlab.config import NOT_IDENTITY, RunConfig, to_dict
+
+    assert {"data.root", "train.resume"} <= set(NOT_IDENTITY)
+    defaults = OmegaConf.create(to_dict(RunConfig()))
+    same = [f"{k}={json.dumps(OmegaConf.select(defaults, k))}" for k in NOT_IDENTITY]
+    cfg = compose_dict([*same, "seeds=[5]", "model.norm=batch"], hydra=True)
+    assert cfg.hydra.job.override_dirname == "model.norm=batch"
+    excluded = cfg.hydra.job.config.override_dirname.exclude_keys
+    assert list(excluded) == ["experiment", "seeds", *NOT_IDENTITY]

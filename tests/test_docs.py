@@ -1,9 +1,9 @@
 """One source for defaults, and a documentation site that builds.
 
 The schema (bnlab/config.py) is the source of every default and of its documentation: the
-YAML defaults must equal it, every field needs a doc comment, and the configuration
-reference is generated from it when the site is built (docs/hooks.py). The site must build
-with `mkdocs build --strict`: no broken link, missing page or snippet."""
+YAML configs set only what differs from it, every field needs a doc comment, and the
+configuration reference is generated from it when the site is built (docs/hooks.py). The
+site must build with `mkdocs build --strict`: no broken link, missing page or snippet."""
 
 from __future__ import annotations
 
@@ -11,20 +11,21 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from bnlab.compose import compose_dict
+from bnlab.compose import CONFIG_DIR, compose_dict, schema_defaults
 from bnlab.config import RunConfig, to_dict
 
 # Fields without a doc comment in bnlab/config.py when this test was written. Add a comment
 # beside the field (what it means, its unit, its choices) and remove the key from this list;
 # a new field must come with its comment.
 UNDOCUMENTED: set[str] = set()  # fields still waiting for their doc comment
-# found at run time by one rule (bnlab.data.default_root) in both places, not a fixed default
-FROM_ENVIRONMENT = {"data.root"}
+ADDED_GROUPS = ("arm", "reparam")  # +arm=..., +reparam=...: applied after the experiment
 
 
 def _hooks():
@@ -56,44 +57,76 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def yaml_vs_schema(yaml_config: dict, schema_config: dict) -> list[str]:
-    """Every difference between the composed YAML defaults and the schema's, one line each."""
-    yaml_leaves, schema_leaves = _leaves(yaml_config), _leaves(schema_config)
-    problems = [
-        f"{k}: in the schema (bnlab/config.py), missing from the YAML"
-        for k in sorted(set(schema_leaves) - set(yaml_leaves))
-    ]
-    problems += [
-        f"{k}: in the YAML, not in the schema"
-        for k in sorted(set(yaml_leaves) - set(schema_leaves))
-    ]
-    problems += [
-        f"{k}: YAML {yaml_leaves[k]!r} != schema {schema_leaves[k]!r}"
-        for k in sorted(set(yaml_leaves) & set(schema_leaves))
-        if k not in FROM_ENVIRONMENT and not _same(yaml_leaves[k], schema_leaves[k])
-    ]
-    return problems
+def _parents(path: Path) -> list[str]:
+    """The overrides that compose what a YAML file is applied onto: the entries of its
+    defaults list (`/protocol/mlds2017`, or `mlds2017_fig2` of its own group)."""
+    if path.parent == Path(CONFIG_DIR):  # config.yaml: its defaults list is the base
+        return []
+    entries = (yaml.safe_load(path.read_text()) or {}).get("defaults", [])
+    out = []
+    for entry in entries:
+        if isinstance(entry, str) and entry != "_self_":
+            group, _, option = entry.lstrip("/").rpartition("/")
+            out.append(f"+{group}={option}" if group else f"{path.parent.name}={option}")
+    return out
 
 
-def test_yaml_defaults_equal_the_schema_defaults():
-    """configs/config.yaml with its default groups (data/mnist.yaml, optim/sgd.yaml),
-    composed as `bnlab train` composes them, holds exactly the schema's keys and defaults."""
+def repeated(path: Path) -> list[str]:
+    """The settings a YAML file gives the value they already have: the schema's default, or
+    the value of the configs it builds on (its defaults list). One line each."""
+    text = path.read_text()
+    node = yaml.safe_load(text) or {}
+    node.pop("defaults", None)
+    node.pop("hydra", None)
+    if "@package _global_" not in text and path.parent != Path(CONFIG_DIR):
+        node = {path.parent.name: node}  # a group's package: data/mnist5k.yaml is under data.
+    base = _leaves(OmegaConf.to_container(compose_dict(_parents(path)), resolve=False))
+    return [
+        f"{path.parent.name}/{path.name}: {key}={value!r} is already its value there; remove it"
+        for key, value in _leaves(node).items()
+        if key in base and _same(value, base[key])
+    ]
+
+
+def test_no_yaml_value_repeats_a_default():
+    """Defaults are written once, in the schema (bnlab/config.py): every YAML file sets only
+    what differs from the schema's default or from the configs it builds on. Options of the
+    groups added after an experiment (+arm=none, +reparam=none) are left out: each sets its
+    keys over whatever the experiment set."""
+    conf = Path(CONFIG_DIR)
+    files = [p for p in sorted(conf.rglob("*.yaml")) if p.parent.name not in ADDED_GROUPS]
+    files = [p for p in files if "hydra" not in p.relative_to(conf).parts]
+    assert len(files) > 30 and conf / "config.yaml" in files
+    problems = [line for path in files for line in repeated(path)]
+    assert not problems, "defaults written twice:\n" + "\n".join(problems)
+
+
+def test_a_repeated_default_is_found(tmp_path):
+    (tmp_path / "optim").mkdir()
+    path = tmp_path / "optim" / "sgd2.yaml"
+    path.write_text("name: sgd\nlr: 1.0e-4\nmomentum: 0.9\nbetas: [0.9, 0.999]\n")
+    assert repeated(path) == [
+        "optim/sgd2.yaml: optim.name='sgd' is already its value there; remove it",
+        "optim/sgd2.yaml: optim.lr=0.0001 is already its value there; remove it",
+        "optim/sgd2.yaml: optim.betas=[0.9, 0.999] is already its value there; remove it",
+    ]
+    (tmp_path / "experiment").mkdir()
+    path = tmp_path / "experiment" / "mine.yaml"  # a protocol's value, and the default again
+    path.write_text(
+        "# @package _global_\ndefaults:\n  - /protocol/studies\n"
+        "optim:\n  lr: 0.1\ntrain:\n  loss: sum\n  steps: 2000\n"
+    )
+    assert repeated(path) == [
+        "experiment/mine.yaml: optim.lr=0.1 is already its value there; remove it"
+    ]
+
+
+def test_composition_starts_from_the_schema():
+    """configs/config.yaml composes onto every setting at its schema default, so `bnlab train
+    --cfg job` shows each one."""
     composed = OmegaConf.to_container(compose_dict([]), resolve=False)
-    problems = yaml_vs_schema(composed, to_dict(RunConfig()))
-    assert not problems, "the YAML defaults and the schema disagree:\n" + "\n".join(problems)
-
-
-def test_the_comparison_sees_a_default_changed_in_one_place():
-    schema = to_dict(RunConfig())
-    changed = to_dict(RunConfig())
-    changed["model"]["bn_eps"] = 1e-5
-    changed["train"]["resume"] = 1  # a number where the schema has a bool
-    del changed["probes"]["jacobian"]
-    assert yaml_vs_schema(changed, schema) == [
-        "probes.jacobian.every: in the schema (bnlab/config.py), missing from the YAML",
-        "model.bn_eps: YAML 1e-05 != schema 0.001",
-        "train.resume: YAML 1 != schema True",
-    ]
+    assert composed == schema_defaults()
+    assert _leaves(composed).keys() == _leaves(to_dict(RunConfig())).keys()
 
 
 def test_every_schema_field_has_a_doc_comment():

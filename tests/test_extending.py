@@ -20,8 +20,9 @@ from bnlab.data import Batches
 from bnlab.layers import ACTIVATIONS, ActivationFn, Layer
 from bnlab.loss import loss_and_grad, member_losses
 from bnlab.model import build_model
+from bnlab.modelstate import capture, restore
 from bnlab.optim import make_optimizer, train_step
-from bnlab.probes import capture, grad_stats, restore, singular_values, weight_stats
+from bnlab.probes import grad_stats, singular_values, weight_stats
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))

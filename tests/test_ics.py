@@ -14,9 +14,9 @@ from conftest import make_cfg, synthetic_data
 
 from bnlab.compose import compose
 from bnlab.model import build_model
+from bnlab.modelstate import capture
 from bnlab.probes import (
     Prober,
-    capture,
     gaussian_kl,
     scale_free_drift,
     train_mode_moments,

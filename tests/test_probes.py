@@ -1,4 +1,5 @@
-"""Probes against independent computations, and probes never steer training."""
+"""Probes against independent computations; probes never steer training and fire on their
+schedules, each registered probe on its own (tests generated from bnlab.probes.registry)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 from conftest import make_cfg, model_settings, synthetic_data
 
-from bnlab.config import PROBES
+from bnlab.config import PROBES, ConfigError
 from bnlab.loss import loss_and_grad, member_losses
 from bnlab.model import build_model
 from bnlab.norms import BATCH_STAT_NORMS, NORMS
@@ -25,6 +26,7 @@ from bnlab.probes import (
     landscape,
     mismatch_stats,
     overshoot,
+    registry,
     singular_values,
     spectral_norm,
     top_eigenvalue,
@@ -524,8 +526,8 @@ def test_probes_observe_and_never_steer(tmp_path, norm, optim):
         "data.batch_size=16",
         "seeds=[0,1]",
     ]
-    every = [f"probes.{n}.every=3" for n in PROBES]
-    off = [f"probes.{n}.every=0" for n in PROBES]
+    every = [f"probes.{n}.every=3" for n in registry.names()]
+    off = [f"probes.{n}.every=0" for n in registry.names()]
     data = synthetic_data()
     run(
         make_cfg(*over, *every, "probes.batch=64", "probes.jacobian_samples=8"),
@@ -548,6 +550,67 @@ def test_probes_observe_and_never_steer(tmp_path, norm, optim):
             probed |= {"scale_ratio", "scale_w2_growth", "grad_w_cos", "bn_log_gain"}
         assert probed <= set(on["metric"])
         assert set(on[on["metric"] == "grad_mean_abs"]["step"]) == set(range(3, 31, 3))
+
+
+ALONE = [  # noisy BN and dropout (random streams), plain SGD (weight gradients on probe steps)
+    "model.norm=noisy_batch",
+    "model.dropout=0.2",
+    "optim.lr=0.05",
+    "train.steps=12",
+    "train.eval_every=12",
+    "data.batch_size=16",
+    "seeds=[0,1]",
+    "probes.batch=64",
+    "probes.jacobian_samples=8",
+    "probes.curvature_iters=10",
+    *(f"probes.{n}.every=0" for n in PROBES),
+]
+
+
+@pytest.fixture(scope="module")
+def probes_off(tmp_path_factory):
+    """The ALONE run with every probe off: {seed: its history}."""
+    folder = tmp_path_factory.mktemp("off")
+    run(make_cfg(*ALONE), folder, data=synthetic_data())
+    return {seed: read_history(folder, seed) for seed in (0, 1)}
+
+
+@pytest.mark.parametrize("name", sorted(registry.names()))
+def test_each_probe_alone_never_steers_and_fires_on_its_schedule(tmp_path, probes_off, name):
+    """Every registered probe, on its own at every=3: the loss history is bit for bit that of
+    the run without probes, and it records rows at every multiple of 3 (and at most at step 0
+    besides), whatever its kind."""
+    run(make_cfg(*ALONE, f"probes.{name}.every=3"), tmp_path, data=synthetic_data())
+    for seed, off in probes_off.items():
+        on = read_history(tmp_path, seed)
+        keep = ["loss", "acc", "batch_loss"]
+        a = on[on["metric"].isin(keep)].reset_index(drop=True)
+        b = off[off["metric"].isin(keep)].reset_index(drop=True)
+        assert a.equals(b)  # bit for bit
+        steps = set(on[~on["metric"].isin(set(off["metric"]))]["step"])  # the probe's rows
+        assert {3, 6, 9, 12} <= steps <= {0, 3, 6, 9, 12}, f"probes.{name}: rows at {steps}"
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_a_negative_schedule_is_refused_for_every_probe(name):
+    with pytest.raises(ConfigError) as e:
+        make_cfg(f"probes.{name}.every=-3")
+    msg = str(e.value)
+    assert "\n" not in msg
+    for part in (f"probes.{name}.every=-3", ">= 0", f"probes.{name}.every=0"):
+        assert part in msg
+
+
+def test_the_registry_and_the_schedules_name_the_same_probes():
+    """bnlab.probes checks this at import; a probe or a schedule missing on either side is
+    refused with what to add where."""
+    assert registry.names() == set(PROBES)
+    assert {kind for _, kind in registry.REGISTRY} == {registry.STATE, registry.STEP}
+    registry.check(PROBES)
+    with pytest.raises(TypeError, match=r"schedules without a probe: \['bias'\].*@probe"):
+        registry.check((*PROBES, "bias"))
+    with pytest.raises(TypeError, match=r"probes without a schedule: \['weights'\].*ProbesConfig"):
+        registry.check(PROBES[1:])
 
 
 @pytest.mark.parametrize(

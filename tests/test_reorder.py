@@ -15,7 +15,7 @@ from bnlab import reorder
 from bnlab.config import ConfigError
 from bnlab.data import Batches
 from bnlab.model import build_model
-from bnlab.probes import capture, restore
+from bnlab.modelstate import capture, restore
 from bnlab.records import read_history, read_summary
 from bnlab.train import run
 
