@@ -13,9 +13,9 @@ import platform
 if platform.machine().lower() in ("x86_64", "amd64"):
     os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
-from .compose import compose  # noqa: E402 (after the kernel choice above)
-from .config import ConfigError, RunConfig, load_config  # noqa: E402
-from .train import run  # noqa: E402
+from .runs.compose import compose  # noqa: E402 (after the kernel choice above)
+from .runs.config import ConfigError, RunConfig, load_config  # noqa: E402
+from .runs.train import run  # noqa: E402
 
 __all__ = ["ConfigError", "RunConfig", "compose", "load_config", "run"]
 __version__ = "0.1.0"

@@ -25,7 +25,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .compose import (
+from .engine.data import DataError
+from .runs.compose import (
     CONFIG_MODULE,
     PARENT_ENV,
     check_keys,
@@ -34,10 +35,9 @@ from .compose import (
     unwritable,
     with_config_dirs,
 )
-from .config import ConfigError, load_config
-from .data import DataError
-from .records import count_done, write_config
-from .train import ResumeError, run, write_failure
+from .runs.config import ConfigError, load_config
+from .runs.records import count_done, write_config
+from .runs.train import ResumeError, run, write_failure
 
 log = logging.getLogger("bnlab")
 # Hydra's options that take a value (the value is not an override)
@@ -51,16 +51,19 @@ DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPER
 # command -> (module with main(argv) -> int, one line of help)
 COMMANDS = {
     "train": ("bnlab.cli", "train one configuration as a seed ensemble; -m for a sweep"),
-    "collect": ("bnlab.collect", "turn a sweep folder into runs.parquet and history.parquet"),
-    "status": ("bnlab.status", "where a sweep stands: members done, running, failed, missing"),
-    "summary": ("bnlab.summary", "mean, std, min, max over seeds per configuration"),
-    "figures": ("bnlab.figures", "draw the papers' figures from collected sweeps"),
-    "tables": ("bnlab.tables", "the compact per-member tables that the claims report reads"),
-    "claims": ("bnlab.claims.cli", "write results/CLAIMS.md from the tables"),
+    "collect": ("bnlab.runs.collect", "turn a sweep folder into runs.parquet and history.parquet"),
+    "status": ("bnlab.runs.status", "where a sweep stands: members done, running, failed, missing"),
+    "summary": ("bnlab.runs.summary", "mean, std, min, max over seeds per configuration"),
+    "figures": ("bnlab.analysis.figures", "draw the papers' figures from collected sweeps"),
+    "tables": (
+        "bnlab.analysis.tables",
+        "the compact per-member tables that the claims report reads",
+    ),
+    "claims": ("bnlab.analysis.claims.cli", "write results/CLAIMS.md from the tables"),
     "reproduce": ("bnlab.reproduce", "every experiment, table, figure and the claims report"),
-    "export": ("bnlab.export", "export a sweep to TensorBoard or MLflow"),
-    "data": ("bnlab.data", "fetch or check MNIST"),
-    "bench": ("bnlab.bench", "throughput of the training step against a naive PyTorch loop"),
+    "export": ("bnlab.runs.export", "export a sweep to TensorBoard or MLflow"),
+    "data": ("bnlab.engine.data", "fetch or check MNIST"),
+    "bench": ("bnlab.runs.bench", "throughput of the training step against a naive PyTorch loop"),
 }
 USAGE = "usage: bnlab COMMAND [ARGS]   (bnlab COMMAND --help explains each)\n\ncommands:\n" + (
     "\n".join(f"  {name:10s} {text}" for name, (_, text) in COMMANDS.items())
@@ -175,8 +178,8 @@ def _values(key: str, search: list[str]) -> list[str] | None:
     """The values a setting or config group allows, or None when they are not a fixed set."""
     from omegaconf.nodes import BooleanNode
 
-    from .compose import group_options, groups
-    from .config import RunConfig, choices
+    from .runs.compose import group_options, groups
+    from .runs.config import RunConfig, choices
 
     if key in groups():
         return group_options(key, search)

@@ -1,5 +1,5 @@
-"""The two stages of an experiment that tunes each arm's learning rate (bnlab.sequential): the
-selection grid extended at its edges, then the confirmation seeds, trained in looks while a
+"""The two stages of an experiment that tunes each arm's learning rate (bnlab.analysis.sequential):
+the selection grid extended at its edges, then the confirmation seeds, trained in looks while a
 comparison is undecided. `bnlab reproduce` runs confirm() after the experiment's sweep.
 
 Every decision reads the tables this writes (the sweep collected, its table rebuilt, the claims
@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .experiments import EXPERIMENTS, point_dirname
-from .records import JOBS_FILE, read_summary, write_json
-from .sequential import (
+from .analysis.sequential import (
     FIRST,
     MAX_EXTENSIONS,
     confirmation_seeds,
@@ -28,6 +26,8 @@ from .sequential import (
     next_rate,
     wants_more,
 )
+from .runs.experiments import EXPERIMENTS, point_dirname
+from .runs.records import JOBS_FILE, read_summary, write_json
 
 
 def confirm(name: str, results: Path, jobs: int) -> dict:
@@ -76,11 +76,11 @@ def _seeds(seeds: list[int], n: int) -> list[int]:
 
 
 def _table(name: str, results: Path) -> pd.DataFrame:
-    """The experiment's members, freshly collected and measured (bnlab.tables), with the rules
-    for diverged and collapsed members (claims.Tables.get)."""
-    from . import tables
-    from .claims.framework import Tables
-    from .collect import main as collect_main
+    """The experiment's members, freshly collected and measured (bnlab.analysis.tables), with the
+    rules for diverged and collapsed members (claims.Tables.get)."""
+    from .analysis import tables
+    from .analysis.claims.framework import Tables
+    from .runs.collect import main as collect_main
 
     exp = EXPERIMENTS[name]
     if collect_main([str(results / "sweeps" / exp.sweep)]) != 0:
@@ -97,7 +97,7 @@ def _points(sweep: Path) -> dict[str, tuple[list[str], list[int]]]:
 
 
 def _arms(table: pd.DataFrame, keys: tuple[str, ...]):
-    from .selection import ARM_KEYS
+    from .analysis.selection import ARM_KEYS
 
     keys = [k for k in [*ARM_KEYS, *keys] if k in table]
     return table.groupby([table[k].astype(str) for k in keys], dropna=False)
@@ -105,7 +105,7 @@ def _arms(table: pd.DataFrame, keys: tuple[str, ...]):
 
 def chosen_runs(table: pd.DataFrame, keys: tuple[str, ...] = ()) -> list[str]:
     """The run folder of each arm at its chosen rate (selection.at_best_lr)."""
-    from .selection import at_best_lr
+    from .analysis.selection import at_best_lr
 
     best = at_best_lr(table, extra=keys)
     return sorted(best["run"].unique())
@@ -116,7 +116,7 @@ def edge_points(
 ) -> dict[str, tuple[list[str], list[int]]]:
     """{new run folder: (overrides, selection seeds)}: for each arm whose chosen rate is the
     highest (lowest) of the rates it was trained at, the next half-decade rate above (below)."""
-    from .selection import at_best_lr
+    from .analysis.selection import at_best_lr
 
     best = at_best_lr(table, extra=keys)
     selection = table[~table["seed"].map(is_confirmation)]
@@ -136,7 +136,7 @@ def edge_points(
 def more_seeds(name: str, results: Path) -> dict[str, int]:
     """{run folder: confirmation seeds it should have}: BATCH more for both arms of every
     comparison of experiment `name`'s claims that sequential.wants_more."""
-    from .claims.framework import LEDGER, Tables, build_claims
+    from .analysis.claims.framework import LEDGER, Tables, build_claims
 
     keys = [k for k, c in LEDGER.items() if name in c.experiments]
     out: dict[str, int] = {}
@@ -168,8 +168,8 @@ def _train(sweep: Path, todo: dict[str, tuple[list[str], list[int]]], jobs: int)
 
 def _train_one(overrides: list[str], seeds: list[int], folder: str) -> Counter:
     """Train one point's members that are not done in its folder; what was trained."""
-    from .compose import compose
-    from .train import run
+    from .runs.compose import compose
+    from .runs.train import run
 
     cfg = compose([*(o for o in overrides if not o.startswith("seeds=")), f"seeds={seeds}"])
     new = [s for s in seeds if not _done(Path(folder), s)]

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .analysis.sequential import is_confirmation
 from .confirm import confirm
-from .experiments import (
+from .runs.experiments import (
     EXPERIMENTS,
     EXTRAS,
     REPRODUCTION,
@@ -47,8 +48,7 @@ from .experiments import (
     sweep_points,
     sweeps,
 )
-from .records import JOBS_FILE, read_summary
-from .sequential import is_confirmation
+from .runs.records import JOBS_FILE, read_summary
 
 TIME_COLUMNS = [
     "experiment",
@@ -175,9 +175,9 @@ def full_tables(tables: Path, steps: int) -> list[str]:
 def report(names: list[str], results: Path) -> int:
     """Collect the experiments' sweeps, write their compact tables and figures, then the claims
     report; nonzero if any stage fails (a figure or a measure that cannot be made included)."""
-    from . import figures, tables
-    from .claims import cli as claims
-    from .collect import main as collect_main
+    from .analysis import figures, tables
+    from .analysis.claims import cli as claims
+    from .runs.collect import main as collect_main
 
     failed = 0
     here = [s for s in sweeps(names) if (results / "sweeps" / s).is_dir()]  # runs exist
@@ -222,10 +222,10 @@ def check(name: str, results: Path, n_runs: int, overrides: list[str]) -> int:
     """Retrain `n_runs` runs of experiment `name` (each with every seed its table holds: a
     member trained with fewer ensemble mates rounds differently) from this code into a
     temporary folder and compare their table rows with RESULTS/tables/SWEEP.csv."""
-    from . import tables
-    from .collect import collect
-    from .compose import compose
-    from .train import run
+    from .analysis import tables
+    from .runs.collect import collect
+    from .runs.compose import compose
+    from .runs.train import run
 
     path = results / "tables" / f"{EXPERIMENTS[name].sweep}.csv"
     if not path.exists():

@@ -5,14 +5,14 @@ they cannot go stale:
 
 - `<!-- bnlab:config-reference -->` becomes the configuration reference: one table per config
   section with each field's key, type, default and the comment written beside it (or on the
-  lines directly above it) in bnlab/config.py; a section's text is its class docstring.
+  lines directly above it) in bnlab/runs/config.py; a section's text is its class docstring.
 - `<!-- bnlab:config-groups -->` becomes a table per config group (data, optim, experiment,
   protocol): each option with the comment at the top of its YAML file.
 - `<!-- bnlab:cli-reference -->` becomes the help of every `bnlab` command: the command table
   of bnlab/cli.py, each command's argparse help and `bnlab train --help` (Hydra's help,
   rendered from configs/hydra/help/bnlab.yaml).
 - `<!-- bnlab:measures -->` becomes the table of the per-member measures of `bnlab tables`:
-  each measure of the registry bnlab.tables.TABLE with what it reads and its definition.
+  each measure of the registry bnlab.analysis.tables.TABLE with what it reads and its definition.
 - `<!-- bnlab:reproduction-times -->` becomes the table of results/tables/reproduction_times.csv
   (written by `bnlab reproduce`).
 
@@ -47,7 +47,7 @@ import griffe
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_SOURCE = REPO / "bnlab" / "config.py"
+CONFIG_SOURCE = REPO / "bnlab" / "runs" / "config.py"
 HELP_CONFIG = REPO / "configs" / "hydra" / "help" / "bnlab.yaml"
 TIMES_CSV = REPO / "results" / "tables" / "reproduction_times.csv"
 MIRRORED = ("results/CLAIMS.md", "results/figures/*", "results/tables/*.csv")
@@ -78,7 +78,7 @@ def _comments(source: str) -> dict[int, tuple[str, bool]]:
 
 
 def schema_docs(source: str | None = None) -> tuple[dict, dict, dict]:
-    """From the source of bnlab/config.py: ({class: docstring}, {(class, field): comment},
+    """From the source of bnlab/runs/config.py: ({class: docstring}, {(class, field): comment},
     {(class, field): annotation}). A field's comment is its trailing comment on any of its
     lines, after the whole-line comments directly above it."""
     source = CONFIG_SOURCE.read_text() if source is None else source
@@ -153,7 +153,7 @@ def config_sections() -> list[tuple[str, str, str, list[FieldDoc]]]:
     """(section key, class name, class docstring, fields) for RunConfig and every nested
     config, depth first. A nested config with one field (a probe's `Every`) is a row
     `key.field` of its parent's table, documented by the parent's comment."""
-    from bnlab import config
+    from bnlab.runs import config
 
     source = CONFIG_SOURCE.read_text()
     tree = ast.parse(source)
@@ -234,7 +234,7 @@ def _leading_comment(path: Path) -> str:
 def config_groups() -> str:
     """A table per config group: its options, the default marked, each with the comment at
     the top of its YAML file."""
-    from bnlab.compose import CONFIG_DIR, group_options, groups
+    from bnlab.runs.compose import CONFIG_DIR, group_options, groups
 
     conf = Path(CONFIG_DIR)
     defaults = {}
@@ -304,7 +304,7 @@ def _help_text(parser: argparse.ArgumentParser) -> str:
 
 def train_help() -> str:
     """`bnlab train --help` as Hydra prints it (bnlab's help template, the config groups)."""
-    from bnlab.compose import group_options, groups
+    from bnlab.runs.compose import group_options, groups
 
     conf = yaml.safe_load(HELP_CONFIG.read_text())
     group_lines = "\n".join(f"{g}: {', '.join(group_options(g))}" for g in groups())
@@ -329,8 +329,9 @@ def cli_reference() -> str:
 
 # --------------------------------------------------------------------------- measures
 def measures_reference() -> str:
-    """The per-member measures of bnlab.tables.TABLE as a Markdown table, in column order."""
-    from bnlab.tables import MEASURES
+    """The per-member measures of bnlab.analysis.tables.TABLE as a Markdown table, in column
+    order."""
+    from bnlab.analysis.tables import MEASURES
 
     out = ["| measure | definition | reads |", "|---|---|---|"]
     for m in MEASURES:

@@ -18,8 +18,8 @@
 #
 # **What it shows.** How to train BN vs no BN from Python through `bnlab.run` (the same
 # function the `bnlab train` command calls), read the run folder with pandas and draw the
-# learning curves with `bnlab.plots`. **Time:** about 30 s on a laptop CPU (two short runs of
-# 600 steps, 3 seeds each).
+# learning curves with `bnlab.analysis.plots`. **Time:** about 30 s on a laptop CPU (two short runs
+# of 600 steps, 3 seeds each).
 #
 # MNIST is found as by every bnlab command: `$BNLAB_DATA_ROOT` (a folder holding
 # `MNIST/raw/`), else the checkout's `data/` folder (what `make demo` sets up), else the
@@ -32,15 +32,15 @@ from pathlib import Path
 import pandas as pd
 
 from bnlab import compose, run
-from bnlab.collect import collect
-from bnlab.plots import curves
+from bnlab.analysis.plots import curves
+from bnlab.runs.collect import collect
 
 OUT = Path(tempfile.mkdtemp(prefix="bnlab_quickstart_"))
 
 # %% [markdown]
 # A run is configured by overrides, exactly as on the command line: `bnlab.compose` takes
 # what `bnlab train` takes (config groups such as `optim=adam` and `experiment=...`
-# included), checks every value against the schema in `bnlab/config.py` and refuses bad ones
+# included), checks every value against the schema in `bnlab/runs/config.py` and refuses bad ones
 # with a message naming the field. Here: the 2017 study's sigmoid network at a learning rate that
 # trains quickly (0.01 on the summed loss), with and without BN, three seeds trained together;
 # the weights probe fires every 50 steps (its default, 500, would give two points here).

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bnlab import plots
-from bnlab.claims import Tables, build_claims
+from bnlab.analysis import plots
+from bnlab.analysis.claims import Tables, build_claims
 
 TABLES = Path("../results/tables")
 sorted(p.name for p in TABLES.glob("*.csv"))
@@ -35,7 +35,7 @@ sorted(p.name for p in TABLES.glob("*.csv"))
 # Every table has the settings that vary in its sweep (`model.norm`, `model.activation`, ...),
 # the member's `seed` and `status`, its final metrics (`test_acc`, `train_acc`, and with BN
 # `test_acc_running` / `_population` / `_batch`) and the measures the claims use (documented
-# in `bnlab/tables.py`).
+# in `bnlab/analysis/tables.py`).
 
 # %%
 study = pd.read_csv(TABLES / "mlds2017.csv")

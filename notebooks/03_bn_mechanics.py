@@ -16,7 +16,7 @@
 #
 # **What it shows.** Ioffe & Szegedy's Algorithm 1 (training forward), the backward pass as
 # printed in the paper, Algorithm 2 (inference with population statistics and the m/(m-1)
-# correction), each next to bnlab's from-scratch implementation (`bnlab.norms.bn_forward`,
+# correction), each next to bnlab's from-scratch implementation (`bnlab.engine.norms.bn_forward`,
 # `bn_backward`, `population_statistics`) and checked against PyTorch; then what train vs
 # eval mode does to one example's output. **Time:** a few seconds; no training.
 
@@ -24,8 +24,8 @@
 import torch
 
 from bnlab import compose
-from bnlab.model import build_model
-from bnlab.norms import BatchNormFunction, bn_backward, bn_forward, population_statistics
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import BatchNormFunction, bn_backward, bn_forward, population_statistics
 
 torch.manual_seed(0)
 K, B, C, eps = 1, 8, 3, 1e-3  # one member, a batch of 8 examples, 3 units

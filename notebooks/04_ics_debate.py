@@ -21,8 +21,8 @@
 # relu and sigmoid). This notebook puts them side by side from the committed tables and
 # reads them in plain language. **Time:** a few seconds; no training.
 #
-# The measures (means over the probes of each run; definitions in `bnlab/probes/` and
-# `bnlab/tables.py`):
+# The measures (means over the probes of each run; definitions in `bnlab/measurement/probes/` and
+# `bnlab/analysis/tables.py`):
 # - **distributional ICS**: Gaussian KL between a layer input's distribution at consecutive
 #   probes (every 1,000 steps, 500 fixed test images), `ics_kl_fc2` (input of layer 2);
 # - **gradient ICS**: $\|G - G'\|/\|G\|$, how much layer 2's gradient changes when the layers
@@ -36,7 +36,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from bnlab.plots import NORM_COLORS, NORM_LABELS
+from bnlab.analysis.plots import NORM_COLORS, NORM_LABELS
 
 t = pd.read_csv(Path("../results/tables/mlds2017.csv"))
 t = t[(t["optim.name"] == "sgd") & t["model.activation"].isin(["relu", "sigmoid"])]

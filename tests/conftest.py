@@ -1,7 +1,7 @@
 """Shared fixtures. Real-MNIST tests read $BNLAB_DATA_ROOT, else the test machines' folder
 ../shared/data beside the checkout when it holds MNIST, else bnlab's own rule
-(bnlab.data.default_root); they fail, never skip, when the files are missing: CI must not pass
-without having trained on MNIST. The choice is exported as BNLAB_DATA_ROOT, so the notebooks
+(bnlab.engine.data.default_root); they fail, never skip, when the files are missing: CI must not
+pass without having trained on MNIST. The choice is exported as BNLAB_DATA_ROOT, so the notebooks
 and the commands the tests start read the same files."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from bnlab.config import DataConfig, RunConfig, load_config
-from bnlab.data import DATA_ROOT_ENV, MNIST_FILES, Data, default_root, load_data, raw_dir
+from bnlab.engine.data import DATA_ROOT_ENV, MNIST_FILES, Data, default_root, load_data, raw_dir
+from bnlab.runs.config import DataConfig, RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MACHINES = REPO.parent / "shared" / "data"  # the test machines' layout, named only here
@@ -92,12 +92,12 @@ def explicit_pass(layer, x, dy):
 
 def model_settings(dropout: bool = True) -> list:
     """Every model structure the registries allow, as pytest params of override lists: each
-    activation (bnlab.layers.ACTIVATIONS) x norm (bnlab.norms.NORMS and none) x placement x
-    dropout position (none, and each of DROPOUT_AT). A new activation, norm or position is
-    tested by every test that uses this, with nothing to remember."""
-    from bnlab.config import DROPOUT_AT, PLACEMENTS
-    from bnlab.layers import ACTIVATIONS
-    from bnlab.norms import NORMS
+    activation (bnlab.engine.layers.ACTIVATIONS) x norm (bnlab.engine.norms.NORMS and none) x
+    placement x dropout position (none, and each of DROPOUT_AT). A new activation, norm or position
+    is tested by every test that uses this, with nothing to remember."""
+    from bnlab.engine.layers import ACTIVATIONS
+    from bnlab.engine.norms import NORMS
+    from bnlab.runs.config import DROPOUT_AT, PLACEMENTS
 
     out = []
     for act in ACTIVATIONS:

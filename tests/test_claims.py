@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from bnlab import experiments
-from bnlab.claims import (
+from bnlab.analysis.claims import (
     LEDGER,
     ClaimError,
     Tables,
@@ -25,10 +24,11 @@ from bnlab.claims import (
     frequency_loss,
     render,
 )
-from bnlab.claims.cli import main
-from bnlab.margins import ACCURACY, LEARNING_RATE, LOSS, MARGINS
-from bnlab.records import MANIFEST, update_manifest
-from bnlab.verdicts import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED
+from bnlab.analysis.claims.cli import main
+from bnlab.analysis.margins import ACCURACY, LEARNING_RATE, LOSS, MARGINS
+from bnlab.analysis.verdicts import CONTRADICTED, INCONCLUSIVE, NEGLIGIBLE, SUPPORTED
+from bnlab.runs import experiments
+from bnlab.runs.records import MANIFEST, update_manifest
 
 
 def test_the_ledger_states_the_numbers_its_code_uses():

@@ -13,13 +13,13 @@ import pytest
 from conftest import run_bnlab as bnlab
 
 from bnlab import compose
+from bnlab.analysis.figures import main as figures_main
 from bnlab.cli import COMMANDS, complete, sweep_refusal
 from bnlab.cli import main as cli_main
-from bnlab.collect import main as collect_main
-from bnlab.compose import compose_dict
-from bnlab.config import ConfigError, load_config, to_dict
-from bnlab.figures import main as figures_main
-from bnlab.records import count_done, read_config
+from bnlab.runs.collect import main as collect_main
+from bnlab.runs.compose import compose_dict
+from bnlab.runs.config import ConfigError, load_config, to_dict
+from bnlab.runs.records import count_done, read_config
 
 pytestmark = pytest.mark.slow
 SHORT = [

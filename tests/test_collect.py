@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnlab.collect import collect, flatten, main, read_tables
-from bnlab.export import main as export_main
-from bnlab.records import write_config
-from bnlab.status import main as status_main
-from bnlab.summary import main as summary_main
+from bnlab.runs.collect import collect, flatten, main, read_tables
+from bnlab.runs.export import main as export_main
+from bnlab.runs.records import write_config
+from bnlab.runs.status import main as status_main
+from bnlab.runs.summary import main as summary_main
 
 
 def _member(run_dir, seed, history: str, summary: dict | None):

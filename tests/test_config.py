@@ -9,8 +9,8 @@ from conftest import REPO, make_cfg
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from bnlab.compose import CONFIG_DIR
-from bnlab.config import ConfigError, load_config
+from bnlab.runs.compose import CONFIG_DIR
+from bnlab.runs.config import ConfigError, load_config
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
@@ -95,7 +95,7 @@ def test_unreadable_data_root_is_refused(tmp_path):
 
 def test_saved_config_reloads_to_the_same_config():
     rc = make_cfg("model.norm=batch", "optim.name=adam", "seeds=[3,4]")
-    from bnlab.config import to_dict
+    from bnlab.runs.config import to_dict
 
     again = load_config(OmegaConf.create(to_dict(rc)))
     assert again == rc
@@ -113,9 +113,9 @@ def test_shipped_launchers_and_sweeper_compose():
 
 
 def test_every_fixed_set_of_values_is_what_validation_allows():
-    """bnlab.config.choices() (what tab completion offers) against validate: a value outside
+    """bnlab.runs.config.choices() (what tab completion offers) against validate: a value outside
     each set is refused, listing the set."""
-    from bnlab.config import choices
+    from bnlab.runs.config import choices
 
     for key, allowed in choices().items():
         extra = ["model.norm=batch"] if key == "model.placement" else []
@@ -127,8 +127,8 @@ def test_every_fixed_set_of_values_is_what_validation_allows():
 def test_settings_outside_a_runs_identity_are_left_out_of_folder_names():
     """config.NOT_IDENTITY is read from the one list, the keys Hydra leaves out of a sweep
     point's folder name (configs/config.yaml): overriding them names no folder apart."""
-    from bnlab.compose import compose_dict
-    from bnlab.config import NOT_IDENTITY, RunConfig, to_dict
+    from bnlab.runs.compose import compose_dict
+    from bnlab.runs.config import NOT_IDENTITY, RunConfig, to_dict
 
     assert {"data.root", "train.resume"} <= set(NOT_IDENTITY)
     defaults = OmegaConf.create(to_dict(RunConfig()))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import bnlab.data
-from bnlab.config import DataConfig
-from bnlab.data import MNIST_FILES, DataError, load_data, load_mnist, main, raw_dir
+import bnlab.engine.data
+from bnlab.engine.data import MNIST_FILES, DataError, load_data, load_mnist, main, raw_dir
+from bnlab.runs.config import DataConfig
 
 
 def test_mnist_loads_as_flat_float_tensors(mnist):
@@ -149,7 +149,7 @@ def test_genuine_extracted_files_load_as_the_gz_files_do(mnist_root, tmp_path, c
     for name in MNIST_FILES:
         path = extract(raw, name)
         # the reference digests are those of the genuine decompressed files
-        assert hashlib.md5(path.read_bytes()).hexdigest() == bnlab.data.MNIST_IDX_MD5[name]
+        assert hashlib.md5(path.read_bytes()).hexdigest() == bnlab.engine.data.MNIST_IDX_MD5[name]
     from_plain = load_mnist(tmp_path, download=False)
     for a, b in zip(from_gz, from_plain, strict=True):
         assert a.dtype == b.dtype == np.uint8 and np.array_equal(a, b)

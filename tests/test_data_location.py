@@ -13,11 +13,11 @@ import sys
 import pytest
 from conftest import REPO
 
-import bnlab.data
-import bnlab.locations
+import bnlab.engine.data
+import bnlab.engine.locations
 from bnlab import compose
-from bnlab.config import RunConfig
-from bnlab.data import DATA_ROOT_ENV, default_root, main, project_root, user_cache
+from bnlab.engine.data import DATA_ROOT_ENV, default_root, main, project_root, user_cache
+from bnlab.runs.config import RunConfig
 
 
 def _python(code: str, cwd, env: dict) -> str:
@@ -35,7 +35,8 @@ def test_the_variable_wins_then_the_checkout_then_the_user_cache(tmp_path, monke
     monkeypatch.delenv(DATA_ROOT_ENV)
     assert project_root() == REPO  # the tests run from a checkout
     assert default_root() == str(REPO / "data")
-    monkeypatch.setattr(bnlab.locations, "project_root", lambda: None)  # an installed package
+    # an installed package
+    monkeypatch.setattr(bnlab.engine.locations, "project_root", lambda: None)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert user_cache() == tmp_path / "cache" / "bnlab"
     assert default_root() == str(tmp_path / "cache" / "bnlab")
@@ -77,8 +78,8 @@ def test_a_broken_torchvision_is_named(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", broken)
-    with pytest.raises(bnlab.data.DataError) as err:
-        bnlab.data.load_mnist(tmp_path, download=True)
+    with pytest.raises(bnlab.engine.data.DataError) as err:
+        bnlab.engine.data.load_mnist(tmp_path, download=True)
     assert "the torchvision install is broken" in str(err.value)
     assert "download failed" not in str(err.value) and "reinstall" in str(err.value)
 

@@ -1,6 +1,6 @@
 """One source for defaults, and a documentation site that builds.
 
-The schema (bnlab/config.py) is the source of every default and of its documentation: the
+The schema (bnlab/runs/config.py) is the source of every default and of its documentation: the
 YAML configs set only what differs from it, every field needs a doc comment, and the
 configuration reference is generated from it when the site is built (docs/hooks.py). The
 site must build with `mkdocs build --strict`: no broken link, missing page or snippet."""
@@ -18,10 +18,10 @@ import yaml
 from conftest import REPO
 from omegaconf import OmegaConf
 
-from bnlab.compose import CONFIG_DIR, compose_dict, schema_defaults
-from bnlab.config import RunConfig, to_dict
+from bnlab.runs.compose import CONFIG_DIR, compose_dict, schema_defaults
+from bnlab.runs.config import RunConfig, to_dict
 
-# Fields without a doc comment in bnlab/config.py when this test was written. Add a comment
+# Fields without a doc comment in bnlab/runs/config.py when this test was written. Add a comment
 # beside the field (what it means, its unit, its choices) and remove the key from this list;
 # a new field must come with its comment.
 UNDOCUMENTED: set[str] = set()  # fields still waiting for their doc comment
@@ -89,7 +89,7 @@ def repeated(path: Path) -> list[str]:
 
 
 def test_no_yaml_value_repeats_a_default():
-    """Defaults are written once, in the schema (bnlab/config.py): every YAML file sets only
+    """Defaults are written once, in the schema (bnlab/runs/config.py): every YAML file sets only
     what differs from the schema's default or from the configs it builds on. Options of the
     groups added after an experiment (+arm=none, +reparam=none) are left out: each sets its
     keys over whatever the experiment set."""
@@ -135,7 +135,7 @@ def test_every_schema_field_has_a_doc_comment():
     missing = set(_hooks().undocumented_fields())
     new = sorted(missing - UNDOCUMENTED)
     assert not new, (
-        f"fields without a doc comment in bnlab/config.py: {new}; write one beside each "
+        f"fields without a doc comment in bnlab/runs/config.py: {new}; write one beside each "
         "(what it means, its unit or choices): it is their text in the configuration reference"
     )
     documented = sorted(UNDOCUMENTED - missing)

@@ -15,9 +15,9 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from bnlab.config import load_config
-from bnlab.experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, figures_of
-from bnlab.figures import FIGURES
+from bnlab.analysis.figures import FIGURES
+from bnlab.runs.config import load_config
+from bnlab.runs.experiments import EXPERIMENTS, EXTRAS, REPRODUCTION, figures_of
 
 CONFIGS = REPO / "configs"
 EXPERIMENT_FILES = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
@@ -108,8 +108,8 @@ def test_tiny_reproduction_end_to_end(mnist_root, tmp_path):
     assert "1:0 = 99:1, BN with running statistics" in c8 and "n=2" in c8
 
     # a metric renamed in the probes: the tables and the figure refuse instead of going quiet
-    from bnlab import figures, tables
-    from bnlab.collect import read_tables
+    from bnlab.analysis import figures, tables
+    from bnlab.runs.collect import read_tables
 
     runs, hist = read_tables(tmp_path / "sweeps" / "mlds2017_early")
     renamed = hist.assign(metric=hist["metric"].astype(str).replace("grad_mean_abs", "grad_abs"))

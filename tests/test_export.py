@@ -12,8 +12,8 @@ import pytest
 from conftest import make_cfg, synthetic_data
 
 import bnlab
-from bnlab.export import HPARAM_METRIC, main
-from bnlab.records import flatten, read_config, read_history
+from bnlab.runs.export import HPARAM_METRIC, main
+from bnlab.runs.records import flatten, read_config, read_history
 
 pytestmark = pytest.mark.filterwarnings(  # mlflow 3.17 with SQLAlchemy 2.1, not ours
     "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning"
@@ -255,7 +255,7 @@ def test_library_not_installed(to, modules, sweep, tmp_path, monkeypatch, capsys
 
 
 def test_libraries_are_imported_lazily():
-    tree = ast.parse(Path(bnlab.export.__file__).read_text())
+    tree = ast.parse(Path(bnlab.runs.export.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]

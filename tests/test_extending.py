@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from conftest import make_cfg, model_settings, synthetic_data
 from torch import nn
 
-from bnlab import layers, norms
-from bnlab.config import ConfigError
-from bnlab.data import Batches
-from bnlab.layers import ACTIVATIONS, ActivationFn, Layer
-from bnlab.loss import loss_and_grad, member_losses
-from bnlab.model import build_model
-from bnlab.modelstate import capture, restore
-from bnlab.optim import make_optimizer, train_step
-from bnlab.probes import grad_stats, singular_values, weight_stats
+from bnlab.engine import layers, norms
+from bnlab.engine.data import Batches
+from bnlab.engine.layers import ACTIVATIONS, ActivationFn, Layer
+from bnlab.engine.loss import loss_and_grad, member_losses
+from bnlab.engine.model import build_model
+from bnlab.engine.modelstate import capture, restore
+from bnlab.engine.optim import make_optimizer, train_step
+from bnlab.measurement.probes import grad_stats, singular_values, weight_stats
+from bnlab.runs.config import ConfigError
 
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))

@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from conftest import explicit_pass, make_cfg
 
-from bnlab.config import ConfigError
-from bnlab.model import build_model
-from bnlab.norms import BatchNorm, ScratchBatchNorm, make_norm, population_statistics
-from bnlab.probes import train_mode_moments
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import BatchNorm, ScratchBatchNorm, make_norm, population_statistics
+from bnlab.measurement.probes import train_mode_moments
+from bnlab.runs.config import ConfigError
 
 LAYERS = {"batch": BatchNorm, "batch_scratch": ScratchBatchNorm}
 K, C, EPS = 3, 5, 1e-3
@@ -153,7 +153,7 @@ def test_evaluation_ignores_the_group(norm, mode):
 
 @pytest.mark.parametrize("norm", LAYERS)
 def test_model_explicit_backward_equals_autograd(norm):
-    from bnlab.loss import loss_and_grad, member_losses
+    from bnlab.engine.loss import loss_and_grad, member_losses
 
     over = [f"model.norm={norm}", "model.widths=[24,16]", "data.batch_size=16"]
     cfg = make_cfg(*over, "model.bn_group=4")
@@ -211,7 +211,7 @@ def test_config_refuses_bad_groups(over):
 def test_the_twice_differentiable_forward_of_the_curvature_probes_keeps_the_groups():
     """probes' second-derivative path swaps batch_scratch's forward for plain torch ops: with
     groups it must normalise per group as training does."""
-    from bnlab.probes import _twice_differentiable
+    from bnlab.measurement.probes import _twice_differentiable
 
     cfg = make_cfg("model.norm=batch_scratch", "model.bn_group=4", "data.batch_size=16")
     model = build_model(cfg.model, [0, 1]).double().train()

@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from conftest import explicit_pass, make_cfg
 
-from bnlab.config import ConfigError
-from bnlab.model import build_model
-from bnlab.norms import GroupNorm, LayerNorm
-from bnlab.probes import singular_values, weight_stats
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import GroupNorm, LayerNorm
+from bnlab.measurement.probes import singular_values, weight_stats
+from bnlab.runs.config import ConfigError
 
 
 def _layer(cls, *args, seed=0):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bnlab.records import read_history
+from bnlab.runs.records import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
 HOWTO = ROOT / "docs" / "how-to"

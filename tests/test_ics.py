@@ -12,18 +12,18 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-from bnlab.compose import compose
-from bnlab.model import build_model
-from bnlab.modelstate import capture
-from bnlab.probes import (
+from bnlab.analysis.tables import MissingMeasure, check_sources, measures
+from bnlab.engine.model import build_model
+from bnlab.engine.modelstate import capture
+from bnlab.measurement.probes import (
     Prober,
     gaussian_kl,
     scale_free_drift,
     train_mode_moments,
 )
-from bnlab.records import read_history
-from bnlab.tables import MissingMeasure, check_sources, measures
-from bnlab.train import run
+from bnlab.runs.compose import compose
+from bnlab.runs.records import read_history
+from bnlab.runs.train import run
 
 
 def _drift_numpy(m, v, m_ref, v_ref):

@@ -1,5 +1,7 @@
 """No import cycles, counting imports inside functions: each arrow between bnlab's modules
-points one way, so a module can be read (and imported) after the ones it uses.
+points one way, so a module can be read (and imported) after the ones it uses. And the layers
+the folders show: every arrow points down (engine < measurement < runs < analysis < the
+commands at the top), and analysis reads runs' records, never the engine's internals.
 
 An import inside a function hides a cycle from Python (nothing fails at import time) but not
 from a reader; only `if TYPE_CHECKING:` blocks, which never run, are left out.
@@ -102,3 +104,45 @@ def test_the_scan_finds_a_cycle_hidden_in_a_function_and_skips_type_checking(tmp
     graph = import_graph(tmp_path, ["pkg"])
     assert graph["pkg.c"] == set() and graph["pkg.d"] == {"pkg.c"}
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+# bnlab's layers, bottom up; bnlab.errors sits below them all, the modules directly under bnlab/
+# (cli, reproduce, confirm: the commands that drive every layer) above them
+LAYERS = ("engine", "measurement", "runs", "analysis")
+BASE = {"bnlab.errors"}
+
+
+def layer(module: str) -> int:
+    if module in BASE:
+        return -1
+    parts = module.split(".")
+    return LAYERS.index(parts[1]) if len(parts) > 1 and parts[1] in LAYERS else len(LAYERS)
+
+
+def upward(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that points up a layer, or from analysis into the engine."""
+    return [
+        f"{a} -> {b}"
+        for a in sorted(graph)
+        for b in sorted(graph[a])
+        if layer(b) > layer(a) or (layer(a) == LAYERS.index("analysis") and layer(b) == 0)
+    ]
+
+
+def test_every_import_points_down_a_layer():
+    graph = import_graph(REPO, ["bnlab"])
+    assert {layer(m) for m in graph} == {-1, 0, 1, 2, 3, 4}  # every layer has modules
+    found = upward(graph)
+    assert not found, "imports against the layers (TYPE_CHECKING ones aside):\n" + "\n".join(found)
+
+
+def test_an_upward_import_is_found():
+    graph = {
+        "bnlab.engine.model": {"bnlab.runs.config", "bnlab.errors"},
+        "bnlab.analysis.tables": {"bnlab.engine.norms", "bnlab.runs.records"},
+        "bnlab.cli": {"bnlab.analysis.tables"},
+    }
+    assert upward(graph) == [
+        "bnlab.analysis.tables -> bnlab.engine.norms",
+        "bnlab.engine.model -> bnlab.runs.config",
+    ]

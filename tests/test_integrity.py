@@ -18,12 +18,12 @@ import yaml
 from conftest import REPO, make_cfg, synthetic_data
 from conftest import run_bnlab as _bnlab
 
-from bnlab.collect import collect
-from bnlab.collect import main as collect_main
-from bnlab.records import member_dir, read_summary, write_config
-from bnlab.status import main as status_main
-from bnlab.summary import main as summary_main
-from bnlab.train import ResumeError, run
+from bnlab.runs.collect import collect
+from bnlab.runs.collect import main as collect_main
+from bnlab.runs.records import member_dir, read_summary, write_config
+from bnlab.runs.status import main as status_main
+from bnlab.runs.summary import main as summary_main
+from bnlab.runs.train import ResumeError, run
 
 TINY = ["train.steps=20", "train.eval_every=10", "data.eval_train_size=100", "seeds=[0,1]"]
 
@@ -162,10 +162,11 @@ def test_resume_with_other_code_is_refused_unless_allowed(trained, monkeypatch):
 
 
 def test_git_dirty_sees_changes_in_a_checkout(tmp_path):
-    """records.provenance, loaded from a checkout's bnlab/records.py: dirty once a source file
+    """records.provenance, loaded from a checkout's bnlab/runs/records.py: dirty once a source file
     under bnlab/ changes (git used to run inside bnlab/, where the pathspecs matched nothing)."""
-    (tmp_path / "bnlab").mkdir()
-    shutil.copy(REPO / "bnlab" / "records.py", tmp_path / "bnlab" / "records.py")
+    (tmp_path / "bnlab" / "runs").mkdir(parents=True)
+    path = tmp_path / "bnlab/runs/records.py"
+    shutil.copy(REPO / "bnlab/runs/records.py", path)
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
@@ -173,11 +174,11 @@ def test_git_dirty_sees_changes_in_a_checkout(tmp_path):
     git("init", "-q")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
-    spec = importlib.util.spec_from_file_location("checkout_records", tmp_path / "bnlab/records.py")
+    spec = importlib.util.spec_from_file_location("checkout_records", path)
     records = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(records)
     assert records.provenance()["git_dirty"] is False
-    with open(tmp_path / "bnlab" / "records.py", "a") as f:
+    with open(path, "a") as f:
         f.write("# changed\n")
     assert records.provenance()["git_dirty"] is True
 
@@ -227,7 +228,7 @@ def test_a_symbolic_link_in_a_run_folder_is_refused(mnist_root, tmp_path, name):
 
 
 def test_the_log_is_not_written_through_a_link(tmp_path):
-    from bnlab.records import NoFollowFileHandler
+    from bnlab.runs.records import NoFollowFileHandler
 
     target = tmp_path / "target"
     target.write_text("precious\n")

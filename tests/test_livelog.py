@@ -1,4 +1,4 @@
-"""Live TensorBoard logging while training (train.log_to=tensorboard, bnlab.livelog): read
+"""Live TensorBoard logging while training (train.log_to=tensorboard, bnlab.runs.livelog): read
 back with TensorBoard's own reader, and without any effect on training or on a run's identity."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import pytest
 from conftest import make_cfg
 
 import bnlab
-from bnlab.config import ConfigError
-from bnlab.livelog import LiveLog
-from bnlab.records import read_history
+from bnlab.runs.config import ConfigError
+from bnlab.runs.livelog import LiveLog
+from bnlab.runs.records import read_history
 
 SEEDS = (0, 1)
 STEPS = [0, 10, 20, 30]  # the evaluations of the short run
@@ -120,7 +120,7 @@ def test_without_tensorboard_the_config_is_refused_naming_the_fix(monkeypatch):
 
 
 def test_tensorboard_is_imported_only_when_asked_for():
-    tree = ast.parse(Path(bnlab.livelog.__file__).read_text())
+    tree = ast.parse(Path(bnlab.runs.livelog.__file__).read_text())
     top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
     names = [a.name for n in top if isinstance(n, ast.Import) for a in n.names]
     names += [n.module or "" for n in top if isinstance(n, ast.ImportFrom)]

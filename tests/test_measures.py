@@ -1,5 +1,5 @@
-"""The registry of per-member measures (bnlab.tables.TABLE): every column of a table is a named
-measure, every measure makes its columns on a real small sweep, and the docs list them all."""
+"""The registry of per-member measures (bnlab.analysis.tables.TABLE): every column of a table is a
+named measure, every measure makes its columns on a real small sweep, and the docs list them all."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import re
 import pytest
 from conftest import REPO, make_cfg
 
-from bnlab.collect import collect
-from bnlab.config import PROBES
-from bnlab.data import Data
-from bnlab.tables import MEASURES, measures
-from bnlab.train import run
+from bnlab.analysis.tables import MEASURES, measures
+from bnlab.engine.data import Data
+from bnlab.runs.collect import collect
+from bnlab.runs.config import PROBES
+from bnlab.runs.train import run
 
 
 def pattern(name: str) -> re.Pattern:

@@ -15,15 +15,15 @@ import torch
 import torch.nn.functional as F
 from conftest import make_cfg, synthetic_data
 
-from bnlab.config import ConfigError
-from bnlab.data import Batches
-from bnlab.model import build_model, scale_invariant_linears
-from bnlab.optim import SGD, make_optimizer, set_lr, train_step
-from bnlab.probes import grad_stats
-from bnlab.records import read_history
-from bnlab.schedules import SCHEDULES, lr_factor
-from bnlab.tables import activation_gradients, equivalence, measures, shift_columns
-from bnlab.train import run
+from bnlab.analysis.tables import activation_gradients, equivalence, measures, shift_columns
+from bnlab.engine.data import Batches
+from bnlab.engine.model import build_model, scale_invariant_linears
+from bnlab.engine.optim import SGD, make_optimizer, set_lr, train_step
+from bnlab.engine.schedules import SCHEDULES, lr_factor
+from bnlab.measurement.probes import grad_stats
+from bnlab.runs.config import ConfigError
+from bnlab.runs.records import read_history
+from bnlab.runs.train import run
 
 
 def _scheduler(name: str, opt, steps: int, milestones, gamma):

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import REPO, make_cfg, synthetic_data
 
-from bnlab.evaluation import Evaluator
-from bnlab.members import MemberLog
-from bnlab.model import build_model
-from bnlab.records import read_history
+from bnlab.engine.evaluation import Evaluator
+from bnlab.engine.memberlog import MemberLog
+from bnlab.engine.model import build_model
+from bnlab.runs.records import History, read_history
 
 
 def _eval_rows(test_acc, test_loss=(1.0, 1.0, 1.0)):
@@ -27,7 +27,7 @@ def _eval_rows(test_acc, test_loss=(1.0, 1.0, 1.0)):
 
 
 def test_member_log_marks_divergence_and_keeps_last_best_and_batch_loss(tmp_path):
-    log = MemberLog(tmp_path, [4, 5, 6])
+    log = MemberLog([History(tmp_path, s) for s in (4, 5, 6)], [4, 5, 6])
     log.evaluated(0, _eval_rows([0.1, 0.2, 0.3]))
     assert log.add_losses(1, torch.tensor([1.0, 2.0, 3.0])) == []
     assert log.mask is None  # every member trains: train_step's fast path

@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import make_cfg, model_settings
 
-from bnlab.layers import Dropout
-from bnlab.model import build_model
-from bnlab.norms import BatchNorm
+from bnlab.engine.layers import Dropout
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import BatchNorm
 
 # Per member, 784-100-100-10: linears 78,400 + 10,000 + 1,000 weights; biases 100 + 100 + 10;
 # BN gamma+beta 200 per hidden layer.
@@ -137,7 +137,7 @@ def test_dropout_keeps_the_stated_fraction_and_scales():
 
 def _autograd_grads(model, x, y, reduction):
     """The oracle: autograd through the same (differentiable) forward."""
-    from bnlab.loss import member_losses
+    from bnlab.engine.loss import member_losses
 
     model.zero_grad(set_to_none=True)
     with torch.enable_grad():
@@ -170,7 +170,7 @@ SPECIAL = [
 
 @pytest.mark.parametrize("over", [*model_settings(), *SPECIAL])
 def test_explicit_backward_equals_autograd(over):
-    from bnlab.loss import loss_and_grad
+    from bnlab.engine.loss import loss_and_grad
 
     cfg = make_cfg("model.widths=[24,16]", *over)  # narrow: the structure is what is tested
     seeds = [0, 1, 2]
@@ -196,7 +196,7 @@ def test_explicit_backward_equals_autograd(over):
 def test_a_bias_feeding_bn_gets_exactly_zero_gradient(norm):
     """C16's mechanism: BN subtracts the batch mean, so a bias before it cancels and its
     gradient is zero (float64: to rounding), while the same bias before no norm learns."""
-    from bnlab.loss import loss_and_grad
+    from bnlab.engine.loss import loss_and_grad
 
     x, y = torch.rand(2, 32, 784, dtype=torch.float64), torch.randint(0, 10, (2, 32))
     grads = {}

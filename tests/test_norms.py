@@ -9,9 +9,8 @@ from conftest import explicit_pass, make_cfg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnlab.config import NoiseConfig, RenormConfig
-from bnlab.model import build_model
-from bnlab.norms import (
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import (
     BATCH_STAT_NORMS,
     NORMS,
     BatchNorm,
@@ -23,7 +22,8 @@ from bnlab.norms import (
     ScratchBatchNorm,
     population_statistics,
 )
-from bnlab.train import run
+from bnlab.runs.config import NoiseConfig, RenormConfig
+from bnlab.runs.train import run
 
 
 @settings(max_examples=25, deadline=None)

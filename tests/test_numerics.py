@@ -31,9 +31,9 @@ LR = {"sgd": 0.1, "adam": 1e-3}
 
 def settings() -> list[tuple[str, list[str]]]:
     """(id, overrides) for every activation x norm x placement x optimiser the registries hold."""
-    from bnlab.config import OPTIMS, PLACEMENTS
-    from bnlab.layers import ACTIVATIONS
-    from bnlab.norms import NORMS
+    from bnlab.engine.layers import ACTIVATIONS
+    from bnlab.engine.norms import NORMS
+    from bnlab.runs.config import OPTIMS, PLACEMENTS
 
     out = []
     for act in ACTIVATIONS:
@@ -51,8 +51,8 @@ def fingerprint(overrides: list[str], data, tmp: Path) -> dict:
     """Per member, the mean training-batch loss and the test loss at every evaluation."""
     from conftest import make_cfg
 
-    from bnlab.records import read_history
-    from bnlab.train import run
+    from bnlab.runs.records import read_history
+    from bnlab.runs.train import run
 
     cfg = make_cfg(
         "seeds=[0,1]",
@@ -131,8 +131,8 @@ def update() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from conftest import DATA_ROOT
 
-    from bnlab.config import DataConfig
-    from bnlab.data import load_data
+    from bnlab.engine.data import load_data
+    from bnlab.runs.config import DataConfig
 
     data = load_data(DataConfig(root=str(DATA_ROOT), download=False))
     runs = {}

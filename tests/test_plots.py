@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnlab.figures import draw
-from bnlab.plots import (
+from bnlab.analysis.figures import draw
+from bnlab.analysis.plots import (
     NORM_COLORS,
     accuracy_curves,
     curves,
@@ -18,7 +18,7 @@ from bnlab.plots import (
     jacobian_histograms,
     percentile_bands,
 )
-from bnlab.records import JAC_BINS
+from bnlab.measurement.probes.jacobian import JAC_EDGES as JAC_BINS
 
 
 def _tables():
@@ -269,7 +269,7 @@ def test_a_figure_redrawn_from_the_same_tables_is_the_same_svg_file(tmp_path):
 
 
 def test_svg_ids_are_numbered_in_order_and_references_follow():
-    from bnlab.figures import _numbered_ids
+    from bnlab.analysis.figures import _numbered_ids
 
     svg = (
         '<clipPath id="pbc16143ac6"/><path id="m2f8cf21eb4"/><g clip-path="url(#pbc16143ac6)">'

@@ -1,5 +1,6 @@
 """Probes against independent computations; probes never steer training and fire on their
-schedules, each registered probe on its own (tests generated from bnlab.probes.registry)."""
+schedules, each registered probe on its own (tests generated from
+bnlab.measurement.probes.registry)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,11 @@ import pytest
 import torch
 from conftest import make_cfg, model_settings, synthetic_data
 
-from bnlab.config import PROBES, ConfigError
-from bnlab.loss import loss_and_grad, member_losses
-from bnlab.model import build_model
-from bnlab.norms import BATCH_STAT_NORMS, NORMS
-from bnlab.optim import make_optimizer
-from bnlab.probes import (
+from bnlab.engine.loss import loss_and_grad, member_losses
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import BATCH_STAT_NORMS, NORMS
+from bnlab.engine.optim import make_optimizer
+from bnlab.measurement.probes import (
     JAC_BINS,
     StepContext,
     _sv,
@@ -32,8 +32,9 @@ from bnlab.probes import (
     top_eigenvalue,
     weight_stats,
 )
-from bnlab.records import read_history
-from bnlab.train import run
+from bnlab.runs.config import PROBES, ConfigError
+from bnlab.runs.records import read_history
+from bnlab.runs.train import run
 
 
 def _values(rows, metric, layer):
@@ -602,8 +603,8 @@ def test_a_negative_schedule_is_refused_for_every_probe(name):
 
 
 def test_the_registry_and_the_schedules_name_the_same_probes():
-    """bnlab.probes checks this at import; a probe or a schedule missing on either side is
-    refused with what to add where."""
+    """bnlab.measurement.probes checks this at import; a probe or a schedule missing on either side
+    is refused with what to add where."""
     assert registry.names() == set(PROBES)
     assert {kind for _, kind in registry.REGISTRY} == {registry.STATE, registry.STEP}
     registry.check(PROBES)

@@ -1,6 +1,6 @@
-"""The batch-order intervention (bnlab.reorder, train.reorder): running statistics recomputed
-over the last batches in shuffled orders, checked against a hand-written moving average, on
-invariants, on the batches the run used, and for leaving training untouched."""
+"""The batch-order intervention (bnlab.measurement.reorder, train.reorder): running statistics
+recomputed over the last batches in shuffled orders, checked against a hand-written moving average,
+on invariants, on the batches the run used, and for leaving training untouched."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-import bnlab.train
-from bnlab import reorder
-from bnlab.config import ConfigError
-from bnlab.data import Batches
-from bnlab.model import build_model
-from bnlab.modelstate import capture, restore
-from bnlab.records import read_history, read_summary
-from bnlab.train import run
+import bnlab.runs.train
+from bnlab.engine.data import Batches
+from bnlab.engine.model import build_model
+from bnlab.engine.modelstate import capture, restore
+from bnlab.measurement import reorder
+from bnlab.runs.config import ConfigError
+from bnlab.runs.records import read_history, read_summary
+from bnlab.runs.train import run
 
 TINY = ["model.widths=[6,5]", "data.batch_size=16", "train.eval_every=20", "probes.batch=50"]
 
@@ -142,7 +142,7 @@ def test_regenerated_batches_are_the_runs_last_batches(monkeypatch, tmp_path):
             used.append((x.clone(), y.clone()))
             return x, y
 
-    monkeypatch.setattr(bnlab.train, "Batches", Recording)
+    monkeypatch.setattr(bnlab.runs.train, "Batches", Recording)
     data = synthetic_data()  # 512 images: 32 batches per epoch, so 45 steps cross an epoch
     cfg = make_cfg(*TINY, "model.norm=batch", "train.steps=45", "seeds=[3,7]")
     run(cfg, tmp_path, data=data)
@@ -201,7 +201,7 @@ def test_rows_reduce_the_orders_as_documented():
     the model in training mode (the layers' own updates), evaluated, then reduced by hand
     (SD with n - 1, mean minus own, mean over units of the SD across orders over the SD
     across units)."""
-    from bnlab.evaluation import evaluate
+    from bnlab.engine.evaluation import evaluate
 
     cfg, model = _model("model.bn_momentum=0.5", "train.reorder=3", "train.reorder_batches=10")
     data, seeds = synthetic_data(), [0, 1]
@@ -245,8 +245,8 @@ def test_rows_reduce_the_orders_as_documented():
 
 
 def test_tables_carry_the_rows_and_refuse_a_sweep_that_lost_them(tmp_path):
-    from bnlab.collect import collect
-    from bnlab.tables import MissingMeasure, check_sources, measures
+    from bnlab.analysis.tables import MissingMeasure, check_sources, measures
+    from bnlab.runs.collect import collect
 
     data = synthetic_data()
     for norm in ("batch", "none"):

@@ -12,9 +12,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from bnlab import figures, reproduce, tables
-from bnlab.collect import read_tables, write_tables
-from bnlab.records import manifest
+from bnlab import reproduce
+from bnlab.analysis import figures, tables
+from bnlab.runs.collect import read_tables, write_tables
+from bnlab.runs.records import manifest
 
 COMMITTED = REPO / "results" / "tables"
 NAME = "study_bias"  # 4 runs: cheap, BN in every run (running_stats rows)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-from bnlab.config import PROBES, ConfigError
-from bnlab.loss import loss_and_grad, member_losses
-from bnlab.model import build_model
-from bnlab.records import read_history
-from bnlab.train import run
+from bnlab.engine.loss import loss_and_grad, member_losses
+from bnlab.engine.model import build_model
+from bnlab.runs.config import PROBES, ConfigError
+from bnlab.runs.records import read_history
+from bnlab.runs.train import run
 
 RES = ["model.residual=true", "probes.jacobian.every=0"]
 

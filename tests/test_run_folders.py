@@ -15,10 +15,10 @@ import pytest
 import yaml
 from conftest import REPO, make_cfg, synthetic_data
 
-from bnlab.collect import collect
-from bnlab.config import NOT_IDENTITY, ConfigError
-from bnlab.records import atomic_path, locked, member_dir, read_config, read_history
-from bnlab.train import run
+from bnlab.runs.collect import collect
+from bnlab.runs.config import NOT_IDENTITY, ConfigError
+from bnlab.runs.records import atomic_path, locked, member_dir, read_config, read_history
+from bnlab.runs.train import run
 
 TINY = ["train.steps=20", "train.eval_every=10", "data.eval_train_size=100"]
 

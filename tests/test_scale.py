@@ -1,4 +1,4 @@
-"""BN's scale invariance and gain (bnlab.probes: grad_weight_cosine, ScaleTracker,
+"""BN's scale invariance and gain (bnlab.measurement.probes: grad_weight_cosine, ScaleTracker,
 bn_gain_stats) against independent computations, and the probe never steers training."""
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from conftest import make_cfg, synthetic_data
 
-from bnlab import tables
-from bnlab.config import PROBES
-from bnlab.loss import loss_and_grad
-from bnlab.model import build_model
-from bnlab.norms import BatchStatNorm
-from bnlab.optim import make_optimizer, train_step
-from bnlab.probes import ScaleTracker, bn_gain_stats, grad_weight_cosine
-from bnlab.records import read_history
-from bnlab.tables import MissingMeasure, check_sources, measures
-from bnlab.train import run
+from bnlab.analysis import tables
+from bnlab.analysis.tables import MissingMeasure, check_sources, measures
+from bnlab.engine.loss import loss_and_grad
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import BatchStatNorm
+from bnlab.engine.optim import make_optimizer, train_step
+from bnlab.measurement.probes import ScaleTracker, bn_gain_stats, grad_weight_cosine
+from bnlab.runs.config import PROBES
+from bnlab.runs.records import read_history
+from bnlab.runs.train import run
 
 SEEDS = (0, 1)
 

@@ -1,6 +1,6 @@
-"""Selection apart from confirmation (bnlab.sequential, selection.at_best_lr, bnlab.confirm):
-the sequential rule's error rate under optional stopping, simulated with the real verdict
-machinery; the two-stage lr choice on hand-made tables; the grid's edge extension."""
+"""Selection apart from confirmation (bnlab.analysis.sequential, selection.at_best_lr,
+bnlab.confirm): the sequential rule's error rate under optional stopping, simulated with the
+real verdict machinery; the two-stage lr choice on hand-made tables; the grid's edge extension."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnlab.confirm import edge_points
-from bnlab.selection import ClaimError, at_best_lr
-from bnlab.sequential import (
+from bnlab.analysis.selection import ClaimError, at_best_lr
+from bnlab.analysis.sequential import (
     BATCH,
     CAP,
     CONFIRM_FROM,
@@ -21,7 +20,8 @@ from bnlab.sequential import (
     seeds_needed,
     wants_more,
 )
-from bnlab.verdicts import ALPHA, INCONCLUSIVE, SUPPORTED, Comparison, judge
+from bnlab.analysis.verdicts import ALPHA, INCONCLUSIVE, SUPPORTED, Comparison, judge
+from bnlab.confirm import edge_points
 
 MARGIN = 0.05  # in units of the seeds' SD: a small margin, so support is mostly the t-test's
 
@@ -156,8 +156,8 @@ def test_reproduce_extends_the_edge_then_confirms_on_fresh_seeds_and_a_rerun_tra
     run folders get confirmation seeds 100-104 and only they are judged; a second run decides
     the same and trains no member."""
     from bnlab import reproduce
-    from bnlab.claims.framework import Tables
-    from bnlab.sequential import MAX_EXTENSIONS
+    from bnlab.analysis.claims.framework import Tables
+    from bnlab.analysis.sequential import MAX_EXTENSIONS
 
     monkeypatch.setenv("BNLAB_DATA_ROOT", str(mnist_root))
     argv = [*reproduce.TINY, "optim.lr=0.1,1.0", "model.activation=relu"]

@@ -1,5 +1,5 @@
-"""Test-time covariate shift (bnlab.shift, train.shifts): the shifts against geometric and
-statistical oracles, the adapted and prediction-time BN modes against a forward pass written
+"""Test-time covariate shift (bnlab.measurement.shift, train.shifts): the shifts against geometric
+and statistical oracles, the adapted and prediction-time BN modes against a forward pass written
 out in float64, and shift_rows leaving the model untouched."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-from bnlab import shift
-from bnlab.config import ConfigError
-from bnlab.evaluation import evaluate, shift_rows
-from bnlab.model import build_model
-from bnlab.norms import BatchStatNorm, population_statistics, set_eval_stats
-from bnlab.shift import SHIFTS
+from bnlab.engine.evaluation import evaluate
+from bnlab.engine.model import build_model
+from bnlab.engine.norms import BatchStatNorm, population_statistics, set_eval_stats
+from bnlab.measurement import shift
+from bnlab.measurement.shift import SHIFTS, shift_rows
+from bnlab.runs.config import ConfigError
 
 TINY = ["model.widths=[6,5]", "data.batch_size=16"]
 ENTRIES = ["rotation:30", "noise:0.3", "contrast:0.4"]

@@ -15,4 +15,4 @@ def test_the_config_enters_few_files_and_stays_in_none_long():
     stays = Counter(trace_run(*TINY))
     assert len(stays) <= MOST_FILES, stays
     assert max(stays.values()) <= MOST_STAYS, stays
-    assert "train.py" in stays and "config.py" in stays  # the trace sees the run at all
+    assert {"runs/train.py", "runs/config.py"} <= set(stays)  # the trace sees the run at all

@@ -101,7 +101,7 @@ def test_sigkill_of_a_joblib_sweep_leaves_no_process(mnist_root, tmp_path, delay
 
 
 def test_done_members_are_counted_per_seed_asked_for_and_a_foreign_summary_is_not_done(tmp_path):
-    from bnlab.records import count_done
+    from bnlab.runs.records import count_done
 
     for seed, text in ((0, '{"status": "finished"}'), (1, "[1]"), (2, '{"status": "finished"}')):
         (tmp_path / f"seed{seed}").mkdir()

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from conftest import REPO
 
-from bnlab.collect import collect
-from bnlab.config import sweep_dirname
-from bnlab.records import count_done
-from bnlab.status import main as status_main
+from bnlab.runs.collect import collect
+from bnlab.runs.config import sweep_dirname
+from bnlab.runs.records import count_done
+from bnlab.runs.status import main as status_main
 
 pytestmark = pytest.mark.slow
 SWEEP = [

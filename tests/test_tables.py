@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bnlab.collect import collect
-from bnlab.config import RunConfig, to_dict
-from bnlab.records import write_config
-from bnlab.tables import FIT_LOSS, MissingMeasure, check_sources, measures
+from bnlab.analysis.tables import FIT_LOSS, MissingMeasure, check_sources, measures
+from bnlab.runs.collect import collect
+from bnlab.runs.config import RunConfig, to_dict
+from bnlab.runs.records import write_config
 
 HISTORY = ["run", "seed", "step", "split", "metric", "layer", "value"]
 

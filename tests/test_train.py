@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-from bnlab.evaluation import eval_steps
-from bnlab.model import build_model
-from bnlab.optim import SGD, make_optimizer, train_step
-from bnlab.records import read_history, read_summary
-from bnlab.train import run
+from bnlab.engine.evaluation import eval_steps
+from bnlab.engine.model import build_model
+from bnlab.engine.optim import SGD, make_optimizer, train_step
+from bnlab.runs.records import read_history, read_summary
+from bnlab.runs.train import run
 
 pytestmark = pytest.mark.slow
 FAST = ["train.eval_every=50", "data.eval_train_size=2000"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-from bnlab.config import ConfigError
-from bnlab.loss import member_losses
-from bnlab.model import build_model
-from bnlab.optim import make_optimizer, train_step, trainable_parameters
-from bnlab.train import run
+from bnlab.engine.loss import member_losses
+from bnlab.engine.model import build_model
+from bnlab.engine.optim import make_optimizer, train_step, trainable_parameters
+from bnlab.runs.config import ConfigError
+from bnlab.runs.train import run
 
 OPTIMS = {
     "sgd": ["optim=sgd"],  # bnlab's fused SGD

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bnlab.verdicts import (
+from bnlab.analysis.verdicts import (
     ALPHA,
     CONTRADICTED,
     INCONCLUSIVE,

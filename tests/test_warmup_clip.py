@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import make_cfg, synthetic_data
 
-from bnlab.config import ConfigError
-from bnlab.data import Batches
-from bnlab.loss import member_losses
-from bnlab.model import build_model
-from bnlab.optim import SGD, make_optimizer, train_step
-from bnlab.schedules import SCHEDULES, lr_factor
-from bnlab.train import run
+from bnlab.engine.data import Batches
+from bnlab.engine.loss import member_losses
+from bnlab.engine.model import build_model
+from bnlab.engine.optim import SGD, make_optimizer, train_step
+from bnlab.engine.schedules import SCHEDULES, lr_factor
+from bnlab.runs.config import ConfigError
+from bnlab.runs.train import run
 
 
 def _warmup_scheduler(name, opt, steps, warmup, milestones, gamma):
@@ -145,7 +145,7 @@ def test_clipping_changes_training_and_a_huge_bound_does_not(tmp_path):
 
 def test_the_scale_probe_sums_steps_only_when_each_is_lr_times_the_gradient():
     """Its step sum assumes plain SGD steps lr g: warmup, clipping and frozen weights are not."""
-    from bnlab.probes import ScaleTracker
+    from bnlab.measurement.probes import ScaleTracker
 
     model = build_model(make_cfg("model.norm=batch").model, [0])
     for over in (

@@ -16,7 +16,7 @@ namespace because Hydra loads plugins only from there; bnlab itself never import
   nothing aside) equals that of a run folder already in its sweep folder, or of an earlier
   point, runs in that folder whatever overrides spelled it (`train.threads=1` spelled out).
   A hydra.sweep.subdir that leaves the sweep folder is refused.
-- Jobs start longest first (bnlab.train.estimated_seconds), so a parallel launcher does not
+- Jobs start longest first (bnlab.runs.train.estimated_seconds), so a parallel launcher does not
   end on one long job while its other workers idle.
 - While jobs run, the parent prints done/total members and an estimate of the time left,
   counting summaries in the run folders (so it works with any launcher: basic, joblib,
@@ -66,7 +66,7 @@ class BnlabSweeper(BasicSweeper):
     def points(self, arguments: list[str]) -> list[list[str]]:
         """Every sweep point (its list of overrides), experiment by experiment when the
         command line sweeps `experiment`."""
-        from bnlab.compose import hydra_message
+        from bnlab.runs.compose import hydra_message
 
         try:
             return self._points(arguments)
@@ -94,10 +94,10 @@ class BnlabSweeper(BasicSweeper):
         """Compose and validate every point; one job per run folder, longest first. Writes each
         sweep folder's jobs.json (so status and collect can name members not started yet; jobs
         of other sweeps sharing the folder are kept)."""
-        from bnlab.compose import hydra_message, unwritable
-        from bnlab.config import ConfigError, load_config, to_dict
-        from bnlab.records import JOBS_FILE, fingerprint, write_json
-        from bnlab.train import estimated_seconds
+        from bnlab.runs.compose import hydra_message, unwritable
+        from bnlab.runs.config import ConfigError, load_config, to_dict
+        from bnlab.runs.records import JOBS_FILE, fingerprint, write_json
+        from bnlab.runs.train import estimated_seconds
 
         errors, jobs, data, folders = {}, {}, {}, {}  # errors: {message: [points]}
         for num, overrides in enumerate(points):
@@ -156,7 +156,7 @@ class BnlabSweeper(BasicSweeper):
     def _data_errors(data: dict, points: int) -> list[str]:
         """The data the points read, checked once per folder: lines saying which points read
         a folder that fails and its whole message, once however many points read it."""
-        from bnlab.data import DataError, load_mnist
+        from bnlab.engine.data import DataError, load_mnist
 
         errors = []
         for (root, download), users in data.items():
@@ -177,7 +177,7 @@ class BnlabSweeper(BasicSweeper):
         # and every point composed from it (here and in the launcher's workers) gets the same
         # timestamp, so a sweep without hydra.sweep.dir stays in one folder.
         str(self.config.hydra.sweep.dir)
-        from bnlab.compose import PARENT_ENV
+        from bnlab.runs.compose import PARENT_ENV
 
         os.environ[PARENT_ENV] = str(os.getpid())  # workers exit when this process dies
         launcher = self.config.hydra.launcher
@@ -235,7 +235,7 @@ class BnlabSweeper(BasicSweeper):
     def _done(folders: dict[Path, list[int]]) -> int:
         """The members of these run folders ({folder: seeds}) that are done: only the seeds
         planned, so a folder with more members than this sweep asks for counts no more."""
-        from bnlab.records import count_done
+        from bnlab.runs.records import count_done
 
         return sum(count_done(f, seeds) for f, seeds in folders.items() if f.is_dir())
 
@@ -292,7 +292,7 @@ def _refused(result) -> bool:
     raises those as ConfigError), as opposed to crashing."""
     from hydra.core.utils import JobStatus
 
-    from bnlab.config import ConfigError
+    from bnlab.runs.config import ConfigError
 
     return result.status == JobStatus.FAILED and isinstance(result._return_value, ConfigError)
 
@@ -321,8 +321,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_.,=+~-][A-Za-z0-9_.,=+~/-]*")  # folders a p
 
 def _run_folders(sweep: Path) -> dict[str, str]:
     """{fingerprint: folder name} of the run folders already in a sweep folder."""
-    from bnlab.collect import find_runs
-    from bnlab.records import fingerprint, read_config
+    from bnlab.runs.collect import find_runs
+    from bnlab.runs.records import fingerprint, read_config
 
     found = {}
     for run in find_runs(sweep) if sweep.is_dir() else []:
