@@ -58,6 +58,7 @@ def confirm(name: str, results: Path, jobs: int) -> dict:
                 f"== {name}: confirmation seeds ({looks} per arm) for {len(todo)} arms", flush=True
             )
             trained += _train(sweep, todo, jobs)
+        _table(name, results)  # collected and measured again: the next look reads these seeds
         more = more_seeds(name, results)
         grown = {run: n for run, n in more.items() if n > want.get(run, 0)}
         if not grown:

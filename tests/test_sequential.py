@@ -4,10 +4,13 @@ real verdict machinery; the two-stage lr choice on hand-made tables; the grid's 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pandas as pd
 import pytest
 
+import bnlab.confirm as confirm_module
 from bnlab.analysis.selection import ClaimError, at_best_lr
 from bnlab.analysis.sequential import (
     BATCH,
@@ -158,6 +161,7 @@ def test_reproduce_extends_the_edge_then_confirms_on_fresh_seeds_and_a_rerun_tra
     from bnlab import reproduce
     from bnlab.analysis.claims.framework import Tables
     from bnlab.analysis.sequential import MAX_EXTENSIONS
+    from bnlab.confirm import more_seeds
 
     monkeypatch.setenv("BNLAB_DATA_ROOT", str(mnist_root))
     argv = [*reproduce.TINY, "optim.lr=0.1,1.0", "model.activation=relu"]
@@ -176,9 +180,47 @@ def test_reproduce_extends_the_edge_then_confirms_on_fresh_seeds_and_a_rerun_tra
         assert set(confirmed["optim.lr"]) == {lr}
     times = pd.read_csv(tmp_path / "tables" / "reproduction_times.csv").set_index("experiment")
     assert times.loc["study_momentum_confirmation", "members"] >= 2 * FIRST
+    # every look was taken: on the final tables no comparison asks for seeds it does not have
+    have = t[t["seed"] >= CONFIRM_FROM].groupby("run")["seed"].nunique()
+    wanted = more_seeds("study_momentum", tmp_path)
+    assert all(n <= have.get(run, 0) for run, n in wanted.items()), (wanted, have)
     report = (tmp_path / "CLAIMS.md").read_text()
     assert "selection seeds 0, 1, confirmation seeds 100-104 (study_momentum.csv)" in report
     assert reproduce.main([*argv, "--stage", "train"]) == 0
     again = pd.read_csv(tmp_path / "tables" / "reproduction_times.csv").set_index("experiment")
     assert again.loc["study_momentum_confirmation", "members"] == 0
     assert Tables(tmp_path / "tables").get("study_momentum").equals(t)
+
+
+def test_each_look_is_judged_on_tables_that_hold_the_seeds_it_trained(monkeypatch, tmp_path):
+    """confirm() collects and measures the sweep again after every look before asking which
+    comparisons want more seeds; judged on the tables of the look before, it stopped after the
+    first look whatever the comparisons said."""
+    events, done = [], set()
+    fake = type("Exp", (), {"sweep": "e", "arm_keys": ()})
+    monkeypatch.setattr(confirm_module, "EXPERIMENTS", {"e": fake})
+    monkeypatch.setattr(confirm_module, "edge_points", lambda *a: {})
+    monkeypatch.setattr(confirm_module, "chosen_runs", lambda *a: ["r"])
+    monkeypatch.setattr(confirm_module, "_points", lambda sweep: {"r": (["x=1"], [0, 1])})
+    monkeypatch.setattr(confirm_module, "_done", lambda folder, s: s in done)
+
+    def table(name, results):
+        events.append(("tables", len(done)))
+
+    def train(sweep, todo, jobs):
+        done.update(todo["r"][1])
+        events.append(("train", len(done)))
+        return Counter(members=len(done))
+
+    def more(name, results):  # as sequential.wants_more: BATCH more while undecided, to CAP
+        seen = [n for kind, n in events if kind == "tables"][-1] - 2  # confirmation seeds
+        return {"r": seen + BATCH} if seen < CAP else {}
+
+    monkeypatch.setattr(confirm_module, "_table", table)
+    monkeypatch.setattr(confirm_module, "_train", train)
+    monkeypatch.setattr(confirm_module, "more_seeds", more)
+    row = confirm_module.confirm("e", tmp_path, jobs=1)
+    assert done == {0, 1, *confirmation_seeds(CAP)}  # every look up to the cap
+    trained = [i for i, (kind, _) in enumerate(events) if kind == "train"]
+    assert all(events[i + 1] == ("tables", events[i][1]) for i in trained)
+    assert row["experiment"] == "e_confirmation"
