@@ -219,8 +219,9 @@ def test_a_scoped_headline_names_each_outcome_by_its_settings():
         _cmp(0.02 + NOISE, activation="sigmoid", layer="fc2"),
     ]
     assert headline(cmps, judge(cmps)) == (
-        "holds for relu, sigmoid (fc2); reversed within the margin for sigmoid (fc1)"
-    )
+        "holds for relu (every layer), sigmoid (fc2); reversed within the margin for sigmoid "
+        "(fc1)"
+    )  # relu holds at both layers: said, so that 'sigmoid (fc2)' cannot be read for both
     # all agree: the shared verdict; an equivalence that fails 'fails', not 'reverses'
     same = [_cmp(0.02 + NOISE, lr=lr) for lr in (0.1, 1.0)]
     assert headline(same, judge(same)) == SUPPORTED

@@ -274,13 +274,20 @@ def _describe(
         return f"in {len(group)} of {len(among)} comparisons"
     k, rest = varying[0], [x for x in keys if x != varying[0]]
     numeric = _numbers([settings[i].get(k) for i in among])
+    values = list(dict.fromkeys(settings[i].get(k) for i in group))
+    subs = {_key(v): [i for i in group if settings[i].get(k) == v] for v in values}
+    amongs = {_key(v): [i for i in among if settings[i].get(k) == v] for v in values}
+    qualified = any(subs[_key(v)] != amongs[_key(v)] for v in values)
     parts = []
-    for v in dict.fromkeys(settings[i].get(k) for i in group):
-        sub = [i for i in group if settings[i].get(k) == v]
-        sub_among = [i for i in among if settings[i].get(k) == v]
-        name = f"{v:g}" if numeric else _key(v)
+    for v in values:
+        sub, sub_among = subs[_key(v)], amongs[_key(v)]
+        name, inner = f"{v:g}" if numeric else _key(v), None
         if sub != sub_among:
             inner = _describe(sub, sub_among, settings, rest, depth + 1)
+        elif qualified and depth < 2:  # beside qualified values: this one holds for all
+            below = [x for x in rest if len({_key(settings[i].get(x)) for i in sub}) > 1]
+            inner = f"every {below[0]}" if below else None
+        if inner:
             name += f" ({inner})" if depth == 0 else f" [{inner}]" if depth == 1 else f" {inner}"
         parts.append(name)
     if depth:
