@@ -1,8 +1,8 @@
 """Shared fixtures. Real-MNIST tests read $BNLAB_DATA_ROOT, else the test machines' folder
 ../shared/data beside the checkout when it holds MNIST, else bnlab's own rule
-(bnlab.engine.data.default_root); they fail, never skip, when the files are missing: CI must not
-pass without having trained on MNIST. The choice is exported as BNLAB_DATA_ROOT, so the notebooks
-and the commands the tests start read the same files."""
+(bnlab.engine.locations.default_root); they fail, never skip, when the files are missing: CI must
+not pass without having trained on MNIST. The choice is exported as BNLAB_DATA_ROOT, so the
+notebooks and the commands the tests start read the same files."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def sweep_dirname(overrides: str) -> str:
 
 
 def default_data_root() -> str:
-    """data.root's default: bnlab.engine.data.default_root (the one rule, documented there)."""
+    """data.root's default: bnlab.engine.locations.default_root (the one rule, documented there)."""
     from ..engine.locations import default_root
 
     return default_root()
