@@ -3,7 +3,7 @@
 #               into results/demo/ (about a minute of training)
 #   make test   set up .venv with the dev extras and run the tests, notebooks included
 #               (about 15 minutes on 2 cores)
-#   make reproduce   every experiment, figure and the claims report (about 95 minutes, 2 cores)
+#   make reproduce   every experiment, figure and the claims report (about 60 minutes, 2 cores)
 # Data: one rule for every command (bnlab/engine/data.py): $BNLAB_DATA_ROOT, else this checkout's
 # data/, else ~/.cache/bnlab. `make demo` links data/ to $BNLAB_DATA_ROOT when that is set (a
 # folder holding MNIST/raw/), so later commands find it without the variable; else it

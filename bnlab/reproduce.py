@@ -8,7 +8,7 @@ busy to the end; runs that experiments share are trained once. Finished members 
 wall time and, per experiment, its runs' job-seconds, member-steps and time spent evaluating go to
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
-  bnlab reproduce                  # everything (about 95 minutes on a 2-core CPU)
+  bnlab reproduce                  # everything (about 60 minutes on a 2-core CPU)
   bnlab reproduce --extras         # and the extra studies of C20-C26 (about 40 minutes more)
   bnlab reproduce --only mlds2017_fig6 mlds2017_fig9
   bnlab reproduce --stage report   # collect, tables, figures, claims only
@@ -17,8 +17,9 @@ results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS
 
 A partial run (--only) replaces only its experiments' rows: the other experiments' tables,
 running_stats rows and timing rows stay as they were, and the claims report is rebuilt from
-the merged tables. The timing file's total row ('all') is recomputed only when every row was
-measured by this run; otherwise the last full run's total is kept.
+the merged tables. The timing file's total row ('all') is the last full run's: recomputed when
+this run trained every experiment of the default reproduction (the extras' rows, measured by
+other runs, stay beside it and are not in it), otherwise kept.
 """
 
 from __future__ import annotations
@@ -136,17 +137,18 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
     return pd.DataFrame(list(rows.values()))
 
 
-def write_times(times: pd.DataFrame, wall: float, out: Path) -> Path:
+def write_times(times: pd.DataFrame, wall: float, out: Path, full: bool) -> Path:
     """Write this run's timing rows into `out` in place of their experiments' earlier rows,
     keeping the rows of experiments it did not run (each experiment's last measured row). The
-    total row 'all' sums this run's rows with its wall time when the file holds no other rows;
-    otherwise the total kept is the last full run's (a sum over rows of different runs would
-    be no run's time)."""
+    total row 'all' is the last full run's: this run's rows summed, with its wall time, when
+    it trained every experiment of the default reproduction (`full`; extras or not) or the
+    file holds no other rows; otherwise the total row is kept as it was (a sum over rows of
+    different runs would be no run's time)."""
     total = {"experiment": "all", **times.drop(columns="experiment").sum().to_dict()}
     times = times.assign(eval_pct=100 * times["eval_s"] / times["job_s"])
     old = pd.read_csv(out) if out.exists() else times.iloc[:0]
     kept = old[~old["experiment"].isin([*times["experiment"], "all"])]
-    if kept.empty:
+    if full or kept.empty:
         total = {**total, "wall_s": wall, "eval_pct": 100 * total["eval_s"] / total["job_s"]}
         last = pd.DataFrame([total])
     else:
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             rows = [confirm(n, args.results, args.jobs) for n in names if EXPERIMENTS[n].confirm]
             times = pd.concat([times, pd.DataFrame(rows, columns=times.columns)])
             wall += time.perf_counter() - t0
-        out = write_times(times, wall, args.results / "tables" / TIMES)
+        full = set(REPRODUCTION) <= set(names)
+        out = write_times(times, wall, args.results / "tables" / TIMES, full)
         print(f"training: exit {rc}, {wall:.0f} s wall, {times['job_s'].sum():.0f} job-s; {out}")
     if args.stage in ("all", "report"):
         rc |= report(names, args.results)

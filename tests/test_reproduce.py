@@ -219,3 +219,24 @@ def test_readme_times_match_the_committed_timings():
     job_s = pd.read_csv(COMMITTED / "reproduction_times.csv").set_index("experiment")["job_s"]
     assert cpu == round(job_s["mlds2017_fig4"] / 60)
     assert wall == figures.training_minutes("mlds2017_fig4", REPO / "results")
+
+
+def test_the_total_row_is_the_last_full_runs(tmp_path):
+    """'all' sums the rows of a run that trained the whole default reproduction (the extras'
+    rows, measured by other runs, stay beside it); a partial run leaves it as it was."""
+    out = tmp_path / "reproduction_times.csv"
+    zero = {"runs": 1, "members": 5, "member_steps": 100, "eval_s": 1.0}
+
+    def rows(names, job_s):
+        return pd.DataFrame([{"experiment": n, **zero, "job_s": job_s} for n in names])
+
+    extras = reproduce.EXTRAS[:1]
+    reproduce.write_times(rows(extras, 7.0), 7.0, out, full=False)  # an extra on its own
+    default = reproduce.REPRODUCTION
+    reproduce.write_times(rows(default, 10.0), 123.0, out, full=True)
+    t = pd.read_csv(out).set_index("experiment")
+    assert t.loc["all", "wall_s"] == 123.0 and t.loc["all", "job_s"] == 10.0 * len(default)
+    assert t.loc[extras[0], "job_s"] == 7.0  # kept, not in the total
+    reproduce.write_times(rows(default[:1], 99.0), 5.0, out, full=False)
+    t2 = pd.read_csv(out).set_index("experiment")
+    assert t2.loc["all"].equals(t.loc["all"]) and t2.loc[default[0], "job_s"] == 99.0
