@@ -136,10 +136,12 @@ def edge_points(
 
 def more_seeds(name: str, results: Path) -> dict[str, int]:
     """{run folder: confirmation seeds it should have}: BATCH more for both arms of every
-    comparison of experiment `name`'s claims that sequential.wants_more."""
+    comparison of experiment `name`'s claims (those it decides: it is the first experiment
+    they read) that sequential.wants_more. A claim that reads it second (C27 reads study_tuned
+    beside the study it decides) adds no seeds here."""
     from .analysis.claims.framework import LEDGER, Tables, build_claims
 
-    keys = [k for k, c in LEDGER.items() if name in c.experiments]
+    keys = [k for k, c in LEDGER.items() if c.experiments[0] == name]
     out: dict[str, int] = {}
     for c in build_claims(Tables(results / "tables"), keys):
         for cmp, res in zip(c.comparisons, [] if c.missing else c.results):

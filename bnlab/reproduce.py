@@ -9,7 +9,7 @@ wall time and, per experiment, its runs' job-seconds, member-steps and time spen
 results/tables/reproduction_times.csv (results go under --results: BNLAB_RESULTS for Hydra).
 
   bnlab reproduce                  # everything (about 60 minutes on a 2-core CPU)
-  bnlab reproduce --extras         # and the extra studies of C20-C26 (about 40 minutes more)
+  bnlab reproduce --extras         # and the extra studies of C20-C28 (about 50 minutes more)
   bnlab reproduce --only mlds2017_fig6 mlds2017_fig9
   bnlab reproduce --stage report   # collect, tables, figures, claims only
   bnlab reproduce --tiny --results /tmp/r   # a few steps, 2 seeds (smoke test)
@@ -123,10 +123,14 @@ def breakdown(names: list[str], results: Path) -> pd.DataFrame:
             name = next(
                 (o.split("=", 1)[1] for o in job["overrides"] if o.startswith("experiment=")), None
             )
-            selection = [s for s in job["seeds"] if not is_confirmation(s)]  # confirm: its own
-            done = [read_summary(path.parent / job["dir"], s) for s in selection]
+            if name not in rows:
+                continue
+            seeds = job["seeds"]  # a two-stage experiment's confirmation seeds: their own row
+            if EXPERIMENTS[name].confirm:
+                seeds = [s for s in seeds if not is_confirmation(s)]
+            done = [read_summary(path.parent / job["dir"], s) for s in seeds]
             done = [d for d in done if d and "wall_s" in d]
-            if name not in rows or not done:
+            if not done:
                 continue
             row = rows[name]
             row["runs"] += 1
@@ -145,7 +149,8 @@ def write_times(times: pd.DataFrame, wall: float, out: Path, full: bool) -> Path
     file holds no other rows; otherwise the total row is kept as it was (a sum over rows of
     different runs would be no run's time)."""
     total = {"experiment": "all", **times.drop(columns="experiment").sum().to_dict()}
-    times = times.assign(eval_pct=100 * times["eval_s"] / times["job_s"])
+    timed = times["job_s"].where(times["job_s"] > 0)  # nothing timed: no percentage
+    times = times.assign(eval_pct=100 * times["eval_s"] / timed)
     old = pd.read_csv(out) if out.exists() else times.iloc[:0]
     kept = old[~old["experiment"].isin([*times["experiment"], "all"])]
     if full or kept.empty:
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", nargs="+", choices=REPRODUCTION + EXTRAS, help="these experiments only"
     )
-    p.add_argument("--extras", action="store_true", help="also the extra studies (C20-C26)")
+    p.add_argument("--extras", action="store_true", help="also the extra studies (C20-C28)")
     p.add_argument("--stage", choices=["all", "train", "report"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="parallel jobs per sweep (default 2)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
@@ -324,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc == 0:  # the two-stage experiments' extension and confirmation (bnlab.confirm)
             t0 = time.perf_counter()
             rows = [confirm(n, args.results, args.jobs) for n in names if EXPERIMENTS[n].confirm]
-            times = pd.concat([times, pd.DataFrame(rows, columns=times.columns)])
+            if rows:  # (an empty frame would make every column object: unformatted numbers)
+                times = pd.concat([times, pd.DataFrame(rows, columns=times.columns)])
             wall += time.perf_counter() - t0
         full = set(REPRODUCTION) <= set(names)
         out = write_times(times, wall, args.results / "tables" / TIMES, full)

@@ -32,7 +32,7 @@ from bnlab.runs.records import MANIFEST, update_manifest
 
 
 def test_the_ledger_states_the_numbers_its_code_uses():
-    keys = [f"C{i}" for i in range(1, 27)]
+    keys = [f"C{i}" for i in range(1, 29)]
     split = {"C9": "ab", "C11": "ab", "C15": "ab", "C22": "ab"}  # two hypotheses: two claims
     split["C8"] = ["", "b"]  # BN's inference mode (C8); normalising by the test batch (C8b)
     assert list(LEDGER) == [k + x for k in keys for x in split.get(k, [""])]
@@ -309,7 +309,8 @@ def test_the_committed_report_regenerates_and_damaged_tables_are_refused(tmp_pat
     assert (tmp_path / "CLAIMS.md").read_text() == (REPO / "results" / "CLAIMS.md").read_text()
     # seeds pair only within a sweep's table: the claims comparing two tables use Welch
     claims = build_claims(Tables(tmp_path / "tables"))
-    assert {c.key for c in claims for x in c.comparisons if not x.paired} == {"C15a", "C15b"}
+    unpaired = {"C15a", "C15b", "C27"}  # C27: BN at no BN's rate against study_tuned's no BN
+    assert {c.key for c in claims for x in c.comparisons if not x.paired} == unpaired
     table = tmp_path / "tables" / "mlds2017.csv"
     good = table.read_text()
     for damaged in ("\n".join(good.splitlines()[:50]) + "\n", good[: len(good) // 2], ""):
@@ -692,3 +693,85 @@ def test_c15_tables_share_initial_weights_seed_by_seed():
     start_lr = lr[lr["optim.lr"] == 0.1].groupby("seed")["w2_mean_abs_start"].agg(["min", "max"])
     assert (start_d["min"] == start_d["max"]).all() and start_d.equals(start_lr)
     assert start_d["min"].nunique() == len(start_d)  # and the seeds differ from each other
+
+
+def _matched(rates=None) -> list[dict]:
+    """A study_matched_lr table at _tuned's chosen rates (no BN 0.3, BN 1): relu's BN at 0.3
+    equals no BN's best in accuracy and speed, sigmoid's is 3x faster; relu's plain no BN at 1
+    collapses and warmup or clipping restores it; sigmoid's trains without help."""
+    rates = rates or {("relu", "batch"): 0.3, ("sigmoid", "batch"): 0.3}
+    rows = []
+    for act in ("relu", "sigmoid"):
+        steps = 3000.0 if act == "relu" else 1000.0
+        rows += _members(
+            {"model.activation": act, "model.norm": "batch", "optim.lr": rates[(act, "batch")],
+             "optim.warmup_steps": 0, "optim.clip_norm": 0.0},
+            0.9 + NOISE[::-1],
+            **{"steps_to_0.97": steps * (1 + NOISE), "reached_0.97": True},
+        )  # fmt: skip
+        for warmup, clip in ((0, 0.0), (1000, 0.0), (0, 1.0)):
+            plain = warmup == 0 and clip == 0.0
+            acc = (
+                0.1 + NOISE / 10 if plain and act == "relu" else 0.9 + NOISE * (2 if warmup else 1)
+            )
+            rows += _members(
+                {"model.activation": act, "model.norm": "none", "optim.lr": 1.0,
+                 "optim.warmup_steps": warmup, "optim.clip_norm": clip},
+                acc,
+                **{"steps_to_0.97": 20001.0, "reached_0.97": False},
+            )  # fmt: skip
+    return rows
+
+
+def test_c27_c28_at_the_rates_study_tuned_chooses(tmp_path):
+    _write(tmp_path, "study_tuned", _tuned(gains={"relu": 0.0, "sigmoid": 0.0}))
+    _write(tmp_path, "study_matched_lr", _matched())
+    c27, c28 = build_claims(Tables(tmp_path), ["C27", "C28"])
+    assert [x.label for x in c27.comparisons] == [
+        "relu, lr 0.3: accuracy BN ~ no BN",
+        "relu, lr 0.3: steps to 97% without BN ~ with BN",
+        "sigmoid, lr 0.3: accuracy BN ~ no BN",
+        "sigmoid, lr 0.3: steps to 97% without BN ~ with BN",
+    ]
+    # equal accuracy (within the noise) and steps: supported; sigmoid's BN 3x faster: beyond
+    # the x1.5 margin, so the equivalence is contradicted
+    assert [r.verdict for r in c27.results] == [SUPPORTED, SUPPORTED, SUPPORTED, CONTRADICTED]
+    assert all(not x.paired for x in c27.comparisons)  # two tables: Welch's test
+    assert "BN at its own best lr (study_tuned, C4/C19), sigmoid, each at its best lr: steps " \
+        "to 97% without BN > with BN: x3" in " ".join(c27.notes)  # fmt: skip
+    assert [x.label for x in c28.comparisons] == [
+        "relu, lr 1: no BN + warmup > no BN",
+        "relu, lr 1: no BN + clipping > no BN",
+        "sigmoid, lr 1: no BN + warmup > no BN",
+        "sigmoid, lr 1: no BN + clipping > no BN",
+    ]
+    assert [r.verdict for r in c28.results] == [SUPPORTED, SUPPORTED, NEGLIGIBLE, NEGLIGIBLE]
+    assert c28.verdict.startswith("holds for relu") and "absent for sigmoid" in c28.verdict
+    notes = " ".join(c28.notes)
+    assert "relu, no BN at BN's lr 1: no BN: mean test accuracy 0.1000, 0 of 5 reach 0.9, 5 " \
+        "collapsed, 0 diverged; no BN + warmup: mean test accuracy 0.9000" in notes  # fmt: skip
+
+
+def test_c27_refuses_rates_study_tuned_no_longer_chooses(tmp_path):
+    _write(tmp_path, "study_tuned", _tuned(gains={"relu": 0.0, "sigmoid": 0.0}))
+    stale = {("relu", "batch"): 0.3, ("sigmoid", "batch"): 0.1}
+    _write(tmp_path, "study_matched_lr", _matched(stale))
+    with pytest.raises(ClaimError, match=r"C27: .*sigmoid, BN was trained at lr 0\.1, but "
+                       r"study_tuned now chooses lr 0\.3 .*configs/matched_lr/"):  # fmt: skip
+        build_claims(Tables(tmp_path), ["C27"])
+
+
+def test_study_matched_lr_trains_at_the_rates_the_committed_selection_chose():
+    """configs/matched_lr/ holds the rates study_tuned's committed table chooses: BN at no
+    BN's best rate, no BN (plain, warmup, clipping) at BN's."""
+    from bnlab import compose
+
+    best = at_best_lr(Tables(REPO / "results" / "tables").get("study_tuned"))
+    best = best[best["model.placement"] != "after"]
+    rate = best.groupby(["model.activation", "model.norm"])["optim.lr"].first().to_dict()
+    points = experiments.sweep_points("study_matched_lr")
+    assert len(points) == 8
+    for overrides in points.values():
+        cfg = compose(["experiment=study_matched_lr", *overrides])
+        other = "none" if cfg.model.norm == "batch" else "batch"
+        assert cfg.optim.lr == pytest.approx(rate[(cfg.model.activation, other)]), overrides

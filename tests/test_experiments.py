@@ -4,6 +4,7 @@ registry matches the configs and the figures; a tiny reproduction runs end to en
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,8 @@ def test_tiny_reproduction_end_to_end(mnist_root, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     times = pd.read_csv(tmp_path / "tables" / "reproduction_times.csv")
     assert list(times["experiment"]) == [*only, "all"]
+    text = (tmp_path / "tables" / "reproduction_times.csv").read_text()
+    assert not re.search(r"\.\d\d", text)  # seconds and percentages to one decimal
     per_experiment, total = times.iloc[:-1], times.iloc[-1]
     assert (per_experiment["runs"] == [4, 8, 12, 2]).all()  # the experiments' sweep points
     assert (per_experiment["member_steps"] == per_experiment["members"] * 24).all()

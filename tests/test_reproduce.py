@@ -202,10 +202,14 @@ def test_the_train_it_first_hint_names_a_command_that_works(tmp_path, capsys):
     for name in ("study_lr", "mlds2017_fig1", "demo"):
         assert figures.main([name, "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    # study_lr: 12 runs in 329.8 job-seconds, two at a time; fig1: 2 of mlds2017's runs,
-    # timed under mlds2017_fig4 and _fig5 (3,522 job-seconds for 14 runs)
-    assert "train it first: bnlab reproduce --only study_lr (about 3 min on 2 cores)" in err
-    assert "bnlab reproduce --only mlds2017_fig1 (about 4 min on 2 cores)" in err
+    # study_lr: its 12 runs' job-seconds, two at a time; fig1: 2 of mlds2017's runs, timed
+    # under mlds2017_fig4 and _fig5 (their job-seconds per run, times 2, two at a time)
+    t = pd.read_csv(COMMITTED / "reproduction_times.csv").set_index("experiment")
+    lr_min = round(t.loc["study_lr", "job_s"] / 60 / 2)
+    mates = t.loc[["mlds2017_fig4", "mlds2017_fig5"]]
+    fig1_min = round(mates["job_s"].sum() / mates["runs"].sum() * 2 / 60 / 2)
+    assert f"train it first: bnlab reproduce --only study_lr (about {lr_min} min on 2 " in err
+    assert f"bnlab reproduce --only mlds2017_fig1 (about {fig1_min} min on 2 cores)" in err
     assert "train it first: bnlab train -m experiment=demo," in err
     assert "--only demo" not in err
 
@@ -240,3 +244,22 @@ def test_the_total_row_is_the_last_full_runs(tmp_path):
     reproduce.write_times(rows(default[:1], 99.0), 5.0, out, full=False)
     t2 = pd.read_csv(out).set_index("experiment")
     assert t2.loc["all"].equals(t.loc["all"]) and t2.loc[default[0], "job_s"] == 99.0
+
+
+def test_breakdown_times_an_experiment_of_fresh_seeds_but_not_a_confirmation_stage(tmp_path):
+    """A two-stage experiment's row counts its selection seeds (its confirmation seeds have a
+    row of their own); an experiment whose own seeds are numbered from 100 counts them all."""
+    from bnlab.runs.records import JOBS_FILE, member_dir, write_json
+
+    for name, seeds in (("study_tuned", [0, 1, 100]), ("study_matched_lr", [100, 101])):
+        sweep = tmp_path / "sweeps" / reproduce.EXPERIMENTS[name].sweep
+        job = {"dir": "p", "overrides": [f"experiment={name}"], "seeds": seeds}
+        write_json(sweep / JOBS_FILE, {"jobs": [job]})
+        for s in seeds:
+            member_dir(sweep / "p", s).mkdir(parents=True)
+            summary = {"steps_done": 10, "wall_s": 5.0 + s, "eval_s": 1.0}
+            write_json(member_dir(sweep / "p", s) / "summary.json", summary)
+    t = reproduce.breakdown(["study_tuned", "study_matched_lr"], tmp_path)
+    t = t.set_index("experiment")
+    assert t.loc["study_tuned", "members"] == 2 and t.loc["study_tuned", "job_s"] == 6.0
+    assert t.loc["study_matched_lr", "members"] == 2 and t.loc["study_matched_lr", "job_s"] == 106

@@ -775,6 +775,66 @@ def study_momentum(res: Results):
     )
 
 
+# study_matched_lr's arms in the figure, in drawing order
+MATCHED_ARMS = (
+    "no BN at its best lr",
+    "BN at its best lr",
+    "BN at no BN's lr",
+    "no BN at BN's lr",
+    "no BN at BN's lr + warmup",
+    "no BN at BN's lr + clipping",
+)
+
+
+def study_matched_lr(res: Results):
+    """C27, C28: study_tuned's arms at their own best rates (confirmation seeds), BN at no
+    BN's rate, and no BN at BN's rate alone, with warmup and with clipping: test accuracy over
+    training (top) and at the end (bottom, diverged = 0)."""
+    runs, hist = res.load("study_matched_lr")
+    tuned, tuned_hist = res.load("study_tuned")
+    best = at_best_lr(_with_valid(tuned, tuned_hist))
+    best = best[best["model.placement"] != "after"]
+    best = best.assign(how=np.where(best["model.norm"] == "none", *MATCHED_ARMS[:2]))
+    warm = runs.get("optim.warmup_steps", 0) > 0
+    clip = runs.get("optim.clip_norm", 0) > 0
+    plain = np.where(runs["model.norm"] == "none", *MATCHED_ARMS[3:1:-1])
+    runs = runs.assign(how=np.select([warm, clip], MATCHED_ARMS[4:], plain))
+    both = pd.concat([best, runs], ignore_index=True)
+    both = both.assign(acc0=acc_or_zero(both), how=pd.Categorical(both["how"], MATCHED_ARMS))
+    fig = plt.figure(figsize=(10, 7.5), layout="constrained")
+    top, bottom = fig.subfigures(2, 1)
+    plots.curves(
+        both,
+        pd.concat([tuned_hist, hist], ignore_index=True),
+        "acc",
+        facet="model.activation",
+        hue="how",
+        ylabel="test accuracy",
+        ylim=(0.9, 1.0),
+        fig=top,
+    )
+    plots.final_points(
+        both,
+        "how",
+        "acc0",
+        hue="how",
+        facet="model.activation",
+        ylabel=f"test accuracy at {trained(runs)} steps\n(mean, min-max; diverged = 0)",
+        xlabel="arm and learning rate",
+        ylim=(0, 1),
+        fig=bottom,
+    )
+    for ax in bottom.axes:  # the same arms as above, named on the x axis: no legend
+        if ax.get_legend():
+            ax.get_legend().remove()
+        ax.tick_params(axis="x", labelrotation=25)
+    fig.suptitle(
+        "C27, C28: is BN's benefit the larger learning rate? Each arm's best lr chosen on\n"
+        "held-out images in study_tuned; SGD, mean loss, batch 64; fresh seeds judged"
+    )
+    return fig
+
+
 def santurkar2018_noisy_bn(res: Results):
     """BN vs noisy BN vs noise without BN: accuracy and drift of the activations."""
     runs, hist = res.load("santurkar2018_noisy_bn")
@@ -955,6 +1015,7 @@ FIGURES = {
     "study_depth": study_depth,
     "study_shift": study_shift,
     "study_momentum": study_momentum,
+    "study_matched_lr": study_matched_lr,
     "demo": lambda res: plots.accuracy_curves(
         *res.load("demo"), title="Demo: BN vs no BN, SGD lr 0.01 on the summed loss"
     ),

@@ -108,7 +108,10 @@ PREFERRED = {
 
 
 def ordered(values, preferred=None) -> list:
-    """Unique values, in the preferred order first (NORM_COLORS for norms), then sorted."""
+    """Unique values, in the preferred order first (NORM_COLORS for norms; a categorical's own
+    order), then sorted."""
+    if isinstance(getattr(values, "dtype", None), pd.CategoricalDtype):
+        preferred = [*(preferred or []), *values.cat.categories]
     values = list(pd.unique(pd.Series(list(values))))
     first = [v for v in (preferred or []) if v in values]
     return first + sorted((v for v in values if v not in first), key=_sortkey)
@@ -276,7 +279,8 @@ def final_points(
     if numeric:  # numbers: joined, on a numeric axis; categories: side by side
         how = {"native_scale": True, "log_scale": (logx, False), "linestyles": "-", "capsize": 0.08}
     else:
-        how = {"dodge": h > 1 and 0.8 * (h - 1) / h, "linestyles": "none", "capsize": 0.05}
+        dodge = h > 1 and x != hue and 0.8 * (h - 1) / h  # x == hue: one point per category
+        how = {"dodge": dodge, "linestyles": "none", "capsize": 0.05}
     how |= {"errorbar": MINMAX, "lw": 1.4, "ms": 6, "legend": False}
     markers = [MARKERS[j % 5] for j in range(h)]
     fig, axes = _grid(len(panels), fig=fig, sharey=sharey)

@@ -55,7 +55,8 @@ _ALL = (
     Experiment("mlds2017_fig9", "mlds2017_batch", ("mlds2017_fig9",)),
     Experiment("mlds2017_fig6_epochs", "mlds2017_batch_epochs"),  # Fig. 6's companion panel
     Experiment("ioffe2015_fig1", "ioffe2015", ("ioffe2015_fig1",)),
-    # the extras (C20-C26): mechanisms studied since 2018; about 40 more minutes on 2 cores
+    # the extras (C20-C28): mechanisms studied since 2018, then the next questions; about 50
+    # more minutes on 2 cores
     Experiment("study_scale_equiv", "study_scale_equiv", ("study_scale_equiv",), extra=True),
     Experiment("study_wd", "study_wd", ("study_wd",), extra=True),
     Experiment("study_ghost", "study_ghost", ("study_ghost",), extra=True),
@@ -72,6 +73,8 @@ _ALL = (
     Experiment(
         "study_momentum", "study_momentum", ("study_momentum",), seeds=3, extra=True, confirm=True
     ),
+    # the next studies (C27 on)
+    Experiment("study_matched_lr", "study_matched_lr", ("study_matched_lr",), seeds=10, extra=True),
     Experiment("demo", "demo", ("demo",), reproduce=False),
     Experiment("bn_small_batch_demo", "bn_small_batch_demo", reproduce=False),
 )

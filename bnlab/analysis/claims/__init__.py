@@ -1,6 +1,7 @@
 """The claims report: `bnlab claims` reads RESULTS/tables/*.csv (bnlab.analysis.tables) and writes
 RESULTS/CLAIMS.md, one section per claim: C1-C19, the claims made by the 2017 study, the BN
-explainers and the papers they cite; C20-C26, mechanisms studied since (the extra studies). A
+explainers and the papers they cite; C20-C26, mechanisms studied since (the extra studies);
+C27 on, the questions researchers ask next (more extra studies). A
 claim that bundles two hypotheses is two claims (C9a/b, C11a/b, C15a/b, C22a/b); BN under
 a train/test mismatch in its inference mode (C8) and normalising by the test batch (C8b)
 are two as well.
@@ -30,12 +31,20 @@ claim, the table and the column: the report is not written.
 #   santurkar2018.py  C9b, C10, C11a, C11b, Santurkar et al. 2018's
 #   explainers.py     C13-C18, the BN explainers' ("seed explainers")
 #   mechanisms.py     C20-C26, mechanisms studied since (the extra studies)
+#   studies.py        C27 on, the questions researchers ask next (the next extra studies)
 #   report.py         render: CLAIMS.md
 #   cli.py            main: `bnlab claims`, `python -m bnlab.analysis.claims`
 # Best-lr selection (at_best_lr) is bnlab.analysis.selection's, which bnlab.analysis.figures shares.
 
 from ..selection import ARM_KEYS, LR_SELECTION, ClaimError, at_best_lr, require, with_acc0
-from . import explainers, ioffe2015, mechanisms, mlds2017, santurkar2018  # register the claims
+from . import (  # register the claims
+    explainers,
+    ioffe2015,
+    mechanisms,
+    mlds2017,
+    santurkar2018,
+    studies,
+)
 from .compare import ACC_MARGIN, ACTS, NORMS2, RELU_SIGMOID, SHIFT_MODES
 from .framework import (
     CHANCE_SLACK,
@@ -99,5 +108,6 @@ __all__ = [
     "render",
     "require",
     "santurkar2018",
+    "studies",
     "with_acc0",
 ]

@@ -136,6 +136,10 @@ def c12(c, study_lr, study_tuned, margin, ratio, target, lr):
     c.notes.append(f"the grid ends at lr {top:g}: a highest lr of {top:g} means 'at least {top:g}'")
     if study_tuned is not None:
         c.notes.append("study_tuned (20,000 steps), " + _best_lr_note(at_best_lr(study_tuned)))
+    c.notes.append(
+        "whether linear warmup or gradient-norm clipping lets the network without BN train at "
+        "BN's best rate: C28 (study_matched_lr)"
+    )
     return out
 
 
