@@ -25,8 +25,8 @@ from bnlab.runs.config import RunConfig, to_dict
 # beside the field (what it means, its unit, its choices) and remove the key from this list;
 # a new field must come with its comment.
 UNDOCUMENTED: set[str] = set()  # fields still waiting for their doc comment
-# groups added after the experiment: +arm=..., +reparam=..., +matched_lr=...
-ADDED_GROUPS = ("arm", "reparam", "matched_lr")
+# groups added after the experiment: +arm=..., +reparam=..., +matched_lr=..., +decay=...
+ADDED_GROUPS = ("arm", "reparam", "matched_lr", "decay")
 
 
 def _hooks():

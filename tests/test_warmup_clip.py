@@ -169,3 +169,33 @@ def test_the_scale_probe_sums_steps_only_when_each_is_lr_times_the_gradient():
 def test_bad_warmup_and_clipping_are_refused(over, message):
     with pytest.raises(ConfigError, match=message):
         make_cfg(*over)
+
+
+@pytest.mark.parametrize("on", ["all", "invariant"])
+def test_weight_decay_on_the_weights_feeding_bn_only(on):
+    """optim.weight_decay_on=invariant: one SGD step decays the weights that feed BN (fc1, fc2:
+    w - lr (g + wd w)) and nothing else (w - lr g); `all` decays every parameter. Reference:
+    autograd's gradient and the update written out."""
+    lr, wd = 0.1, 0.05
+    cfg = make_cfg("model.norm=batch", "model.widths=[24,16]", f"optim.lr={lr}",
+                   f"optim.weight_decay={wd}", f"optim.weight_decay_on={on}")  # fmt: skip
+    ours = build_model(cfg.model, [0, 1]).double()
+    ref = copy.deepcopy(ours)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 16, 784, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 10, (2, 16), generator=g)
+    train_step(ours, make_optimizer(cfg.optim, ours), x, y, None, "mean")
+    with torch.enable_grad():
+        member_losses(ref(x), y, "mean").sum().backward()
+    feeding_bn = {"fc1.weight", "fc2.weight"}
+    for (name, a), b in zip(ours.named_parameters(), ref.parameters()):
+        decays = on == "all" or name in feeding_bn
+        want = b - lr * (b.grad + (wd * b if decays else 0.0))
+        torch.testing.assert_close(a, want.detach(), rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_weight_decay_on_invariant_weights_needs_them():
+    with pytest.raises(ConfigError, match=r"optim.weight_decay_on=invariant .*model.norm=none"):
+        make_cfg("optim.weight_decay=0.01", "optim.weight_decay_on=invariant")
+    with pytest.raises(ConfigError, match="optim.weight_decay_on"):
+        make_cfg("optim.weight_decay_on=some")

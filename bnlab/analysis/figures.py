@@ -574,10 +574,14 @@ def study_scale_equiv(res: Results):
 
 def study_wd(res: Results):
     """C21: effective learning rate and norm of the weights feeding BN, and test accuracy,
-    over training per weight decay."""
+    over training per weight decay, for no BN and BN with weight decay on every parameter or
+    on the weights feeding BN only."""
     runs, hist = res.load("study_wd")
+    on = runs.get("optim.weight_decay_on", pd.Series("all", index=runs.index))
+    how = np.where(on == "invariant", "BN, decay on the weights feeding BN", "BN, decay on all")
+    runs = runs.assign(how=np.where(runs["model.norm"] == "batch", how, "no BN"))
     bn = runs[runs["model.norm"] == "batch"]
-    fig = plt.figure(figsize=(12, 7.5), layout="constrained")
+    fig = plt.figure(figsize=(13, 8), layout="constrained")
     top, bottom = fig.subfigures(2, 1)
     left, right = top.subfigures(1, 2)
     wd = "optim.weight_decay"
@@ -588,6 +592,7 @@ def study_wd(res: Results):
         split="train",
         layer="fc2",
         hue=wd,
+        style="how",
         logy=True,
         fig=left,
         ylabel="BN: effective lr of fc2\nlr / ||w_j||^2 (mean over units)",
@@ -599,7 +604,7 @@ def study_wd(res: Results):
         split="train",
         layer="fc2",
         hue=wd,
-        style="model.norm",
+        style="how",
         logy=True,
         fig=right,
         ylabel="||W2|| (Frobenius)",
@@ -608,7 +613,7 @@ def study_wd(res: Results):
         runs,
         hist,
         "acc",
-        facet="model.norm",
+        facet="how",
         hue=wd,
         ylim=(0.95, 0.99),
         fig=bottom,

@@ -63,7 +63,8 @@ def make_optimizer(cfg: OptimConfig, model: MLP) -> SGD | torch.optim.Optimizer:
     decay or gradient clipping; torch.optim's Adam (fused kernel: ~4x faster than multi-tensor
     on CPU). All update elementwise (or per member), so each ensemble member is updated exactly
     as if alone. The weights feeding a batch-statistics norm get lr * optim.invariant_lr_scale
-    (a second parameter group; every group keeps its multiplier under 'scale' for set_lr).
+    (a second parameter group; every group keeps its multiplier under 'scale' for set_lr);
+    with optim.weight_decay_on=invariant only that group decays.
     Only the parameters of optim.trainable are given to the optimiser: the others never move.
     optim.clip_norm is kept on the optimiser as `clip_norm` for train_step; bnlab's SGD
     updates the linear weights from the layer's saved input and output gradient, never from a
@@ -78,11 +79,18 @@ def _optimizer(cfg: OptimConfig, model: MLP) -> SGD | torch.optim.Optimizer:
         return SGD(model, cfg.lr, cfg.invariant_lr_scale, cfg.trainable)
     invariant = {id(lin.weight) for _, lin in scale_invariant_linears(model)}
     params = trainable_parameters(model, cfg.trainable)
+    others = cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0  # else invariant only
     groups = [
-        {"params": [p for p in params if id(p) not in invariant], "scale": 1.0},
-        {"params": [p for p in params if id(p) in invariant], "scale": cfg.invariant_lr_scale},
-    ]
-    groups = [{**g, "lr": cfg.lr * g["scale"]} for g in groups if g["params"]]
+        {"params": [p for p in params if id(p) not in invariant], "scale": 1.0, "wd": others},
+        {"params": [p for p in params if id(p) in invariant], "scale": cfg.invariant_lr_scale,
+         "wd": cfg.weight_decay},
+    ]  # fmt: skip
+    groups = [
+        {"params": g["params"], "scale": g["scale"], "lr": cfg.lr * g["scale"],
+         "weight_decay": g["wd"]}
+        for g in groups
+        if g["params"]
+    ]  # fmt: skip
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True

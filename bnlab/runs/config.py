@@ -36,6 +36,7 @@ OPTIMS = ("sgd", "adam")
 LOSS_REDUCTIONS = ("sum", "mean")
 RESIDUAL_SCALES = ("none", "zero_init")
 TRAINABLE = ("all", "norm_only", "norm_only_head")
+DECAY_ON = ("all", "invariant")  # optim.weight_decay_on: every parameter, or the scale-invariant
 DATASETS = ("mnist", "mnist5k")
 LOG_TO = ("none", "tensorboard")  # live logging while training (bnlab.runs.livelog)
 
@@ -162,6 +163,7 @@ class OptimConfig:
     lr: float = 1e-4  # learning rate (the 2017 study: 1e-4 on the summed loss)
     momentum: float = 0.0  # sgd
     weight_decay: float = 0.0  # L2 coefficient added to the gradient (torch.optim's)
+    weight_decay_on: str = "all"  # all parameters | invariant: only the weights feeding BN
     schedule: str = "constant"  # lr schedule: constant | step | cosine (bnlab.engine.schedules)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # step: run fractions
     gamma: float = 0.1  # step: the lr is multiplied by this at each milestone
@@ -272,6 +274,7 @@ def choices() -> dict[str, list[str]]:
         "optim.name": list(OPTIMS),
         "optim.schedule": list(SCHEDULES),
         "optim.trainable": list(TRAINABLE),
+        "optim.weight_decay_on": list(DECAY_ON),
         "model.residual_scale": list(RESIDUAL_SCALES),
         "train.loss": list(LOSS_REDUCTIONS),
         "train.device": ["cpu", "cuda", "auto"],
@@ -557,6 +560,14 @@ def _validate_optim(rc: RunConfig) -> None:
             "model.norm=batch, placement=before, bias_before_norm=false, no dropout before BN"
         )
     _choice("optim.trainable", o.trainable, TRAINABLE)
+    _choice("optim.weight_decay_on", o.weight_decay_on, DECAY_ON)
+    if o.weight_decay_on == "invariant" and o.weight_decay > 0 and not invariant:
+        raise ConfigError(
+            "optim.weight_decay_on=invariant decays only the weights that feed a "
+            f"batch-statistics norm directly; model.norm={m.norm} placement={m.placement} "
+            f"bias_before_norm={m.bias_before_norm} dropout_at={m.dropout_at} has none: use "
+            "optim.weight_decay_on=all, or model.norm=batch, placement=before"
+        )
     if o.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0 (0 = no warmup)")
     if o.clip_norm < 0:
