@@ -273,9 +273,12 @@ def test_c12_a_seed_that_never_reaches_the_target_counts_against_its_side(tmp_pa
             acc = [0.95] * 5 if norm == "batch" or lr < 1 else [0.5] * 5
             if norm == "none":
                 acc[4] = 0.5  # seed 4 without BN reaches 90% at no learning rate
-            rows += _members({"model.norm": norm, "optim.lr": lr}, acc)
+            eff = {"eff_lr_fc1_final": lr / 4} if norm == "batch" else {}
+            rows += _members({"model.norm": norm, "optim.lr": lr}, acc, **eff)
     _write(tmp_path, "study_lr", rows)
     (c12,) = build_claims(Tables(tmp_path), ["C12"])
+    assert "BN, the effective lr lr/||w_j||^2 (mean over units) of fc1's weights at the end, by " \
+        "nominal lr: 0.01: 0.0025, 0.1: 0.025, 1: 0.25, 3: 0.75" in c12.notes  # fmt: skip
     highest = c12.comparisons[0]
     assert highest.a.tolist() == [3.0] * 5
     assert highest.b.tolist() == pytest.approx([0.1] * 4 + [0.01**2 / 0.1])  # a step below

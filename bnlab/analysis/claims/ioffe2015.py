@@ -134,6 +134,15 @@ def c12(c, study_lr, study_tuned, margin, ratio, target, lr):
         )
     top = t["optim.lr"].max()
     c.notes.append(f"the grid ends at lr {top:g}: a highest lr of {top:g} means 'at least {top:g}'")
+    bn = t[t["model.norm"] == "batch"]
+    for layer in ("fc1", "fc2"):  # the rate the weights feeding BN act with (C20)
+        col = f"eff_lr_{layer}_final"
+        if col in bn and bn[col].notna().any():
+            g = bn.groupby("optim.lr")[col].mean()
+            c.notes.append(
+                f"BN, the effective lr lr/||w_j||^2 (mean over units) of {layer}'s weights at the "
+                "end, by nominal lr: " + ", ".join(f"{x:g}: {v:.3g}" for x, v in g.items())
+            )
     if study_tuned is not None:
         c.notes.append("study_tuned (20,000 steps), " + _best_lr_note(at_best_lr(study_tuned)))
     c.notes.append(
