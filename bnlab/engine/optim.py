@@ -80,17 +80,15 @@ def _optimizer(cfg: OptimConfig, model: MLP) -> SGD | torch.optim.Optimizer:
     invariant = {id(lin.weight) for _, lin in scale_invariant_linears(model)}
     params = trainable_parameters(model, cfg.trainable)
     others = cfg.weight_decay if cfg.weight_decay_on == "all" else 0.0  # else invariant only
+    split = (  # (parameters, lr multiplier, weight decay)
+        ([p for p in params if id(p) not in invariant], 1.0, others),
+        ([p for p in params if id(p) in invariant], cfg.invariant_lr_scale, cfg.weight_decay),
+    )
     groups = [
-        {"params": [p for p in params if id(p) not in invariant], "scale": 1.0, "wd": others},
-        {"params": [p for p in params if id(p) in invariant], "scale": cfg.invariant_lr_scale,
-         "wd": cfg.weight_decay},
-    ]  # fmt: skip
-    groups = [
-        {"params": g["params"], "scale": g["scale"], "lr": cfg.lr * g["scale"],
-         "weight_decay": g["wd"]}
-        for g in groups
-        if g["params"]
-    ]  # fmt: skip
+        {"params": ps, "scale": s, "lr": cfg.lr * s, "weight_decay": wd}
+        for ps, s, wd in split
+        if ps
+    ]
     if cfg.name == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True

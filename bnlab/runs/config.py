@@ -552,11 +552,14 @@ def _validate_optim(rc: RunConfig) -> None:
     invariant = m.norm in BATCH_STAT_NORMS and not issubclass(NORMS[m.norm], BatchRenorm)
     invariant &= m.placement == "before" and not m.bias_before_norm
     invariant &= not (m.dropout > 0 and m.dropout_at == "before_bn")
+    has_none = (  # why a network has no weights feeding a batch-statistics norm directly
+        f"model.norm={m.norm} placement={m.placement} bias_before_norm={m.bias_before_norm} "
+        f"dropout_at={m.dropout_at} has none"
+    )
     if (m.invariant_init_scale != 1 or o.invariant_lr_scale != 1) and not invariant:
         raise ConfigError(
             "model.invariant_init_scale and optim.invariant_lr_scale act on the weights that "
-            f"feed a batch-statistics norm directly; model.norm={m.norm} placement={m.placement} "
-            f"bias_before_norm={m.bias_before_norm} dropout_at={m.dropout_at} has none: use "
+            f"feed a batch-statistics norm directly; {has_none}: use "
             "model.norm=batch, placement=before, bias_before_norm=false, no dropout before BN"
         )
     _choice("optim.trainable", o.trainable, TRAINABLE)
@@ -564,9 +567,8 @@ def _validate_optim(rc: RunConfig) -> None:
     if o.weight_decay_on == "invariant" and o.weight_decay > 0 and not invariant:
         raise ConfigError(
             "optim.weight_decay_on=invariant decays only the weights that feed a "
-            f"batch-statistics norm directly; model.norm={m.norm} placement={m.placement} "
-            f"bias_before_norm={m.bias_before_norm} dropout_at={m.dropout_at} has none: use "
-            "optim.weight_decay_on=all, or model.norm=batch, placement=before"
+            f"batch-statistics norm directly; {has_none}: use optim.weight_decay_on=all, or "
+            "model.norm=batch, placement=before"
         )
     if o.warmup_steps < 0:
         raise ConfigError(f"optim.warmup_steps={o.warmup_steps} must be >= 0 (0 = no warmup)")
